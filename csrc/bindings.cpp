@@ -1,0 +1,118 @@
+// The only file that knows about Python. Checks every argument again (the Python layer in
+// fastembed_tune/kernels.py already gave the user a friendly message) and releases the GIL.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cmath>
+#include <stdexcept>
+#include <string>
+
+#include "dispatch.h"
+#include "rowcheck.h"
+#include "topk_cosine.h"
+
+namespace py = pybind11;
+
+namespace {
+
+template <class T>
+const T* need(const py::array& a, const char* name, int ndim) {
+  if (!py::isinstance<py::array_t<T>>(a) || !a.dtype().is(py::dtype::of<T>()))
+    throw py::value_error(std::string(name) + " has the wrong dtype");
+  if (a.ndim() != ndim) throw py::value_error(std::string(name) + " has the wrong number of dimensions");
+  if (!(a.flags() & py::array::c_style)) throw py::value_error(std::string(name) + " must be C-contiguous");
+  return static_cast<const T*>(a.data());
+}
+
+py::tuple topk_cosine_py(py::array queries, py::array corpus, int k, py::object excl_ptr,
+                         py::object excl_ids, py::object upper, int skip_top, int threads,
+                         const std::string& simd) {
+  const float* q = need<float>(queries, "queries", 2);
+  const float* x = need<float>(corpus, "corpus", 2);
+  ft::TopkArgs a;
+  a.queries = q;
+  a.corpus = x;
+  a.Q = queries.shape(0);
+  a.N = corpus.shape(0);
+  if (queries.shape(1) != corpus.shape(1)) throw py::value_error("queries and corpus dimensions differ");
+  if (queries.shape(1) <= 0 || queries.shape(1) > (1 << 20)) throw py::value_error("bad dimension");
+  a.d = (int)queries.shape(1);
+  if (a.N <= 0 || a.Q <= 0) throw py::value_error("empty queries or corpus");
+  if (k <= 0 || k > a.N) throw py::value_error("k must be in [1, N]");
+  if (skip_top < 0 || (int64_t)k + skip_top > (int64_t)1 << 30) throw py::value_error("bad skip_top");
+  a.k = k;
+  a.skip_top = skip_top;
+  a.threads = threads;
+  py::array ep, ei, up;
+  if (!excl_ptr.is_none()) {
+    ep = excl_ptr.cast<py::array>();
+    ei = excl_ids.cast<py::array>();
+    a.excl_ptr = need<int64_t>(ep, "exclude offsets", 1);
+    a.excl_ids = need<int64_t>(ei, "exclude ids", 1);
+    if (ep.shape(0) != a.Q + 1) throw py::value_error("exclude offsets must have Q + 1 entries");
+    if (a.excl_ptr[0] != 0 || a.excl_ptr[a.Q] != ei.shape(0)) throw py::value_error("bad exclude offsets");
+    for (int64_t i = 0; i < a.Q; ++i) {
+      if (a.excl_ptr[i + 1] < a.excl_ptr[i]) throw py::value_error("exclude offsets must not decrease");
+      for (int64_t j = a.excl_ptr[i]; j < a.excl_ptr[i + 1]; ++j) {
+        if (a.excl_ids[j] < 0 || a.excl_ids[j] >= a.N) throw py::value_error("exclude id out of range");
+        if (j > a.excl_ptr[i] && a.excl_ids[j] < a.excl_ids[j - 1]) throw py::value_error("exclude ids must be sorted per query");
+      }
+    }
+  }
+  if (!upper.is_none()) {
+    up = upper.cast<py::array>();
+    a.upper = need<float>(up, "upper bounds", 1);
+    if (up.shape(0) != a.Q) throw py::value_error("upper bounds must have Q entries");
+    for (int64_t i = 0; i < a.Q; ++i)
+      if (std::isnan(a.upper[i])) throw py::value_error("upper bounds must not be NaN");
+  }
+  const ft::SimdKernels* kern;
+  try {
+    kern = &ft::get_simd(simd);
+  } catch (const std::invalid_argument& e) {
+    throw py::value_error(e.what());
+  }
+  py::array_t<float> scores({a.Q, (int64_t)k});
+  py::array_t<int64_t> ids({a.Q, (int64_t)k});
+  float* s = scores.mutable_data();
+  int64_t* i = ids.mutable_data();
+  {
+    py::gil_scoped_release nogil;
+    ft::topk_cosine(a, *kern, s, i);
+  }
+  return py::make_tuple(scores, ids);
+}
+
+py::dict check_rows_py(py::array x, double norm_tol, int threads) {
+  const float* p = need<float>(x, "array", 2);
+  ft::RowCheck r;
+  {
+    py::gil_scoped_release nogil;
+    r = ft::check_rows(p, x.shape(0), x.shape(1), norm_tol, threads);
+  }
+  py::dict d;
+  d["nonfinite_row"] = r.nonfinite_row;
+  d["nonfinite_col"] = r.nonfinite_col;
+  d["badnorm_row"] = r.badnorm_row;
+  d["badnorm"] = r.badnorm;
+  return d;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_native, m) {
+  m.doc() = "fastembed-tune native kernels (see ../shared/DESIGN.md for the contracts)";
+  m.def("topk_cosine", &topk_cosine_py, py::arg("queries"), py::arg("corpus"), py::arg("k"),
+        py::arg("excl_ptr") = py::none(), py::arg("excl_ids") = py::none(), py::arg("upper") = py::none(),
+        py::arg("skip_top") = 0, py::arg("threads") = 0, py::arg("simd") = "auto");
+  m.def("check_rows", &check_rows_py, py::arg("x"), py::arg("norm_tol") = -1.0, py::arg("threads") = 0);
+  m.def("available_simd", &ft::available_simd);
+  m.def("simd_name", [](const std::string& s) {
+    try {
+      return std::string(ft::get_simd(s).name);
+    } catch (const std::invalid_argument& e) {
+      throw py::value_error(e.what());
+    }
+  }, py::arg("simd") = "auto");
+}

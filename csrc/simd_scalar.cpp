@@ -1,0 +1,25 @@
+// The portable reference path: plain C++ floats, the same templates as the SIMD paths.
+#include "simd_impl.h"
+
+namespace ft {
+namespace {
+struct VScalar {
+  using reg = float;
+  static constexpr int W = 1;
+  static inline reg zero() { return 0.f; }
+  static inline reg load(const float* p) { return *p; }
+  static inline reg loadu(const float* p) { return *p; }
+  static inline void storeu(float* p, reg v) { *p = v; }
+  static inline reg set1(float x) { return x; }
+  static inline reg fmadd(reg a, reg b, reg c) { return a * b + c; }
+  static inline reg add(reg a, reg b) { return a + b; }
+  static inline uint64_t mask_range(reg v, float lo, float hi) { return (v > lo && v <= hi) ? 1u : 0u; }
+};
+}  // namespace
+
+const SimdKernels& simd_scalar() {
+  static const SimdKernels k = impl::make_kernels<VScalar, 4, 8>("scalar", 256);
+  return k;
+}
+
+}  // namespace ft
