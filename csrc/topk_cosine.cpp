@@ -136,64 +136,50 @@ void topk_cosine(const TopkArgs& a, const SimdKernels& kern, float* scores, int6
   const int64_t ntiles = (a.N + t.nc - 1) / t.nc;
   std::vector<float> zero_row(a.d, 0.f);
 
-  if (T == 1 || nblocks >= 4 * (int64_t)T) {
-    // Many queries: one shared packed tile at a time, query blocks spread over the threads.
-    TopkHandler handler(a, a.Q);
-    std::vector<float> packed(t.packed_floats);
-#pragma omp parallel num_threads(T)
-    {
-      std::vector<float> cbuf((size_t)t.mr * t.nc);
-      std::vector<int32_t> idx(t.nc);
-      for (int64_t tile = 0; tile < ntiles; ++tile) {
-        const int64_t tile0 = tile * t.nc;
-        const int rows = (int)std::min<int64_t>(t.nc, a.N - tile0);
-#pragma omp for schedule(static)
-        for (int p = 0; p < t.npanels; ++p)
-          pack_panels(a.corpus + tile0 * a.d, a.d, rows, a.d, t.kc, t.nr, t.npanels, p, p + 1, packed.data());
-#pragma omp for schedule(dynamic, 4)
-        for (int64_t b = 0; b < nblocks; ++b)
-          score_block(a, kern, t, packed.data(), tile0, rows, b * t.mr, b * t.mr, zero_row.data(),
-                      cbuf.data(), idx.data(), handler);
-      }
-    }
-    std::vector<const TopkHandler*> parts{&handler};
-#pragma omp parallel num_threads(T)
-    {
-      std::vector<Entry> buf;
-#pragma omp for schedule(static)
-      for (int64_t q = 0; q < a.Q; ++q) finalize(a, parts, q, buf, scores, ids);
-    }
-    return;
+  // Work items: (query chunk) x (corpus split). Each item packs its own corpus tiles and owns
+  // its heaps, so threads never wait on each other (no per-tile barrier: on a shared machine a
+  // descheduled thread would stall the rest). Many queries: 2 chunks per thread and one corpus
+  // split (each chunk re-packs the corpus, which costs ~1/(chunk size) of the arithmetic).
+  // Few queries: the corpus is split instead and the partial heaps are merged at the end.
+  int64_t nchunks, nsplits;
+  if (nblocks >= 4 * (int64_t)T) {
+    nchunks = std::min<int64_t>(nblocks, 2 * (int64_t)T);
+    nsplits = 1;
+  } else {
+    nchunks = 1;
+    nsplits = std::max<int64_t>(1, std::min<int64_t>(ntiles, 2 * (int64_t)T));
   }
-
-  // Few queries: split the corpus into T contiguous ranges, one private scan each, then merge.
+  const int64_t blocks_per_chunk = (nblocks + nchunks - 1) / nchunks;
+  const int64_t tiles_per_split = (ntiles + nsplits - 1) / nsplits;
   std::vector<TopkHandler> handlers;
-  handlers.reserve(T);
-  for (int i = 0; i < T; ++i) handlers.emplace_back(a, a.Q);
+  handlers.reserve(nsplits);
+  for (int64_t i = 0; i < nsplits; ++i) handlers.emplace_back(a, a.Q);
+
 #pragma omp parallel num_threads(T)
   {
-    int me = 0;
-#ifdef _OPENMP
-    me = omp_get_thread_num();
-#endif
-    const int64_t per = (ntiles + T - 1) / T;
-    const int64_t t_begin = std::min<int64_t>(ntiles, me * per), t_end = std::min<int64_t>(ntiles, t_begin + per);
     std::vector<float> packed(t.packed_floats);
     std::vector<float> cbuf((size_t)t.mr * t.nc);
     std::vector<int32_t> idx(t.nc);
-    for (int64_t tile = t_begin; tile < t_end; ++tile) {
-      const int64_t tile0 = tile * t.nc;
-      const int rows = (int)std::min<int64_t>(t.nc, a.N - tile0);
-      pack_panels(a.corpus + tile0 * a.d, a.d, rows, a.d, t.kc, t.nr, t.npanels, 0, t.npanels, packed.data());
-      for (int64_t b = 0; b < nblocks; ++b)
-        score_block(a, kern, t, packed.data(), tile0, rows, b * t.mr, b * t.mr, zero_row.data(),
-                    cbuf.data(), idx.data(), handlers[me]);
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t item = 0; item < nchunks * nsplits; ++item) {
+      const int64_t chunk = item / nsplits, split = item % nsplits;
+      const int64_t b_begin = chunk * blocks_per_chunk, b_end = std::min(nblocks, b_begin + blocks_per_chunk);
+      const int64_t t_begin = split * tiles_per_split, t_end = std::min(ntiles, t_begin + tiles_per_split);
+      for (int64_t tile = t_begin; tile < t_end; ++tile) {
+        const int64_t tile0 = tile * t.nc;
+        const int rows = (int)std::min<int64_t>(t.nc, a.N - tile0);
+        pack_panels(a.corpus + tile0 * a.d, a.d, rows, a.d, t.kc, t.nr, t.npanels, 0, t.npanels, packed.data());
+        for (int64_t b = b_begin; b < b_end; ++b)
+          score_block(a, kern, t, packed.data(), tile0, rows, b * t.mr, b * t.mr, zero_row.data(),
+                      cbuf.data(), idx.data(), handlers[split]);
+      }
     }
+    std::vector<const TopkHandler*> parts;
+    for (auto& h : handlers) parts.push_back(&h);
+    std::vector<Entry> buf;
+#pragma omp for schedule(static)
+    for (int64_t q = 0; q < a.Q; ++q) finalize(a, parts, q, buf, scores, ids);
   }
-  std::vector<const TopkHandler*> parts;
-  for (auto& h : handlers) parts.push_back(&h);
-  std::vector<Entry> buf;
-  for (int64_t q = 0; q < a.Q; ++q) finalize(a, parts, q, buf, scores, ids);
 }
 
 }  // namespace ft

@@ -127,6 +127,7 @@ def parse_plain(data: bytes) -> list[tuple[str, str]]:
 
 
 _RE_TAG = re.compile(r"<[^<>\n]{1,80}>")
+_RE_BADTAG = re.compile(r"^<[a-z][a-z, -]*?(?:[<}>]|\s(?=[A-Z(\"]))\s*")
 _RE_DATE = re.compile(r"\(\d{4}-\d{2}-\d{2}\)")
 _RE_SOURCE = re.compile(r"\[\{?[^\[\]]{1,80}?\}?\]\s*$")
 _RE_PRON = re.compile(r"^\s*/[^/\n]{1,60}/(?:\s*(?:,|or)?\s*/[^/\n]{1,60}/)*\s*,?\s*")
@@ -145,6 +146,7 @@ def clean(body: str) -> str:
     text = _RE_DATE.sub(" ", body)
     text = _RE_TAG.sub(" ", text)
     text = _RE_WS.sub(" ", text).strip()
+    text = _RE_BADTAG.sub("", text)  # malformed leading domain tag, e.g. "<messaging<"
     text = _RE_PRON.sub("", text)
     # Trailing source notes such as "[{Jargon File}]", possibly repeated.
     while True:
