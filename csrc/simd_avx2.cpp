@@ -24,7 +24,7 @@ struct VAvx2 {
 }  // namespace
 
 const SimdKernels& simd_avx2() {
-  static const SimdKernels k = impl::make_kernels<VAvx2, 6, 2>("avx2", 192);
+  static const SimdKernels k = impl::make_kernels<VAvx2, 6, 2>("avx2", 384);
   return k;
 }
 

@@ -23,7 +23,7 @@ struct VAvx512 {
 }  // namespace
 
 const SimdKernels& simd_avx512() {
-  static const SimdKernels k = impl::make_kernels<VAvx512, 8, 2>("avx512", 128);
+  static const SimdKernels k = impl::make_kernels<VAvx512, 8, 2>("avx512", 384);
   return k;
 }
 

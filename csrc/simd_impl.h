@@ -26,6 +26,7 @@ static inline void micro(const float* const* a, int k0, const float* bp, int kc,
   const float* ap[MR];
 #pragma GCC unroll 32
   for (int i = 0; i < MR; ++i) ap[i] = a[i] + k0;
+#pragma GCC unroll 4
   for (int k = 0; k < kc; ++k) {
     typename V::reg b[NV];
 #pragma GCC unroll 8

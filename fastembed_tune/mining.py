@@ -1,0 +1,195 @@
+"""Hard-negative mining on top of the native ``topk_cosine`` kernel.
+
+Each training pair's query is searched against the corpus (a given file, or else the
+positives of all pairs, as in sentence-transformers' ``mine_hard_negatives``). The query's own
+positives are excluded inside the scan, ``skip_top`` drops the closest candidates and
+``max_ratio`` drops candidates scoring above ``max_ratio`` x the pair's positive score (likely
+false negatives, NV-Retriever's TopK-PercPos). Filters act inside the scan, so a pair gets fewer
+negatives only when fewer documents pass; no pair is ever dropped.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from typing import Optional, Sequence
+
+import numpy as np
+
+from .data import Pair
+from .kernels import topk_cosine
+
+HIST_BINS = np.linspace(-0.2, 1.0, 13)
+
+
+@dataclass
+class MiningResult:
+    pairs: list[Pair]                      # one per input pair, in input order, negatives filled
+    summary: dict = field(default_factory=dict)
+
+
+def _histogram(scores: np.ndarray) -> list[int]:
+    clipped = np.clip(scores, HIST_BINS[0], HIST_BINS[-1])
+    return np.histogram(clipped, bins=HIST_BINS)[0].tolist()
+
+
+def mine_hard_negatives(
+    pairs: Sequence[Pair],
+    model=None,
+    corpus: Optional[Sequence[str]] = None,
+    num_negatives: int = 5,
+    skip_top: int = 0,
+    max_ratio: Optional[float] = None,
+    batch_size: int = 64,
+    threads: int = 0,
+    show_progress_bar: bool = True,
+    embeddings: Optional[tuple[np.ndarray, np.ndarray]] = None,
+) -> MiningResult:
+    """Fill each pair's ``negatives`` with the closest corpus documents that are not its positives.
+
+    Args:
+        pairs: training pairs (query, positive[, negatives]).
+        model: an ``EmbeddingModel`` or ``SentenceTransformer`` (default: the built-in MiniLM).
+        corpus: candidate documents; default: the positives of all pairs. Positives missing
+            from a given corpus are added to it (so they can be excluded for their own query).
+        num_negatives: negatives mined per pair.
+        skip_top: skip the closest ``skip_top`` passing candidates (sentence-transformers' range_min).
+        max_ratio: drop candidates scoring above ``max_ratio`` x the pair's positive score.
+        embeddings: precomputed ``(query_embeddings[len(pairs)], corpus_embeddings)`` (rows
+            L2-normalised), skipping the model; the corpus order is ``corpus`` + missing positives.
+
+    Returns:
+        MiningResult with new Pair objects (existing negatives kept first) and a summary dict.
+
+    Example:
+        >>> from fastembed_tune.data import Pair
+        >>> ps = [Pair("cat", "a small feline"), Pair("dog", "a loyal canine"), Pair("car", "a motor vehicle")]
+        >>> r = mine_hard_negatives(ps, num_negatives=1, show_progress_bar=False)
+        >>> [len(p.negatives) for p in r.pairs]
+        [1, 1, 1]
+    """
+    if num_negatives < 1:
+        raise ValueError(f"num_negatives must be >= 1, got {num_negatives}")
+    if not pairs:
+        raise ValueError("no pairs to mine negatives for")
+    docs: list[str] = list(dict.fromkeys(corpus)) if corpus is not None else []
+    doc_index = {t: i for i, t in enumerate(docs)}
+    added = 0
+    for p in pairs:
+        if p.positive not in doc_index:
+            doc_index[p.positive] = len(docs)
+            docs.append(p.positive)
+            added += 1
+    # Each query excludes every positive it has anywhere in the data (and its own text).
+    positives_of: dict[str, set[int]] = {}
+    for p in pairs:
+        positives_of.setdefault(p.query, set()).add(doc_index[p.positive])
+    for q, s in positives_of.items():
+        if q in doc_index:
+            s.add(doc_index[q])
+    exclude = [sorted(positives_of[p.query]) for p in pairs]
+    k = min(num_negatives, len(docs))
+
+    if embeddings is None:
+        if model is None:
+            from .model import EmbeddingModel
+            model = EmbeddingModel.load()
+        uq = list(dict.fromkeys(p.query for p in pairs))
+        qemb_u = _encode(model, uq, batch_size, show_progress_bar, "embed queries")
+        qpos = {q: i for i, q in enumerate(uq)}
+        qemb = qemb_u[[qpos[p.query] for p in pairs]]
+        demb = _encode(model, docs, batch_size, show_progress_bar, "embed corpus")
+    else:
+        qemb, demb = embeddings
+    pos_ids = np.array([doc_index[p.positive] for p in pairs])
+    pos_scores = np.einsum("ij,ij->i", qemb.astype(np.float64), demb[pos_ids].astype(np.float64))
+
+    scores, ids = topk_cosine(qemb, demb, k, exclude=exclude, skip_top=skip_top,
+                              max_ratio=max_ratio, positive_scores=pos_scores if max_ratio else None,
+                              threads=threads)
+    dropped = pairs_hit = 0
+    if max_ratio is not None:
+        # The same search without the ratio filter tells how many candidates it removed.
+        s2, _ = topk_cosine(qemb, demb, k, exclude=exclude, skip_top=skip_top, threads=threads)
+        over = (s2 > (max_ratio * pos_scores)[:, None]) & np.isfinite(s2)
+        dropped, pairs_hit = int(over.sum()), int(over.any(1).sum())
+
+    out: list[Pair] = []
+    got = np.zeros(len(pairs), dtype=np.int64)
+    for r, p in enumerate(pairs):
+        mined = [docs[j] for j in ids[r] if j >= 0]
+        got[r] = len(mined)
+        negs = list(dict.fromkeys(list(p.negatives) + mined))
+        out.append(Pair(p.query, p.positive, negs, p.source))
+    valid = ids >= 0
+    summary = {
+        "pairs": len(pairs),
+        "corpus_size": len(docs),
+        "positives_added_to_corpus": added if corpus is not None else 0,
+        "num_negatives": num_negatives,
+        "skip_top": skip_top,
+        "max_ratio": max_ratio,
+        "negatives_mined": int(got.sum()),
+        "pairs_with_fewer_negatives": int((got < num_negatives).sum()),
+        "pairs_with_no_negative": int((got == 0).sum()),
+        "candidates_dropped_as_false_negatives": dropped,
+        "pairs_with_dropped_candidates": pairs_hit,
+        "mean_positive_score": float(pos_scores.mean()),
+        "mean_negative_score": float(scores[valid].mean()) if valid.any() else None,
+        "histogram_bins": [round(float(b), 2) for b in HIST_BINS],
+        "positive_score_histogram": _histogram(pos_scores),
+        "negative_score_histogram": _histogram(scores[valid]),
+    }
+    return MiningResult(out, summary)
+
+
+def _encode(model, texts: list[str], batch_size: int, progress: bool, desc: str) -> np.ndarray:
+    if hasattr(model, "tokenize") and hasattr(model, "encode") and "desc" in model.encode.__code__.co_varnames:
+        emb = model.encode(texts, batch_size=batch_size, show_progress_bar=progress, desc=desc)
+    else:  # a SentenceTransformer
+        emb = model.encode(texts, batch_size=batch_size, show_progress_bar=progress,
+                           convert_to_numpy=True, normalize_embeddings=True)
+    emb = np.ascontiguousarray(emb, dtype=np.float32)
+    norms = np.linalg.norm(emb, axis=1, keepdims=True)
+    return np.ascontiguousarray(emb / np.maximum(norms, 1e-12), dtype=np.float32)
+
+
+def write_pairs_jsonl(pairs: Sequence[Pair], path: str) -> None:
+    """Write pairs as JSONL ``{"query", "positive", "negatives"}`` atomically (temp file + rename).
+
+    >>> import tempfile, os; d = tempfile.mkdtemp()
+    >>> write_pairs_jsonl([Pair("q", "p", ["n"])], d + "/o.jsonl"); open(d + "/o.jsonl").read()
+    '{"query": "q", "positive": "p", "negatives": ["n"]}\\n'
+    """
+    path = os.path.abspath(path)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path), dir=os.path.dirname(path))
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            for p in pairs:
+                f.write(json.dumps({"query": p.query, "positive": p.positive, "negatives": list(p.negatives)},
+                                   ensure_ascii=False) + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def format_summary(summary: dict) -> str:
+    """A human-readable mining summary with text histograms of positive vs negative scores.
+
+    >>> print(format_summary({"pairs": 1, "histogram_bins": [0.0, 0.5, 1.0],
+    ...     "positive_score_histogram": [0, 1], "negative_score_histogram": [1, 0]}).splitlines()[0])
+    pairs: 1
+    """
+    lines = [f"{k}: {v}" for k, v in summary.items() if not k.endswith("histogram") and k != "histogram_bins"]
+    bins = summary["histogram_bins"]
+    pos, neg = summary["positive_score_histogram"], summary["negative_score_histogram"]
+    top = max(1, max(pos + neg))
+    lines.append("score histogram (P = positives, N = mined negatives):")
+    for i in range(len(pos)):
+        lines.append(f"  [{bins[i]:5.2f},{bins[i + 1]:5.2f})  P {pos[i]:6d} {'#' * round(30 * pos[i] / top):30s}"
+                     f"  N {neg[i]:6d} {'#' * round(30 * neg[i] / top)}")
+    return "\n".join(lines)
