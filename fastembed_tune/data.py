@@ -493,7 +493,8 @@ def pairs_to_evalset(pairs: list[Pair], corpus: Optional[dict[str, str]] = None)
                 n_new += 1
             did = f"p{n_new}"
             n_new += 1
-            docs[did] = by_text[p.positive] = p.positive
+            docs[did] = p.positive
+            by_text[p.positive] = did
         qrels.setdefault(qid, {})[did] = 1
     return EvalSet(queries, docs, qrels)
 

@@ -1,0 +1,37 @@
+# Two commands do all the set-up on a fresh machine:
+#   make run    venv + install + native build, then the whole pipeline on the built-in sample
+#   make test   venv + install + native build, then the test suite
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+OUT    ?= runs/sample
+STAMP  := $(VENV)/.fastembed-tune-installed
+
+.PHONY: install run test bench clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --upgrade pip setuptools wheel
+
+# torch is pinned to the CPU wheel first (a plain "torch" request would pull a CUDA build);
+# constraints.txt keeps every later install from replacing it.
+$(STAMP): $(PY) pyproject.toml CMakeLists.txt constraints.txt $(wildcard csrc/*)
+	$(PIP) install -c constraints.txt "torch==2.13.0"
+	$(PIP) install -c constraints.txt "scikit-build-core>=0.10" "pybind11>=2.12" cmake ninja
+	$(PIP) install -c constraints.txt --no-build-isolation -e ".[test,bench]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: $(STAMP)
+	HF_HUB_OFFLINE=1 $(VENV)/bin/fastembed-tune run --output $(OUT)
+
+test: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q tests --doctest-modules fastembed_tune
+
+bench: $(STAMP)
+	cd benchmarks && HF_HUB_OFFLINE=1 ../$(PY) topk_side_by_side.py
+
+clean:
+	rm -rf build $(VENV) runs .pytest_cache
