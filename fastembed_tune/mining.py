@@ -145,7 +145,9 @@ def mine_hard_negatives(
 
 
 def _encode(model, texts: list[str], batch_size: int, progress: bool, desc: str) -> np.ndarray:
-    if hasattr(model, "tokenize") and hasattr(model, "encode") and "desc" in model.encode.__code__.co_varnames:
+    from .model import EmbeddingModel
+
+    if isinstance(model, EmbeddingModel):
         emb = model.encode(texts, batch_size=batch_size, show_progress_bar=progress, desc=desc)
     else:  # a SentenceTransformer
         emb = model.encode(texts, batch_size=batch_size, show_progress_bar=progress,

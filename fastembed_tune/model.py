@@ -89,7 +89,11 @@ class EmbeddingModel(torch.nn.Module):
         >>> EmbeddingModel.load().pooling
         'mean'
         """
+        import transformers
         from transformers import AutoModel, AutoTokenizer
+
+        transformers.logging.set_verbosity_error()
+        transformers.utils.logging.disable_progress_bar()
 
         path = Path(path or default_model_path())
         if not path.is_dir():
