@@ -67,3 +67,74 @@ def topk_cosine_torch(queries: torch.Tensor, corpus: torch.Tensor, k: int, *, ex
         scores[b0:b0 + block, :w] = torch.where(valid, sv, torch.full_like(sv, float("-inf")))
         ids[b0:b0 + block, :w] = torch.where(valid, si, torch.full_like(si, -1))
     return scores, ids
+
+
+def contrastive_mask(pos: torch.Tensor, doc_keys: Optional[torch.Tensor], rows: slice, M: int) -> Optional[torch.Tensor]:
+    """[rows, M] bool: True where doc j shares row i's positive key but is not the positive."""
+    if doc_keys is None:
+        return None
+    p = pos[rows]
+    m = doc_keys[None, :] == doc_keys[p][:, None]
+    m[torch.arange(p.shape[0], device=p.device), p] = False
+    return m
+
+
+class _TiledContrastive(torch.autograd.Function):
+    """InfoNCE over row blocks: forward keeps only the per-row log-sum-exp, backward recomputes."""
+
+    @staticmethod
+    def forward(ctx, q, docs, pos, scale, doc_keys, block):
+        B, M = q.shape[0], docs.shape[0]
+        lse = torch.empty(B, dtype=torch.float32, device=q.device)
+        loss = torch.zeros((), dtype=torch.float64, device=q.device)
+        for b0 in range(0, B, block):
+            rows = slice(b0, min(B, b0 + block))
+            s = (q[rows] @ docs.T) * scale
+            m = contrastive_mask(pos, doc_keys, rows, M)
+            if m is not None:
+                s = s.masked_fill(m, float("-inf"))
+            l = torch.logsumexp(s, dim=1)
+            lse[rows] = l
+            loss += (l - s.gather(1, pos[rows, None]).squeeze(1)).double().sum()
+        ctx.save_for_backward(q, docs, pos, lse, doc_keys)
+        ctx.scale, ctx.block = scale, block
+        return (loss / B).float()
+
+    @staticmethod
+    def backward(ctx, g):
+        q, docs, pos, lse, doc_keys = ctx.saved_tensors
+        scale, block = ctx.scale, ctx.block
+        B, M = q.shape[0], docs.shape[0]
+        dq = torch.zeros_like(q)
+        dd = torch.zeros_like(docs)
+        coef = g / B
+        for b0 in range(0, B, block):
+            rows = slice(b0, min(B, b0 + block))
+            s = (q[rows] @ docs.T) * scale
+            m = contrastive_mask(pos, doc_keys, rows, M)
+            p = torch.exp(s - lse[rows, None])
+            if m is not None:
+                p = p.masked_fill(m, 0.0)
+            p[torch.arange(p.shape[0], device=p.device), pos[rows]] -= 1.0
+            p *= coef * scale
+            dq[rows] = p @ docs
+            dd += p.T @ q[rows]
+        return dq, dd, None, None, None, None
+
+
+def contrastive_torch(q: torch.Tensor, docs: torch.Tensor, pos: torch.Tensor, scale: float = 20.0, *,
+                      doc_keys: Optional[torch.Tensor] = None, symmetric: bool = False,
+                      block: int = 1024) -> torch.Tensor:
+    """``kernels.contrastive`` in plain torch (any device): row-blocked, memory O(block x M).
+
+    >>> q = torch.eye(2, requires_grad=True)
+    >>> round(contrastive_torch(q, torch.eye(2), torch.tensor([0, 1]), 1.0).item(), 4)
+    0.3133
+    """
+    loss = _TiledContrastive.apply(q, docs, pos, float(scale), doc_keys, block)
+    if symmetric:
+        B = q.shape[0]
+        keys_t = doc_keys[pos] if doc_keys is not None else None
+        back = _TiledContrastive.apply(docs[pos], q, torch.arange(B, device=q.device), float(scale), keys_t, block)
+        loss = (loss + back) / 2
+    return loss

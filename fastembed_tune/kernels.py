@@ -209,3 +209,113 @@ def topk_cosine(
         import torch
         return torch.from_numpy(scores), torch.from_numpy(out_ids)
     return scores, out_ids
+
+
+# ---------------------------------------------------------------------------------------------
+# contrastive: fused InfoNCE / MultipleNegativesRanking loss
+# ---------------------------------------------------------------------------------------------
+def _check_contrastive(q, docs, pos, scale, doc_keys):
+    import torch
+
+    for name, t in (("q", q), ("docs", docs)):
+        if not isinstance(t, torch.Tensor):
+            raise ValueError(f"{name} must be a torch tensor, got {type(t).__name__}")
+        if t.dtype != torch.float32:
+            raise ValueError(f"{name} must be float32, got {t.dtype}; convert it with .float()")
+        if t.ndim != 2 or t.shape[0] == 0 or t.shape[1] == 0:
+            raise ValueError(f"{name} must be a non-empty 2-D tensor [rows, dim], got shape {tuple(t.shape)}")
+    if docs.shape[1] != q.shape[1]:
+        raise ValueError(f"q has dimension {q.shape[1]} but docs has dimension {docs.shape[1]}")
+    if docs.device != q.device:
+        raise ValueError(f"q is on {q.device} but docs is on {docs.device}")
+    B, M = q.shape[0], docs.shape[0]
+    if not isinstance(pos, torch.Tensor):
+        pos = torch.as_tensor(pos)
+    if pos.dtype not in (torch.int64, torch.int32) or pos.shape != (B,):
+        raise ValueError(f"pos must be an integer tensor of shape ({B},) (one positive per query), "
+                         f"got {pos.dtype} {tuple(pos.shape)}")
+    pos = pos.to(device=q.device, dtype=torch.int64)
+    if B and (int(pos.min()) < 0 or int(pos.max()) >= M):
+        bad = int(((pos < 0) | (pos >= M)).nonzero()[0, 0])
+        raise ValueError(f"pos[{bad}] = {int(pos[bad])} is outside the docs rows [0, {M})")
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not np.isfinite(scale) or scale <= 0:
+        raise ValueError(f"scale must be a finite number > 0 (20 is temperature 0.05), got {scale!r}")
+    for name, t in (("q", q), ("docs", docs)):
+        if not bool(torch.isfinite(t).all()):
+            r = int((~torch.isfinite(t)).any(1).nonzero()[0, 0])
+            raise ValueError(f"{name} row {r} holds NaN or Inf; embeddings must be finite")
+    if doc_keys is not None:
+        doc_keys = torch.as_tensor(doc_keys)
+        if doc_keys.dtype not in (torch.int64, torch.int32) or doc_keys.shape != (M,):
+            raise ValueError(f"doc_keys must be an integer tensor of shape ({M},), got "
+                             f"{doc_keys.dtype} {tuple(doc_keys.shape)}")
+        doc_keys = doc_keys.to(device=q.device, dtype=torch.int64)
+    return pos, doc_keys
+
+
+def _native_contrastive_function():
+    import torch
+
+    class NativeContrastive(torch.autograd.Function):
+        """Forward: tiled online log-sum-exp in C++, saving only lse[B]; backward recomputes tiles."""
+
+        @staticmethod
+        def forward(ctx, q, docs, pos, scale, doc_keys, simd):
+            qn = q.detach().contiguous().numpy()
+            dn = docs.detach().contiguous().numpy()
+            pn = pos.contiguous().numpy()
+            kn = doc_keys.contiguous().numpy() if doc_keys is not None else None
+            loss, lse = _native.contrastive_forward(qn, dn, pn, float(scale), kn, 0, simd)
+            ctx.save_for_backward(q, docs, pos, torch.from_numpy(lse),
+                                  doc_keys if doc_keys is not None else torch.empty(0))
+            ctx.scale, ctx.has_keys, ctx.simd = scale, doc_keys is not None, simd
+            return torch.tensor(loss, dtype=torch.float32)
+
+        @staticmethod
+        def backward(ctx, g):
+            q, docs, pos, lse, keys = ctx.saved_tensors
+            dq, dd = _native.contrastive_backward(
+                q.detach().contiguous().numpy(), docs.detach().contiguous().numpy(), pos.numpy(),
+                float(ctx.scale), keys.numpy() if ctx.has_keys else None, lse.numpy(), float(g), 0, ctx.simd)
+            return torch.from_numpy(dq), torch.from_numpy(dd), None, None, None, None
+
+    return NativeContrastive
+
+
+_NATIVE_FN = None
+
+
+def contrastive(q, docs, pos, scale: float = 20.0, *, doc_keys=None, symmetric: bool = False,
+                simd: str = "auto"):
+    """Fused InfoNCE / MultipleNegativesRanking loss (mean over rows), differentiable in q and docs.
+
+    Row i's positive is ``docs[pos[i]]``; every other doc is a negative, except docs whose
+    ``doc_keys`` equals the positive's key (the same text twice in a batch). ``symmetric`` adds
+    the document->query direction (CLIP/GTE) and averages the two. CPU float32 tensors run the
+    native tiled kernel (never a B x M matrix); other devices run the same maths in torch.
+
+    Example:
+        >>> import torch
+        >>> q = torch.nn.functional.normalize(torch.randn(4, 8), dim=1).requires_grad_()
+        >>> d = torch.nn.functional.normalize(torch.randn(6, 8), dim=1)
+        >>> loss = contrastive(q, d, torch.arange(4), 20.0)
+        >>> loss.backward(); q.grad.shape
+        torch.Size([4, 8])
+    """
+    global _NATIVE_FN
+    import torch
+
+    from ._torch_ref import contrastive_torch
+
+    pos, doc_keys = _check_contrastive(q, docs, pos, scale, doc_keys)
+    if q.device.type != "cpu" or not hasattr(_native, "contrastive_forward"):
+        return contrastive_torch(q, docs, pos, float(scale), doc_keys=doc_keys, symmetric=symmetric)
+    if _NATIVE_FN is None:
+        _NATIVE_FN = _native_contrastive_function()
+    loss = _NATIVE_FN.apply(q, docs, pos, float(scale), doc_keys, simd)
+    if symmetric:
+        B = q.shape[0]
+        keys_t = doc_keys[pos] if doc_keys is not None else None
+        back = _NATIVE_FN.apply(docs[pos], q, torch.arange(B), float(scale), keys_t, simd)
+        loss = (loss + back) / 2
+    return loss
