@@ -8,6 +8,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "contrastive.h"
 #include "dispatch.h"
 #include "rowcheck.h"
 #include "topk_cosine.h"
@@ -99,6 +100,74 @@ py::dict check_rows_py(py::array x, double norm_tol, int threads) {
   return d;
 }
 
+const ft::SimdKernels& simd_or_raise(const std::string& simd) {
+  try {
+    return ft::get_simd(simd);
+  } catch (const std::invalid_argument& e) {
+    throw py::value_error(e.what());
+  }
+}
+
+// Shapes and bounds of a contrastive call, checked again here whatever Python did.
+ft::ContrastiveArgs contrastive_args(const py::array& q, const py::array& docs, const py::array& pos,
+                                     double scale, const py::object& keys, int threads, py::array& keys_arr) {
+  ft::ContrastiveArgs a;
+  a.q = need<float>(q, "q", 2);
+  a.docs = need<float>(docs, "docs", 2);
+  a.pos = need<int64_t>(pos, "pos", 1);
+  a.B = q.shape(0);
+  a.M = docs.shape(0);
+  if (a.B <= 0 || a.M <= 0 || q.shape(1) <= 0) throw py::value_error("q and docs must be non-empty");
+  if (q.shape(1) != docs.shape(1)) throw py::value_error("q and docs dimensions differ");
+  if (q.shape(1) > (1 << 20)) throw py::value_error("bad dimension");
+  a.d = (int)q.shape(1);
+  if (pos.shape(0) != a.B) throw py::value_error("pos must have one entry per row of q");
+  for (int64_t i = 0; i < a.B; ++i)
+    if (a.pos[i] < 0 || a.pos[i] >= a.M) throw py::value_error("pos index out of range");
+  if (!(scale > 0) || !std::isfinite(scale)) throw py::value_error("scale must be finite and > 0");
+  a.scale = (float)scale;
+  if (!keys.is_none()) {
+    keys_arr = keys.cast<py::array>();
+    a.keys = need<int64_t>(keys_arr, "doc_keys", 1);
+    if (keys_arr.shape(0) != a.M) throw py::value_error("doc_keys must have one entry per doc");
+  }
+  a.threads = threads;
+  return a;
+}
+
+py::tuple contrastive_forward_py(py::array q, py::array docs, py::array pos, double scale, py::object keys,
+                                 int threads, const std::string& simd) {
+  py::array keys_arr;
+  const ft::ContrastiveArgs a = contrastive_args(q, docs, pos, scale, keys, threads, keys_arr);
+  const ft::SimdKernels& kern = simd_or_raise(simd);
+  py::array_t<float> lse(a.B);
+  float* l = lse.mutable_data();
+  double loss;
+  {
+    py::gil_scoped_release nogil;
+    loss = ft::contrastive_forward(a, kern, l);
+  }
+  return py::make_tuple(loss, lse);
+}
+
+py::tuple contrastive_backward_py(py::array q, py::array docs, py::array pos, double scale, py::object keys,
+                                  py::array lse, double grad_out, int threads, const std::string& simd) {
+  py::array keys_arr;
+  const ft::ContrastiveArgs a = contrastive_args(q, docs, pos, scale, keys, threads, keys_arr);
+  const float* l = need<float>(lse, "lse", 1);
+  if (lse.shape(0) != a.B) throw py::value_error("lse must have one entry per row of q");
+  const ft::SimdKernels& kern = simd_or_raise(simd);
+  py::array_t<float> dq({a.B, (int64_t)a.d});
+  py::array_t<float> dd({a.M, (int64_t)a.d});
+  float* pq = dq.mutable_data();
+  float* pd = dd.mutable_data();
+  {
+    py::gil_scoped_release nogil;
+    ft::contrastive_backward(a, kern, l, (float)grad_out, pq, pd);
+  }
+  return py::make_tuple(dq, dd);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_native, m) {
@@ -106,6 +175,11 @@ PYBIND11_MODULE(_native, m) {
   m.def("topk_cosine", &topk_cosine_py, py::arg("queries"), py::arg("corpus"), py::arg("k"),
         py::arg("excl_ptr") = py::none(), py::arg("excl_ids") = py::none(), py::arg("upper") = py::none(),
         py::arg("skip_top") = 0, py::arg("threads") = 0, py::arg("simd") = "auto");
+  m.def("contrastive_forward", &contrastive_forward_py, py::arg("q"), py::arg("docs"), py::arg("pos"),
+        py::arg("scale"), py::arg("doc_keys") = py::none(), py::arg("threads") = 0, py::arg("simd") = "auto");
+  m.def("contrastive_backward", &contrastive_backward_py, py::arg("q"), py::arg("docs"), py::arg("pos"),
+        py::arg("scale"), py::arg("doc_keys"), py::arg("lse"), py::arg("grad_out"), py::arg("threads") = 0,
+        py::arg("simd") = "auto");
   m.def("check_rows", &check_rows_py, py::arg("x"), py::arg("norm_tol") = -1.0, py::arg("threads") = 0);
   m.def("available_simd", &ft::available_simd);
   m.def("simd_name", [](const std::string& s) {

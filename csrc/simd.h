@@ -16,11 +16,19 @@ struct SimdKernels {
   // Scores of mr rows of A against one packed tile of B:
   //   C[i*ldc + j] = sum_k A_i[k] * B[j][k]      for i < mr (the table's), j < npanels*nr.
   // `a` holds mr row pointers (length d each). `bp` is the tile packed by pack_tile.
+  // With accumulate, C += instead of C =.
   void (*tile_scores)(const float* const* a, const float* bp, int d, int kc, int npanels,
-                      float* c, int64_t ldc);
+                      float* c, int64_t ldc, bool accumulate);
 
   // Indices j < n with lo < s[j] <= hi, written to out; returns how many.
   int (*select_range)(const float* s, int n, float lo, float hi, int32_t* out);
+
+  // Softmax pieces for the contrastive kernel (exp: vectorised Cephes polynomial, ~1 ulp).
+  float (*row_max)(const float* s, int n);
+  // sum_j exp(scale * s[j] - shift)
+  float (*sum_exp)(const float* s, int n, float scale, float shift);
+  // s[j] = coef * exp(scale * s[j] - shift[j or 0]); shift has n entries when per_col, else 1
+  void (*exp_scale)(float* s, int n, float scale, const float* shift, bool per_col, float coef);
 
 };
 
@@ -28,8 +36,14 @@ struct SimdKernels {
 // the chunked panel layout read by tile_scores: chunk c (depth kc_c = min(kc, d - c*kc)) at
 // offset c*kc*npanels*nr, panel p at p*kc_c*nr inside it, element (k, j) at k*nr + j.
 // Rows past `rows` are zero. Disjoint panel ranges may be packed by different threads.
+// (B operand given transposed: its rows are the output columns.)
 void pack_panels(const float* src, int64_t ld, int64_t rows, int d, int kc, int nr, int npanels,
                  int p_begin, int p_end, float* dst);
+
+// The same layout for a B operand given as a row-major K x N matrix (row stride ld): element
+// (k, j) = src[k*ld + j]; rows k >= krows and columns j >= ncols are zero.
+void pack_panels_kn(const float* src, int64_t ld, int krows, int ncols, int K, int kc, int nr,
+                    int npanels, float* dst);
 
 const SimdKernels& simd_scalar();
 #if defined(FT_HAVE_X86)

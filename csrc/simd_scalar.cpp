@@ -1,4 +1,6 @@
 // The portable reference path: plain C++ floats, the same templates as the SIMD paths.
+#include <cmath>
+
 #include "simd_impl.h"
 
 namespace ft {
@@ -14,6 +16,14 @@ struct VScalar {
   static inline reg fmadd(reg a, reg b, reg c) { return a * b + c; }
   static inline reg add(reg a, reg b) { return a + b; }
   static inline uint64_t mask_range(reg v, float lo, float hi) { return (v > lo && v <= hi) ? 1u : 0u; }
+  static inline reg max(reg a, reg b) { return a > b ? a : b; }
+  static inline reg min(reg a, reg b) { return a < b ? a : b; }
+  static inline reg mul(reg a, reg b) { return a * b; }
+  static inline reg sub(reg a, reg b) { return a - b; }
+  static inline float hmax(reg a) { return a; }
+  static inline float hsum(reg a) { return a; }
+  static inline reg exp(reg x) { return std::exp(x); }  // the reference: libm
+  static inline float exp1(float x) { return std::exp(x); }
 };
 }  // namespace
 

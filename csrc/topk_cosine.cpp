@@ -100,7 +100,7 @@ void score_block(const TopkArgs& a, const SimdKernels& kern, const Tiling& t, co
   const float* rows[64];
   const int mr_valid = (int)std::min<int64_t>(t.mr, a.Q - q0);
   for (int i = 0; i < t.mr; ++i) rows[i] = i < mr_valid ? a.queries + (q0 + i) * a.d : zero_row;
-  kern.tile_scores(rows, packed, a.d, t.kc, t.npanels, cbuf, t.nc);
+  kern.tile_scores(rows, packed, a.d, t.kc, t.npanels, cbuf, t.nc, false);
   for (int i = 0; i < mr_valid; ++i)
     handler.add_row(kern, q0 + i, hq0 + i, cbuf + (int64_t)i * t.nc, tile_rows, tile0, idx);
 }

@@ -1,0 +1,261 @@
+// contrastive: logits S = scale * q @ docs^T are produced one (MR rows x nc docs) tile at a
+// time by the same register-blocked micro-kernel as topk_cosine and consumed at once:
+//   forward  : online log-sum-exp per row (flash-attention's running max and sum);
+//   backward : pass 1 (threads own query rows)  G = softmax - onehot, dq += G @ docs_tile;
+//              pass 2 (threads own doc rows)    G^T recomputed,     ddocs += G^T @ q_tile.
+// Owning rows in each pass means no atomics and no per-thread copies of the gradients.
+#include "contrastive.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <unordered_map>
+#include <vector>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+namespace ft {
+namespace {
+
+constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+
+int n_threads(int t) {
+#ifdef _OPENMP
+  return t > 0 ? t : omp_get_max_threads();
+#else
+  (void)t;
+  return 1;
+#endif
+}
+
+// Docs that are not negatives for a row: those sharing its positive's key (positive excluded).
+struct KeyGroups {
+  std::unordered_map<int64_t, std::vector<int64_t>> groups;  // only keys held by >= 2 docs
+  std::vector<char> in_group;                                // per doc
+  explicit KeyGroups(const ContrastiveArgs& a) : in_group(a.keys ? a.M : 0, 0) {
+    if (!a.keys) return;
+    std::unordered_map<int64_t, int64_t> count;
+    for (int64_t j = 0; j < a.M; ++j) ++count[a.keys[j]];
+    for (int64_t j = 0; j < a.M; ++j)
+      if (count[a.keys[j]] > 1) {
+        groups[a.keys[j]].push_back(j);
+        in_group[j] = 1;
+      }
+  }
+  const std::vector<int64_t>* of_row(const ContrastiveArgs& a, int64_t i) const {
+    if (!a.keys) return nullptr;
+    auto it = groups.find(a.keys[a.pos[i]]);
+    return it == groups.end() ? nullptr : &it->second;
+  }
+};
+
+struct Geometry {
+  int mr, nr, kc, npanels, nc;  // doc tiles for S = q @ docs^T
+  int dpanels, dpad;            // output panels over d for the gradient products
+  int kc_nc;                    // depth chunk when K = nc (the products)
+};
+
+Geometry geometry(const SimdKernels& kern, int d) {
+  Geometry g;
+  g.mr = kern.mr;
+  g.nr = kern.nr;
+  const int nch = (d + kern.kc - 1) / kern.kc;
+  g.kc = std::min(d, ((d + nch - 1) / nch + 7) / 8 * 8);
+  const int64_t target = (256 * 1024) / (4 * (int64_t)d);
+  g.npanels = (int)std::max<int64_t>(1, std::min<int64_t>(target / g.nr, 512 / g.nr));
+  g.nc = g.npanels * g.nr;
+  g.dpanels = (d + g.nr - 1) / g.nr;
+  g.dpad = g.dpanels * g.nr;
+  g.kc_nc = std::min(g.nc, kern.kc);
+  return g;
+}
+
+int64_t packed_size(int K, int kc, int npanels, int nr) {
+  const int nch = (K + kc - 1) / kc;
+  return (int64_t)nch * kc * npanels * nr;
+}
+
+// Row pointers for rows [r0, r0 + mr) of a [rows, d] matrix; missing rows point at zeros.
+void row_ptrs(const float* x, int64_t rows, int64_t ld, int64_t r0, int mr, const float* zeros, const float** out) {
+  for (int i = 0; i < mr; ++i) out[i] = r0 + i < rows ? x + (r0 + i) * ld : zeros;
+}
+
+}  // namespace
+
+double contrastive_forward(const ContrastiveArgs& a, const SimdKernels& kern, float* lse) {
+  const Geometry g = geometry(kern, a.d);
+  const KeyGroups kg(a);
+  const int T = n_threads(a.threads);
+  const int64_t nblocks = (a.B + g.mr - 1) / g.mr;
+  // Row blocks big enough that re-packing the docs per block is cheap, small enough to balance.
+  const int64_t per = std::max<int64_t>(1, std::min<int64_t>(64, (nblocks + 2 * T - 1) / (2 * T)));
+  const int64_t nitems = (nblocks + per - 1) / per;
+  std::vector<double> row_loss(a.B, 0.0);
+  std::vector<float> zeros(std::max(a.d, 1), 0.f);
+
+#pragma omp parallel num_threads(T)
+  {
+    std::vector<float> packed(packed_size(a.d, g.kc, g.npanels, g.nr));
+    std::vector<float> S((size_t)g.mr * g.nc);
+    const int64_t rows_per_item = per * g.mr;
+    std::vector<float> m(rows_per_item), s(rows_per_item), pl(rows_per_item);
+    const float* rp[64];
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t item = 0; item < nitems; ++item) {
+      const int64_t r0 = item * rows_per_item, r1 = std::min(a.B, r0 + rows_per_item);
+      std::fill(m.begin(), m.end(), kNegInf);
+      std::fill(s.begin(), s.end(), 0.f);
+      std::fill(pl.begin(), pl.end(), 0.f);
+      for (int64_t t0 = 0; t0 < a.M; t0 += g.nc) {
+        const int n = (int)std::min<int64_t>(g.nc, a.M - t0);
+        pack_panels(a.docs + t0 * a.d, a.d, n, a.d, g.kc, g.nr, g.npanels, 0, g.npanels, packed.data());
+        for (int64_t b0 = r0; b0 < r1; b0 += g.mr) {
+          row_ptrs(a.q, a.B, a.d, b0, g.mr, zeros.data(), rp);
+          kern.tile_scores(rp, packed.data(), a.d, g.kc, g.npanels, S.data(), g.nc, false);
+          for (int i = 0; i < g.mr && b0 + i < r1; ++i) {
+            const int64_t row = b0 + i, li = row - r0;
+            float* srow = S.data() + (size_t)i * g.nc;
+            const int64_t p = a.pos[row];
+            if (p >= t0 && p < t0 + n) pl[li] = srow[p - t0] * a.scale;
+            if (const auto* grp = kg.of_row(a, row))
+              for (int64_t j : *grp)
+                if (j != p && j >= t0 && j < t0 + n) srow[j - t0] = kNegInf;
+            const float tmax = kern.row_max(srow, n) * a.scale;
+            if (tmax == kNegInf) continue;
+            const float mnew = std::max(m[li], tmax);
+            s[li] = (m[li] == kNegInf ? 0.f : s[li] * std::exp(m[li] - mnew)) +
+                    kern.sum_exp(srow, n, a.scale, mnew);
+            m[li] = mnew;
+          }
+        }
+      }
+      for (int64_t row = r0; row < r1; ++row) {
+        const int64_t li = row - r0;
+        lse[row] = m[li] + std::log(s[li]);
+        row_loss[row] = (double)lse[row] - (double)pl[li];
+      }
+    }
+  }
+  double total = 0.0;
+  for (double v : row_loss) total += v;
+  return total / (double)a.B;
+}
+
+void contrastive_backward(const ContrastiveArgs& a, const SimdKernels& kern, const float* lse,
+                          float grad_out, float* dq, float* ddocs) {
+  const Geometry g = geometry(kern, a.d);
+  const KeyGroups kg(a);
+  const int T = n_threads(a.threads);
+  const float coef = grad_out / (float)a.B * a.scale;  // d loss / d (q.doc) = scale * G / B
+  std::vector<float> zeros(std::max<int64_t>(std::max<int64_t>(a.d, g.nc), 1), 0.f);
+  // rows_of_doc: CSR inverse of pos (which rows have doc j as their positive)
+  std::vector<int64_t> rptr(a.M + 1, 0), rows_of(a.B);
+  for (int64_t i = 0; i < a.B; ++i) ++rptr[a.pos[i] + 1];
+  for (int64_t j = 0; j < a.M; ++j) rptr[j + 1] += rptr[j];
+  {
+    std::vector<int64_t> fill(rptr.begin(), rptr.end() - 1);
+    for (int64_t i = 0; i < a.B; ++i) rows_of[fill[a.pos[i]]++] = i;
+  }
+  const int64_t qblocks = (a.B + g.mr - 1) / g.mr;
+  const int64_t dblocks = (a.M + g.mr - 1) / g.mr;
+
+#pragma omp parallel num_threads(T)
+  {
+    std::vector<float> pk(packed_size(a.d, g.kc, g.npanels, g.nr));       // K = d, N = tile
+    std::vector<float> pn(packed_size(g.nc, g.kc_nc, g.dpanels, g.nr));   // K = tile, N = d
+    std::vector<float> S((size_t)g.mr * g.nc);
+    const float* rp[64];
+    const float* gp[64];
+
+    // ---- pass 1: dq, threads own query rows -------------------------------------------
+    {
+      const int64_t per = std::max<int64_t>(1, std::min<int64_t>(64, (qblocks + 2 * T - 1) / (2 * T)));
+      const int64_t nitems = (qblocks + per - 1) / per;
+      const int64_t rows_per_item = per * g.mr;
+      std::vector<float> acc((size_t)rows_per_item * g.dpad);
+#pragma omp for schedule(dynamic, 1)
+      for (int64_t item = 0; item < nitems; ++item) {
+        const int64_t r0 = item * rows_per_item, r1 = std::min(a.B, r0 + rows_per_item);
+        std::fill(acc.begin(), acc.end(), 0.f);
+        for (int64_t t0 = 0; t0 < a.M; t0 += g.nc) {
+          const int n = (int)std::min<int64_t>(g.nc, a.M - t0);
+          pack_panels(a.docs + t0 * a.d, a.d, n, a.d, g.kc, g.nr, g.npanels, 0, g.npanels, pk.data());
+          pack_panels_kn(a.docs + t0 * a.d, a.d, n, a.d, g.nc, g.kc_nc, g.nr, g.dpanels, pn.data());
+          for (int64_t b0 = r0; b0 < r1; b0 += g.mr) {
+            row_ptrs(a.q, a.B, a.d, b0, g.mr, zeros.data(), rp);
+            kern.tile_scores(rp, pk.data(), a.d, g.kc, g.npanels, S.data(), g.nc, false);
+            for (int i = 0; i < g.mr; ++i) {
+              float* srow = S.data() + (size_t)i * g.nc;
+              const int64_t row = b0 + i;
+              if (row >= r1) {
+                std::fill(srow, srow + g.nc, 0.f);
+                continue;
+              }
+              kern.exp_scale(srow, n, a.scale, &lse[row], false, coef);
+              std::fill(srow + n, srow + g.nc, 0.f);
+              const int64_t p = a.pos[row];
+              if (const auto* grp = kg.of_row(a, row))
+                for (int64_t j : *grp)
+                  if (j != p && j >= t0 && j < t0 + n) srow[j - t0] = 0.f;
+              if (p >= t0 && p < t0 + n) srow[p - t0] -= coef;
+            }
+            for (int i = 0; i < g.mr; ++i) gp[i] = S.data() + (size_t)i * g.nc;
+            kern.tile_scores(gp, pn.data(), g.nc, g.kc_nc, g.dpanels, acc.data() + (b0 - r0) * g.dpad, g.dpad, true);
+          }
+        }
+        for (int64_t row = r0; row < r1; ++row)
+          std::copy(acc.data() + (row - r0) * g.dpad, acc.data() + (row - r0) * g.dpad + a.d, dq + row * a.d);
+      }
+    }
+
+    // ---- pass 2: ddocs, threads own doc rows ------------------------------------------
+    {
+      const int64_t per = std::max<int64_t>(1, std::min<int64_t>(64, (dblocks + 2 * T - 1) / (2 * T)));
+      const int64_t nitems = (dblocks + per - 1) / per;
+      const int64_t rows_per_item = per * g.mr;
+      std::vector<float> acc((size_t)rows_per_item * g.dpad);
+      std::vector<float> kp(g.nc);  // key of each tile query's positive
+#pragma omp for schedule(dynamic, 1)
+      for (int64_t item = 0; item < nitems; ++item) {
+        const int64_t j0 = item * rows_per_item, j1 = std::min(a.M, j0 + rows_per_item);
+        std::fill(acc.begin(), acc.end(), 0.f);
+        for (int64_t t0 = 0; t0 < a.B; t0 += g.nc) {
+          const int n = (int)std::min<int64_t>(g.nc, a.B - t0);
+          pack_panels(a.q + t0 * a.d, a.d, n, a.d, g.kc, g.nr, g.npanels, 0, g.npanels, pk.data());
+          pack_panels_kn(a.q + t0 * a.d, a.d, n, a.d, g.nc, g.kc_nc, g.nr, g.dpanels, pn.data());
+          for (int64_t b0 = j0; b0 < j1; b0 += g.mr) {
+            row_ptrs(a.docs, a.M, a.d, b0, g.mr, zeros.data(), rp);
+            kern.tile_scores(rp, pk.data(), a.d, g.kc, g.npanels, S.data(), g.nc, false);
+            for (int i = 0; i < g.mr; ++i) {
+              float* srow = S.data() + (size_t)i * g.nc;  // doc b0+i against tile queries
+              const int64_t doc = b0 + i;
+              if (doc >= j1) {
+                std::fill(srow, srow + g.nc, 0.f);
+                continue;
+              }
+              kern.exp_scale(srow, n, a.scale, lse + t0, true, coef);
+              std::fill(srow + n, srow + g.nc, 0.f);
+              if (a.keys && kg.in_group[doc])
+                for (int c = 0; c < n; ++c) {
+                  const int64_t p = a.pos[t0 + c];
+                  if (p != doc && a.keys[p] == a.keys[doc]) srow[c] = 0.f;
+                }
+              for (int64_t r = rptr[doc]; r < rptr[doc + 1]; ++r) {
+                const int64_t qi = rows_of[r];
+                if (qi >= t0 && qi < t0 + n) srow[qi - t0] -= coef;
+              }
+            }
+            for (int i = 0; i < g.mr; ++i) gp[i] = S.data() + (size_t)i * g.nc;
+            kern.tile_scores(gp, pn.data(), g.nc, g.kc_nc, g.dpanels, acc.data() + (b0 - j0) * g.dpad, g.dpad, true);
+          }
+        }
+        for (int64_t doc = j0; doc < j1; ++doc)
+          std::copy(acc.data() + (doc - j0) * g.dpad, acc.data() + (doc - j0) * g.dpad + a.d, ddocs + doc * a.d);
+      }
+    }
+  }
+}
+
+}  // namespace ft

@@ -1,0 +1,29 @@
+// Fused InfoNCE / MultipleNegativesRanking loss, tiled with an online log-sum-exp.
+// Contract: ../shared/DESIGN.md "contrastive". Never allocates a B x M matrix: the forward
+// keeps one running (max, sum) per row; the backward recomputes score tiles.
+#pragma once
+#include <cstdint>
+
+#include "simd.h"
+
+namespace ft {
+
+struct ContrastiveArgs {
+  const float* q = nullptr;      // [B, d]
+  const float* docs = nullptr;   // [M, d]
+  const int64_t* pos = nullptr;  // [B], row i's positive is docs[pos[i]]
+  const int64_t* keys = nullptr; // [M] or nullptr: docs sharing row i's positive key are no negatives
+  int64_t B = 0, M = 0;
+  int d = 0;
+  float scale = 20.f;
+  int threads = 0;
+};
+
+// Returns the mean loss; writes lse[B] (log-sum-exp of each row's masked, scaled logits).
+double contrastive_forward(const ContrastiveArgs& a, const SimdKernels& kern, float* lse);
+
+// Gradients of grad_out * mean loss: dq[B, d], ddocs[M, d] (overwritten).
+void contrastive_backward(const ContrastiveArgs& a, const SimdKernels& kern, const float* lse,
+                          float grad_out, float* dq, float* ddocs);
+
+}  // namespace ft
