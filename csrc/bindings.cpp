@@ -140,22 +140,27 @@ py::tuple contrastive_forward_py(py::array q, py::array docs, py::array pos, dou
   py::array keys_arr;
   const ft::ContrastiveArgs a = contrastive_args(q, docs, pos, scale, keys, threads, keys_arr);
   const ft::SimdKernels& kern = simd_or_raise(simd);
-  py::array_t<float> lse(a.B);
-  float* l = lse.mutable_data();
+  py::array_t<float> rmax(a.B), rsum(a.B);
+  float* pm = rmax.mutable_data();
+  float* ps = rsum.mutable_data();
   double loss;
   {
     py::gil_scoped_release nogil;
-    loss = ft::contrastive_forward(a, kern, l);
+    loss = ft::contrastive_forward(a, kern, pm, ps);
   }
-  return py::make_tuple(loss, lse);
+  return py::make_tuple(loss, rmax, rsum);
 }
 
 py::tuple contrastive_backward_py(py::array q, py::array docs, py::array pos, double scale, py::object keys,
-                                  py::array lse, double grad_out, int threads, const std::string& simd) {
+                                  py::array rmax, py::array rsum, double grad_out, int threads,
+                                  const std::string& simd) {
   py::array keys_arr;
   const ft::ContrastiveArgs a = contrastive_args(q, docs, pos, scale, keys, threads, keys_arr);
-  const float* l = need<float>(lse, "lse", 1);
-  if (lse.shape(0) != a.B) throw py::value_error("lse must have one entry per row of q");
+  const float* pm = need<float>(rmax, "row max", 1);
+  const float* ps = need<float>(rsum, "row sum", 1);
+  if (rmax.shape(0) != a.B || rsum.shape(0) != a.B) throw py::value_error("row statistics must have B entries");
+  for (int64_t i = 0; i < a.B; ++i)
+    if (!(ps[i] > 0) || !std::isfinite(pm[i])) throw py::value_error("row statistics are not from a forward pass");
   const ft::SimdKernels& kern = simd_or_raise(simd);
   py::array_t<float> dq({a.B, (int64_t)a.d});
   py::array_t<float> dd({a.M, (int64_t)a.d});
@@ -163,7 +168,7 @@ py::tuple contrastive_backward_py(py::array q, py::array docs, py::array pos, do
   float* pd = dd.mutable_data();
   {
     py::gil_scoped_release nogil;
-    ft::contrastive_backward(a, kern, l, (float)grad_out, pq, pd);
+    ft::contrastive_backward(a, kern, pm, ps, (float)grad_out, pq, pd);
   }
   return py::make_tuple(dq, dd);
 }
@@ -178,7 +183,7 @@ PYBIND11_MODULE(_native, m) {
   m.def("contrastive_forward", &contrastive_forward_py, py::arg("q"), py::arg("docs"), py::arg("pos"),
         py::arg("scale"), py::arg("doc_keys") = py::none(), py::arg("threads") = 0, py::arg("simd") = "auto");
   m.def("contrastive_backward", &contrastive_backward_py, py::arg("q"), py::arg("docs"), py::arg("pos"),
-        py::arg("scale"), py::arg("doc_keys"), py::arg("lse"), py::arg("grad_out"), py::arg("threads") = 0,
+        py::arg("scale"), py::arg("doc_keys"), py::arg("row_max"), py::arg("row_sum"), py::arg("grad_out"), py::arg("threads") = 0,
         py::arg("simd") = "auto");
   m.def("check_rows", &check_rows_py, py::arg("x"), py::arg("norm_tol") = -1.0, py::arg("threads") = 0);
   m.def("available_simd", &ft::available_simd);

@@ -84,7 +84,7 @@ void row_ptrs(const float* x, int64_t rows, int64_t ld, int64_t r0, int mr, cons
 
 }  // namespace
 
-double contrastive_forward(const ContrastiveArgs& a, const SimdKernels& kern, float* lse) {
+double contrastive_forward(const ContrastiveArgs& a, const SimdKernels& kern, float* m_out, float* s_out) {
   const Geometry g = geometry(kern, a.d);
   const KeyGroups kg(a);
   const int T = n_threads(a.threads);
@@ -133,8 +133,9 @@ double contrastive_forward(const ContrastiveArgs& a, const SimdKernels& kern, fl
       }
       for (int64_t row = r0; row < r1; ++row) {
         const int64_t li = row - r0;
-        lse[row] = m[li] + std::log(s[li]);
-        row_loss[row] = (double)lse[row] - (double)pl[li];
+        m_out[row] = m[li];
+        s_out[row] = s[li];
+        row_loss[row] = (double)m[li] + std::log((double)s[li]) - (double)pl[li];
       }
     }
   }
@@ -143,7 +144,7 @@ double contrastive_forward(const ContrastiveArgs& a, const SimdKernels& kern, fl
   return total / (double)a.B;
 }
 
-void contrastive_backward(const ContrastiveArgs& a, const SimdKernels& kern, const float* lse,
+void contrastive_backward(const ContrastiveArgs& a, const SimdKernels& kern, const float* rmax, const float* rsum,
                           float grad_out, float* dq, float* ddocs) {
   const Geometry g = geometry(kern, a.d);
   const KeyGroups kg(a);
@@ -158,6 +159,9 @@ void contrastive_backward(const ContrastiveArgs& a, const SimdKernels& kern, con
     std::vector<int64_t> fill(rptr.begin(), rptr.end() - 1);
     for (int64_t i = 0; i < a.B; ++i) rows_of[fill[a.pos[i]]++] = i;
   }
+  // softmax_ij = exp(scale*s_ij - rmax_i) / rsum_i: the 1/rsum is folded into the multiplier.
+  std::vector<float> mult(a.B);
+  for (int64_t i = 0; i < a.B; ++i) mult[i] = coef / rsum[i];
   const int64_t qblocks = (a.B + g.mr - 1) / g.mr;
   const int64_t dblocks = (a.M + g.mr - 1) / g.mr;
 
@@ -193,7 +197,7 @@ void contrastive_backward(const ContrastiveArgs& a, const SimdKernels& kern, con
                 std::fill(srow, srow + g.nc, 0.f);
                 continue;
               }
-              kern.exp_scale(srow, n, a.scale, &lse[row], false, coef);
+              kern.exp_scale(srow, n, a.scale, &rmax[row], &mult[row], false);
               std::fill(srow + n, srow + g.nc, 0.f);
               const int64_t p = a.pos[row];
               if (const auto* grp = kg.of_row(a, row))
@@ -235,7 +239,7 @@ void contrastive_backward(const ContrastiveArgs& a, const SimdKernels& kern, con
                 std::fill(srow, srow + g.nc, 0.f);
                 continue;
               }
-              kern.exp_scale(srow, n, a.scale, lse + t0, true, coef);
+              kern.exp_scale(srow, n, a.scale, rmax + t0, mult.data() + t0, true);
               std::fill(srow + n, srow + g.nc, 0.f);
               if (a.keys && kg.in_group[doc])
                 for (int c = 0; c < n; ++c) {

@@ -19,11 +19,13 @@ struct ContrastiveArgs {
   int threads = 0;
 };
 
-// Returns the mean loss; writes lse[B] (log-sum-exp of each row's masked, scaled logits).
-double contrastive_forward(const ContrastiveArgs& a, const SimdKernels& kern, float* lse);
+// Returns the mean loss; writes each row's running max m[B] and sum s[B] of its masked, scaled
+// logits (log-sum-exp = m + log s). The backward takes both so that its recomputed exponents
+// are bit-identical to the forward's.
+double contrastive_forward(const ContrastiveArgs& a, const SimdKernels& kern, float* m, float* s);
 
 // Gradients of grad_out * mean loss: dq[B, d], ddocs[M, d] (overwritten).
-void contrastive_backward(const ContrastiveArgs& a, const SimdKernels& kern, const float* lse,
+void contrastive_backward(const ContrastiveArgs& a, const SimdKernels& kern, const float* m, const float* s,
                           float grad_out, float* dq, float* ddocs);
 
 }  // namespace ft

@@ -27,8 +27,9 @@ struct SimdKernels {
   float (*row_max)(const float* s, int n);
   // sum_j exp(scale * s[j] - shift)
   float (*sum_exp)(const float* s, int n, float scale, float shift);
-  // s[j] = coef * exp(scale * s[j] - shift[j or 0]); shift has n entries when per_col, else 1
-  void (*exp_scale)(float* s, int n, float scale, const float* shift, bool per_col, float coef);
+  // s[j] = mult[c] * exp(scale * s[j] - shift[c]), c = j when per_col else 0. The exponent is
+  // formed exactly as in sum_exp (one fused multiply-add), so recomputed probabilities match.
+  void (*exp_scale)(float* s, int n, float scale, const float* shift, const float* mult, bool per_col);
 
 };
 

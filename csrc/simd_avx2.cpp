@@ -1,6 +1,8 @@
 // AVX2 + FMA path (compiled with -mavx2 -mfma only in this file): 6x16 register tile.
 #include <immintrin.h>
 
+#include <cmath>
+
 #include "simd_impl.h"
 
 namespace ft {
@@ -42,6 +44,7 @@ struct VAvx2 {
     return _mm_cvtss_f32(m);
   }
   static inline reg exp(reg x) { return impl::cephes_exp<VAvx2>(x); }
+  static inline float fma1(float a, float b, float c) { return std::fma(a, b, c); }
   static inline float exp1(float x) { return _mm256_cvtss_f32(exp(_mm256_set1_ps(x))); }
 };
 }  // namespace

@@ -1,6 +1,8 @@
 // AVX-512F path (compiled with -mavx512f only in this file): 8x32 register tile.
 #include <immintrin.h>
 
+#include <cmath>
+
 #include "simd_impl.h"
 
 namespace ft {
@@ -31,6 +33,7 @@ struct VAvx512 {
   static inline float hmax(reg a) { return _mm512_reduce_max_ps(a); }
   static inline float hsum(reg a) { return _mm512_reduce_add_ps(a); }
   static inline reg exp(reg x) { return impl::cephes_exp<VAvx512>(x); }
+  static inline float fma1(float a, float b, float c) { return std::fma(a, b, c); }
   static inline float exp1(float x) { return _mm512_cvtss_f32(exp(_mm512_set1_ps(x))); }
 };
 }  // namespace

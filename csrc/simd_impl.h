@@ -115,19 +115,23 @@ static float sum_exp(const float* s, int n, float scale, float shift) {
   int j = 0;
   for (; j + V::W <= n; j += V::W) acc = V::add(acc, V::exp(V::fmadd(V::loadu(s + j), vs, vsh)));
   float total = V::hsum(acc);
-  for (; j < n; ++j) total += V::exp1(s[j] * scale - shift);
+  for (; j < n; ++j) total += V::exp1(V::fma1(s[j], scale, -shift));
   return total;
 }
 
 template <class V>
-static void exp_scale(float* s, int n, float scale, const float* shift, bool per_col, float coef) {
-  const typename V::reg vs = V::set1(scale), vc = V::set1(coef);
+static void exp_scale(float* s, int n, float scale, const float* shift, const float* mult, bool per_col) {
+  const typename V::reg vs = V::set1(scale);
   int j = 0;
   for (; j + V::W <= n; j += V::W) {
-    const typename V::reg sh = per_col ? V::loadu(shift + j) : V::set1(shift[0]);
-    V::storeu(s + j, V::mul(vc, V::exp(V::sub(V::mul(V::loadu(s + j), vs), sh))));
+    const typename V::reg sh = per_col ? V::sub(V::zero(), V::loadu(shift + j)) : V::set1(-shift[0]);
+    const typename V::reg mu = per_col ? V::loadu(mult + j) : V::set1(mult[0]);
+    V::storeu(s + j, V::mul(mu, V::exp(V::fmadd(V::loadu(s + j), vs, sh))));
   }
-  for (; j < n; ++j) s[j] = coef * V::exp1(s[j] * scale - shift[per_col ? j : 0]);
+  for (; j < n; ++j) {
+    const int c = per_col ? j : 0;
+    s[j] = mult[c] * V::exp1(V::fma1(s[j], scale, -shift[c]));
+  }
 }
 
 template <class V, int MR, int NV>

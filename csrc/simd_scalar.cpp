@@ -24,6 +24,7 @@ struct VScalar {
   static inline float hsum(reg a) { return a; }
   static inline reg exp(reg x) { return std::exp(x); }  // the reference: libm
   static inline float exp1(float x) { return std::exp(x); }
+  static inline float fma1(float a, float b, float c) { return a * b + c; }
 };
 }  // namespace
 

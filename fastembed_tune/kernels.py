@@ -257,7 +257,7 @@ def _native_contrastive_function():
     import torch
 
     class NativeContrastive(torch.autograd.Function):
-        """Forward: tiled online log-sum-exp in C++, saving only lse[B]; backward recomputes tiles."""
+        """Forward: tiled online log-sum-exp in C++, saving only each row's max and sum; backward recomputes tiles."""
 
         @staticmethod
         def forward(ctx, q, docs, pos, scale, doc_keys, simd):
@@ -265,18 +265,19 @@ def _native_contrastive_function():
             dn = docs.detach().contiguous().numpy()
             pn = pos.contiguous().numpy()
             kn = doc_keys.contiguous().numpy() if doc_keys is not None else None
-            loss, lse = _native.contrastive_forward(qn, dn, pn, float(scale), kn, 0, simd)
-            ctx.save_for_backward(q, docs, pos, torch.from_numpy(lse),
+            loss, rmax, rsum = _native.contrastive_forward(qn, dn, pn, float(scale), kn, 0, simd)
+            ctx.save_for_backward(q, docs, pos, torch.from_numpy(rmax), torch.from_numpy(rsum),
                                   doc_keys if doc_keys is not None else torch.empty(0))
             ctx.scale, ctx.has_keys, ctx.simd = scale, doc_keys is not None, simd
             return torch.tensor(loss, dtype=torch.float32)
 
         @staticmethod
         def backward(ctx, g):
-            q, docs, pos, lse, keys = ctx.saved_tensors
+            q, docs, pos, rmax, rsum, keys = ctx.saved_tensors
             dq, dd = _native.contrastive_backward(
                 q.detach().contiguous().numpy(), docs.detach().contiguous().numpy(), pos.numpy(),
-                float(ctx.scale), keys.numpy() if ctx.has_keys else None, lse.numpy(), float(g), 0, ctx.simd)
+                float(ctx.scale), keys.numpy() if ctx.has_keys else None, rmax.numpy(), rsum.numpy(),
+                float(g), 0, ctx.simd)
             return torch.from_numpy(dq), torch.from_numpy(dd), None, None, None, None
 
     return NativeContrastive
