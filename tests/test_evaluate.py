@@ -62,8 +62,8 @@ def _ranx(qrels, run):
     for q in qrels:
         rrun.setdefault(q, {})
     if not any(rrun.values()):
-        # every run empty: nothing to compare with ranx (which may not type an all-empty run);
-        # every metric of every query is 0 by definition.
+        # every run empty: ranx 0.3.21 raises "max() arg is an empty sequence" on an all-empty
+        # run, so there is nothing to compare with; every metric of every query is 0.
         return {m: 0.0 for m in RANX_METRICS}
     out = ranx_evaluate(Qrels(qrels), Run(rrun), RANX_METRICS, make_comparable=True)
     return {m: float(v) for m, v in out.items()}
