@@ -1,0 +1,559 @@
+"""The thin trainer: batches, loop, optimizer, schedule, checkpoints, resume, replay.
+
+``train(pairs, TrainConfig(...))`` fine-tunes an :class:`~fastembed_tune.model.EmbeddingModel`
+with one of our loss modules and writes, under ``output_dir``::
+
+    model/                 the final model, a sentence-transformers directory (SentenceTransformer(path) loads it)
+    checkpoint-{step}/     the last ``keep_checkpoints`` checkpoints (training_state.pt + trainer_state.json)
+    train_log.jsonl        one JSON line per logging step: step, epoch, loss, lr, pairs_per_s, elapsed
+    train_summary.json     what :func:`train` returns
+
+Batches (:func:`epoch_batches`) are a deterministic function of (data, seed, epoch):
+
+1. the epoch's pairs are shuffled with ``numpy.random.default_rng([seed, epoch])``;
+2. length grouping: the shuffled order is cut into windows of ``length_window * batch_size``
+   pairs and each window is sorted (stably) by ``len(query) + len(positive)``, so that a batch
+   holds texts of similar length and dynamic padding (``model.tokenize`` pads to the longest
+   text of the batch's column) wastes little;
+3. no duplicates: batches are filled as sentence-transformers' ``NoDuplicatesBatchSampler`` does
+   - a pair sharing any text (query, positive or a usable negative) with a pair already in the
+   batch is deferred to a later batch, and deferred pairs are offered first to the next batch;
+4. an incomplete batch is dropped only when it has fewer than 2 pairs (in-batch negatives need 2);
+5. the order of the batches is shuffled with the same generator.
+
+Hard negatives: a batch gets ``min(num_negatives, fewest negatives of any pair in the batch)``
+negative columns; a pair's negatives are never lent to another pair. Replay (incremental
+fine-tuning): each epoch adds ``round(replay_ratio * len(pairs))`` pairs sampled from the replay
+file with ``default_rng([seed, epoch, 1])`` (without replacement when there are enough).
+
+Resume: a checkpoint holds the model weights, the optimizer, the scheduler, the python / numpy /
+torch (and CUDA) RNG states and the data position (epoch, next batch, a digest of the epoch's
+batch order and of the data). ``resume=True`` continues from the newest checkpoint that loads,
+so a run killed with SIGKILL and resumed ends with the same weights as one never interrupted.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import random
+import re
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Sequence, Union
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .data import Pair, read_pairs
+from .errors import UserError
+from .losses import CachedFusedMNRLoss, FusedMNRLoss, TripletLoss
+from .model import EmbeddingModel
+
+LOSSES = ("mnrl", "cached_mnrl", "triplet")
+CHECKPOINT_PREFIX = "checkpoint-"
+_TMP_PREFIX = ".tmp-checkpoint-"
+_STATE_FILE = "training_state.pt"
+_JSON_FILE = "trainer_state.json"
+_CKPT_RE = re.compile(r"^checkpoint-(\d+)$")
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run needs besides the pairs.
+
+    ``max_steps`` (when set) overrides ``epochs``: training runs exactly that many optimizer steps,
+    going through as many epochs as it takes. ``log_file`` defaults to
+    ``output_dir/train_log.jsonl``; ``device`` defaults to CUDA when available, else CPU.
+
+    >>> c = TrainConfig(output_dir="out", loss="triplet")
+    >>> (c.batch_size, c.lr, c.loss, c.resolved_log_file())
+    (32, 2e-05, 'triplet', 'out/train_log.jsonl')
+    """
+
+    output_dir: str
+    model: Optional[str] = None
+    epochs: int = 1
+    max_steps: Optional[int] = None
+    batch_size: int = 32
+    lr: float = 2e-5
+    warmup_ratio: float = 0.1
+    weight_decay: float = 0.01
+    max_grad_norm: Optional[float] = 1.0
+    seed: int = 42
+    loss: str = "mnrl"
+    scale: float = 20.0
+    mini_batch_size: int = 32
+    triplet_margin: float = 0.25
+    num_negatives: int = 1
+    checkpoint_every: Optional[int] = None
+    keep_checkpoints: Optional[int] = 2
+    resume: bool = False
+    replay: Optional[str] = None
+    replay_ratio: float = 0.0
+    log_file: Optional[str] = None
+    logging_steps: int = 10
+    show_progress_bar: bool = True
+    max_seq_length: Optional[int] = None
+    length_window: int = 50
+    device: Optional[str] = None
+
+    def resolved_log_file(self) -> str:
+        """The JSONL log path: ``log_file`` or ``output_dir/train_log.jsonl``.
+
+        >>> TrainConfig(output_dir="o", log_file="l.jsonl").resolved_log_file()
+        'l.jsonl'
+        """
+        return self.log_file or os.path.join(self.output_dir, "train_log.jsonl")
+
+    def validate(self) -> None:
+        """Raise :class:`UserError` with one sentence for the first bad setting.
+
+        >>> TrainConfig(output_dir="o", loss="cosine").validate()
+        Traceback (most recent call last):
+        ...
+        fastembed_tune.errors.UserError: loss must be one of mnrl, cached_mnrl, triplet; got 'cosine'
+        """
+        if self.loss not in LOSSES:
+            raise UserError(f"loss must be one of {', '.join(LOSSES)}; got {self.loss!r}")
+        positive = {"batch_size": self.batch_size, "epochs": self.epochs, "mini_batch_size": self.mini_batch_size,
+                    "logging_steps": self.logging_steps}
+        for name, v in positive.items():
+            if not isinstance(v, int) or v < 1:
+                raise UserError(f"{name} must be an integer >= 1; got {v!r}")
+        for name in ("max_steps", "checkpoint_every", "keep_checkpoints", "max_seq_length"):
+            v = getattr(self, name)
+            if v is not None and (not isinstance(v, int) or v < (0 if name == "max_steps" else 1)):
+                raise UserError(f"{name} must be a positive integer or None; got {v!r}")
+        if not isinstance(self.num_negatives, int) or self.num_negatives < 0:
+            raise UserError(f"num_negatives must be an integer >= 0; got {self.num_negatives!r}")
+        if self.loss == "triplet" and self.num_negatives < 1:
+            raise UserError("the triplet loss needs num_negatives >= 1")
+        if not (self.lr >= 0 and math.isfinite(self.lr)):
+            raise UserError(f"lr must be a finite number >= 0; got {self.lr!r}")
+        if not 0 <= self.warmup_ratio <= 1:
+            raise UserError(f"warmup_ratio must be between 0 and 1; got {self.warmup_ratio!r}")
+        if self.weight_decay < 0:
+            raise UserError(f"weight_decay must be >= 0; got {self.weight_decay!r}")
+        if not (self.replay_ratio >= 0 and math.isfinite(self.replay_ratio)):
+            raise UserError(f"replay_ratio must be a finite number >= 0; got {self.replay_ratio!r}")
+        if self.replay_ratio > 0 and not self.replay:
+            raise UserError("replay_ratio > 0 needs a replay file (the old training data)")
+        if self.length_window < 0:
+            raise UserError(f"length_window must be >= 0; got {self.length_window!r}")
+
+
+# ----------------------------------------------------------------------------------------------
+# data: replay mixing, batches, columns
+
+
+def set_seed(seed: int) -> None:
+    """Seed python's ``random``, numpy's global generator and torch (CPU and CUDA).
+
+    >>> set_seed(1); a = torch.rand(1); set_seed(1); bool(torch.rand(1) == a)
+    True
+    """
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def mix_replay(pairs: Sequence[Pair], replay: Sequence[Pair], ratio: float, seed: int, epoch: int) -> list[Pair]:
+    """The epoch's training set: ``pairs`` plus ``round(ratio * len(pairs))`` pairs sampled from
+    ``replay`` with ``default_rng([seed, epoch, 1])`` (without replacement when replay is big enough).
+
+    >>> new = [Pair(f"q{i}", f"d{i}") for i in range(10)]; old = [Pair(f"o{i}", f"e{i}") for i in range(100)]
+    >>> mixed = mix_replay(new, old, 0.3, seed=0, epoch=0)
+    >>> len(mixed), sum(p.query.startswith("o") for p in mixed)
+    (13, 3)
+    """
+    k = int(round(ratio * len(pairs))) if replay else 0
+    if k <= 0:
+        return list(pairs)
+    rng = np.random.default_rng([seed, epoch, 1])
+    idx = rng.choice(len(replay), size=k, replace=k > len(replay))
+    return list(pairs) + [replay[int(i)] for i in idx]
+
+
+def _pair_texts(p: Pair, num_negatives: int) -> frozenset:
+    return frozenset([p.query, p.positive, *p.negatives[:num_negatives]])
+
+
+def no_duplicate_batches(order: Sequence[int], texts: Sequence[frozenset], batch_size: int) -> list[list[int]]:
+    """Cut ``order`` into batches of ``batch_size`` with no text twice in a batch: an index whose
+    texts meet the batch's is deferred (and offered first to the next batch). Every index lands
+    in exactly one batch; the last batches may be incomplete.
+
+    >>> t = [frozenset({"a", "x"}), frozenset({"a", "y"}), frozenset({"b", "z"}), frozenset({"c", "w"})]
+    >>> no_duplicate_batches([0, 1, 2, 3], t, 2)
+    [[0, 2], [1, 3]]
+    """
+    remaining = dict.fromkeys(int(i) for i in order)
+    batches: list[list[int]] = []
+    while remaining:
+        seen: set = set()
+        batch: list[int] = []
+        for i in remaining:
+            if seen.isdisjoint(texts[i]):
+                batch.append(i)
+                seen.update(texts[i])
+                if len(batch) == batch_size:
+                    break
+        for i in batch:
+            del remaining[i]
+        batches.append(batch)
+    return batches
+
+
+def epoch_batches(pairs: Sequence[Pair], batch_size: int, seed: int, epoch: int, num_negatives: int = 1,
+                  length_window: int = 50) -> list[list[int]]:
+    """The epoch's batches (lists of indices into ``pairs``): seeded shuffle, length grouping
+    within windows of ``length_window`` batches, no duplicate text in a batch, batches of fewer
+    than 2 pairs dropped, batch order shuffled. A pure function of its arguments.
+
+    >>> ps = [Pair(f"q{i}", f"d{i}") for i in range(10)] + [Pair("q0", "other")]
+    >>> bs = epoch_batches(ps, 4, seed=0, epoch=0)
+    >>> sorted(len(b) for b in bs), sorted(i for b in bs for i in b) == list(range(11))
+    ([3, 4, 4], True)
+    >>> bs == epoch_batches(ps, 4, seed=0, epoch=0) != epoch_batches(ps, 4, seed=0, epoch=1)
+    True
+    """
+    rng = np.random.default_rng([seed, epoch])
+    order = rng.permutation(len(pairs)).tolist()
+    if length_window > 0:
+        w = length_window * batch_size
+        key = [len(p.query) + len(p.positive) for p in pairs]
+        order = [i for s in range(0, len(order), w) for i in sorted(order[s:s + w], key=key.__getitem__)]
+    texts = [_pair_texts(p, num_negatives) for p in pairs]
+    batches = [b for b in no_duplicate_batches(order, texts, batch_size) if len(b) >= min(2, batch_size)]
+    return [batches[i] for i in rng.permutation(len(batches))]
+
+
+def batch_columns(pairs: Sequence[Pair], num_negatives: int) -> list[list[str]]:
+    """The batch's text columns: queries, positives, then ``min(num_negatives, fewest negatives
+    in the batch)`` hard-negative columns (each pair keeps its own negatives).
+
+    >>> batch_columns([Pair("q1", "d1", ["n1", "m1"]), Pair("q2", "d2", ["n2"])], 2)
+    [['q1', 'q2'], ['d1', 'd2'], ['n1', 'n2']]
+    """
+    n_neg = min([num_negatives] + [len(p.negatives) for p in pairs])
+    cols = [[p.query for p in pairs], [p.positive for p in pairs]]
+    cols += [[p.negatives[j] for p in pairs] for j in range(n_neg)]
+    return cols
+
+
+def build_loss(model: torch.nn.Module, config: TrainConfig) -> torch.nn.Module:
+    """The loss module named by ``config.loss``.
+
+    >>> from fastembed_tune.losses import TripletLoss
+    >>> isinstance(build_loss(torch.nn.Linear(1, 1), TrainConfig("o", loss="triplet")), TripletLoss)
+    True
+    """
+    if config.loss == "mnrl":
+        return FusedMNRLoss(model, scale=config.scale)
+    if config.loss == "cached_mnrl":
+        return CachedFusedMNRLoss(model, scale=config.scale, mini_batch_size=config.mini_batch_size)
+    if config.loss == "triplet":
+        return TripletLoss(model, margin=config.triplet_margin)
+    raise UserError(f"loss must be one of {', '.join(LOSSES)}; got {config.loss!r}")
+
+
+def linear_schedule(warmup_steps: int, total_steps: int):
+    """The LR multiplier: linear warmup from 0 over ``warmup_steps``, then linear decay to 0.
+
+    >>> f = linear_schedule(2, 10); [round(f(s), 3) for s in (0, 1, 2, 6, 10)]
+    [0.0, 0.5, 1.0, 0.5, 0.0]
+    """
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return step / max(1, warmup_steps)
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
+    return factor
+
+
+# ----------------------------------------------------------------------------------------------
+# checkpoints
+
+
+def _digest(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, separators=(",", ":")).encode()).hexdigest()
+
+
+def _data_digest(pairs: Sequence[Pair]) -> str:
+    h = hashlib.sha256()
+    for p in pairs:
+        h.update(json.dumps([p.query, p.positive, p.negatives]).encode())
+        h.update(b"\n")
+    return h.hexdigest()
+
+
+def list_checkpoints(output_dir: Union[str, os.PathLike]) -> list[Path]:
+    """Complete checkpoints in ``output_dir``, oldest first (a checkpoint only gets its name once
+    fully written, so every ``checkpoint-N`` listed is complete).
+
+    >>> list_checkpoints("/nonexistent")
+    []
+    """
+    d = Path(output_dir)
+    if not d.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in d.iterdir() if (m := _CKPT_RE.match(p.name)) and p.is_dir()]
+    return [p for _, p in sorted(found)]
+
+
+def _fsync_write(path: Path, write) -> None:
+    with open(path, "wb") as f:
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _rng_states() -> dict:
+    st = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        st["cuda"] = torch.cuda.get_rng_state_all()
+    return st
+
+
+def _set_rng_states(st: dict) -> None:
+    random.setstate(st["python"])
+    np.random.set_state(st["numpy"])
+    torch.set_rng_state(st["torch"])
+    if "cuda" in st and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(st["cuda"])
+
+
+def _save_checkpoint(output_dir: Path, step: int, model, optimizer, scheduler, position: dict,
+                     keep: Optional[int]) -> Path:
+    """Write checkpoint-{step} atomically (temp dir + rename), then keep only the newest ``keep``."""
+    tmp = Path(tempfile.mkdtemp(prefix=_TMP_PREFIX, dir=output_dir))
+    try:
+        state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                 "scheduler": scheduler.state_dict(), "rng": _rng_states()}
+        _fsync_write(tmp / _STATE_FILE, lambda f: torch.save(state, f))
+        _fsync_write(tmp / _JSON_FILE, lambda f: f.write(json.dumps(position, indent=2).encode()))
+        final = output_dir / f"{CHECKPOINT_PREFIX}{step}"
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if keep:
+        for old in list_checkpoints(output_dir)[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def _load_latest_checkpoint(output_dir: Path) -> Optional[tuple[Path, dict, dict]]:
+    for ckpt in reversed(list_checkpoints(output_dir)):
+        try:
+            position = json.loads((ckpt / _JSON_FILE).read_text())
+            state = torch.load(ckpt / _STATE_FILE, map_location="cpu", weights_only=False)
+            return ckpt, position, state
+        except Exception as e:  # a damaged checkpoint: fall back to the one before
+            print(f"warning: {ckpt} cannot be loaded ({type(e).__name__}: {e}); trying an older one",
+                  file=sys.stderr)
+    return None
+
+
+# ----------------------------------------------------------------------------------------------
+# the loop
+
+
+def _optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.AdamW:
+    decay, no_decay = [], []
+    for _, p in model.named_parameters():
+        if p.requires_grad:
+            (decay if p.ndim >= 2 else no_decay).append(p)  # no decay on biases and LayerNorm
+    groups = [{"params": decay, "weight_decay": config.weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=config.lr)
+
+
+def _write_json_atomic(path: Path, obj: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=2))
+    os.replace(tmp, path)
+
+
+def _truncate_log(log_file: Path, step: int) -> None:
+    """Keep the log lines of steps <= ``step`` (a killed run may have logged past its checkpoint)."""
+    if not log_file.is_file():
+        return
+    keep = []
+    for line in log_file.read_text().splitlines():
+        try:
+            if json.loads(line)["step"] <= step:
+                keep.append(line)
+        except (ValueError, KeyError, TypeError):
+            continue
+    tmp = log_file.with_name(f".{log_file.name}.tmp{os.getpid()}")
+    tmp.write_text("".join(line + "\n" for line in keep))
+    os.replace(tmp, log_file)
+
+
+def train(pairs: Sequence[Pair], config: TrainConfig, model: Optional[EmbeddingModel] = None) -> dict:
+    """Fine-tune ``model`` (default: ``EmbeddingModel.load(config.model)``) on ``pairs`` and save
+    it to ``config.output_dir/model``; returns a summary (steps, final_loss, pairs_per_s, seconds,
+    output, ...). The model passed in is trained in place.
+
+    >>> import tempfile, transformers
+    >>> from fastembed_tune.model import default_model_path
+    >>> tok = transformers.AutoTokenizer.from_pretrained(default_model_path())
+    >>> bert = transformers.BertModel(transformers.BertConfig(vocab_size=tok.vocab_size, hidden_size=8,
+    ...     num_hidden_layers=1, num_attention_heads=1, intermediate_size=8))
+    >>> ps = [Pair(f"query {i}", f"document {i}") for i in range(8)]
+    >>> out = train(ps, TrainConfig(tempfile.mkdtemp(), batch_size=4, show_progress_bar=False),
+    ...             EmbeddingModel(bert, tok, "mean", True, 32))
+    >>> out["steps"], os.path.isfile(os.path.join(out["output"], "modules.json"))
+    (2, True)
+    """
+    t_start = time.perf_counter()
+    config.validate()
+    pairs = list(pairs)
+    if config.loss == "triplet":
+        lacking = [p for p in pairs if not p.negatives]
+        if lacking:
+            raise UserError(f"the triplet loss needs a negative for every pair; {len(lacking)} of {len(pairs)} "
+                            f"have none (first: {lacking[0].source or lacking[0].query!r}); mine negatives first")
+    replay = read_pairs(config.replay) if config.replay and config.replay_ratio > 0 else []
+    if len(pairs) < 2:
+        raise UserError(f"training needs at least 2 pairs; got {len(pairs)}")
+    out_dir = Path(config.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for stale in out_dir.glob(_TMP_PREFIX + "*"):  # left by a killed run
+        shutil.rmtree(stale, ignore_errors=True)
+    log_file = Path(config.resolved_log_file())
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+
+    if not config.resume and list_checkpoints(out_dir):
+        raise UserError(f"{out_dir} holds checkpoints of an earlier run: resume it (resume=True / --resume), "
+                        f"or remove them, or choose another output_dir")
+
+    device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if model is None:
+        model = EmbeddingModel.load(config.model)
+    if config.max_seq_length:
+        model.max_seq_length = config.max_seq_length
+    model.to(device)
+    loss_fn = build_loss(model, config).to(device)
+    use_bf16 = device.type == "cuda"
+
+    # the epochs' data and batches (a pure function of data, seed and epoch)
+    cache: dict[int, tuple[list[Pair], list[list[int]]]] = {}
+
+    def epoch_data(e: int) -> tuple[list[Pair], list[list[int]]]:
+        if e not in cache:
+            cache.clear()
+            ep = mix_replay(pairs, replay, config.replay_ratio, config.seed, e)
+            bs = epoch_batches(ep, config.batch_size, config.seed, e, config.num_negatives, config.length_window)
+            if not bs:
+                raise UserError("no batch of 2 or more pairs without a repeated text can be formed from this data")
+            cache[e] = (ep, bs)
+        return cache[e]
+
+    if config.max_steps is not None:
+        total_steps = config.max_steps
+    else:
+        total_steps = sum(len(epoch_data(e)[1]) for e in range(config.epochs))
+    warmup_steps = math.ceil(config.warmup_ratio * total_steps)
+    optimizer = _optimizer(model, config)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_schedule(warmup_steps, total_steps))
+    data_digest = _data_digest(pairs) + ":" + _data_digest(replay)
+
+    step, epoch, bidx, elapsed0 = 0, 0, 0, 0.0
+    loaded = _load_latest_checkpoint(out_dir) if config.resume else None
+    if loaded is not None:
+        ckpt, position, state = loaded
+        if position.get("data_digest") != data_digest:
+            raise UserError(f"{ckpt} was written for other training data; resume with the same pairs "
+                            f"(and replay file), or choose another output_dir")
+        step, epoch, bidx = int(position["step"]), int(position["epoch"]), int(position["batch_index"])
+        elapsed0 = float(position.get("elapsed", 0.0))
+        if _digest(epoch_data(epoch)[1]) != position["batch_order_digest"]:
+            raise UserError(f"{ckpt} was written with other batch settings (seed, batch_size, num_negatives, "
+                            f"length_window); resume with the same ones, or choose another output_dir")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        _truncate_log(log_file, step)
+        rng_state = state["rng"]
+    else:
+        if log_file.exists():
+            log_file.unlink()
+        rng_state = None
+
+    model.train()
+    if rng_state is not None:
+        _set_rng_states(rng_state)  # last, so nothing above changes what the loop draws
+    else:
+        set_seed(config.seed)
+
+    bar = tqdm(total=total_steps, initial=step, desc="train", unit="step", disable=not config.show_progress_bar)
+    t_loop = time.perf_counter()
+    win_loss, win_steps, win_pairs, t_win = 0.0, 0, 0, time.perf_counter()
+    pairs_done, last_loss = 0, float("nan")
+    start_step = step
+    with open(log_file, "a", encoding="utf-8") as log:
+        while step < total_steps:
+            ep_pairs, batches = epoch_data(epoch)
+            if bidx >= len(batches):
+                epoch, bidx = epoch + 1, 0
+                continue
+            batch = [ep_pairs[i] for i in batches[bidx]]
+            cols = batch_columns(batch, config.num_negatives)
+            feats = [{k: v.to(device) for k, v in model.tokenize(c).items()} for c in cols]
+            lr = scheduler.get_last_lr()[0]
+            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16):
+                loss = loss_fn(feats, None)
+            loss.backward()
+            if config.max_grad_norm:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step, bidx = step + 1, bidx + 1
+            last_loss = float(loss.detach())
+            win_loss, win_steps, win_pairs = win_loss + last_loss, win_steps + 1, win_pairs + len(batch)
+            pairs_done += len(batch)
+            if step % config.logging_steps == 0 or step == total_steps:
+                now = time.perf_counter()
+                pps = win_pairs / max(now - t_win, 1e-9)
+                rec = {"step": step, "epoch": round(epoch + bidx / len(batches), 4),
+                       "loss": win_loss / win_steps, "lr": lr, "pairs_per_s": round(pps, 2),
+                       "elapsed": round(elapsed0 + now - t_loop, 3)}
+                log.write(json.dumps(rec) + "\n")
+                log.flush()
+                bar.set_postfix(loss=f"{rec['loss']:.4f}", pairs_s=f"{pps:.1f}")
+                win_loss, win_steps, win_pairs, t_win = 0.0, 0, 0, now
+            bar.update(1)
+            if config.checkpoint_every and step % config.checkpoint_every == 0:
+                position = {"step": step, "epoch": epoch, "batch_index": bidx, "seed": config.seed,
+                            "batch_order_digest": _digest(batches), "num_batches": len(batches),
+                            "data_digest": data_digest, "total_steps": total_steps,
+                            "elapsed": elapsed0 + time.perf_counter() - t_loop,
+                            "config": dataclasses.asdict(config)}
+                _save_checkpoint(out_dir, step, model, optimizer, scheduler, position, config.keep_checkpoints)
+    bar.close()
+    loop_s = time.perf_counter() - t_loop
+    model.eval()
+    final = out_dir / "model"
+    model.save(final)
+    ep_pairs, batches = epoch_data(epoch)
+    summary = {"steps": step, "steps_this_run": step - start_step,
+               "epochs": round(epoch + bidx / len(batches), 4),
+               "final_loss": last_loss if step > start_step else None,
+               "pairs_per_s": round(pairs_done / max(loop_s, 1e-9), 2),
+               "seconds": round(time.perf_counter() - t_start, 3), "output": str(final),
+               "log_file": str(log_file), "resumed_from": start_step if loaded is not None else None,
+               "replay_pairs_per_epoch": len(ep_pairs) - len(pairs), "device": str(device)}
+    _write_json_atomic(out_dir / "train_summary.json", summary)
+    return summary
