@@ -32,6 +32,50 @@ def _cmd_mine(a: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train(a: argparse.Namespace) -> int:
+    from .data import read_pairs
+    from .train import TrainConfig, train
+
+    pairs = read_pairs(a.pairs)
+    cfg = TrainConfig(output_dir=a.output, model=a.model, epochs=a.epochs, max_steps=a.max_steps,
+                      batch_size=a.batch_size, lr=a.lr, warmup_ratio=a.warmup_ratio, seed=a.seed, loss=a.loss,
+                      scale=a.scale, mini_batch_size=a.mini_batch_size, num_negatives=a.num_negatives,
+                      checkpoint_every=a.checkpoint_every, keep_checkpoints=a.keep_checkpoints, resume=a.resume,
+                      replay=a.replay, replay_ratio=a.replay_ratio, max_seq_length=a.max_seq_length,
+                      show_progress_bar=not a.quiet)
+    summary = train(pairs, cfg)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _cmd_eval(a: argparse.Namespace) -> int:
+    from .data import load_eval
+    from .evaluate import evaluate, format_table, write_report
+    from .model import EmbeddingModel
+
+    evalset = load_eval(a.data, a.corpus)
+    rows = []
+    for path in a.model or [None]:
+        m = EmbeddingModel.load(path)
+        res = evaluate(m, evalset, batch_size=a.batch_size, show_progress_bar=not a.quiet)
+        rows.append((path or "built-in all-MiniLM-L6-v2", res["metrics"]))
+    print(format_table(rows))
+    if a.output:
+        write_report(a.output, rows, "fastembed-tune evaluation")
+        print(f"report: {os.path.join(a.output, 'report.md')}")
+    return 0
+
+
+def _cmd_run(a: argparse.Namespace) -> int:
+    from .pipeline import run_pipeline
+
+    run_pipeline(a.output, model=a.model, train_path=a.train, test_path=a.test, corpus_path=a.corpus,
+                 epochs=a.epochs, max_steps=a.max_steps, batch_size=a.batch_size, lr=a.lr,
+                 num_negatives=a.num_negatives, max_ratio=a.max_ratio, seed=a.seed,
+                 max_seq_length=a.max_seq_length, show_progress_bar=not a.quiet)
+    return 0
+
+
 def _write_json(path: str, obj) -> None:
     tmp = f"{path}.tmp{os.getpid()}"
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
@@ -80,6 +124,55 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--summary", help="also write the summary as JSON to this path")
     m.add_argument("--quiet", action="store_true", help="no progress bars")
     m.set_defaults(func=_cmd_mine)
+
+    t = sub.add_parser("train", help="fine-tune a model on (query, positive[, negatives]) pairs")
+    t.add_argument("--pairs", required=True, help="training pairs (JSONL/CSV/Parquet/OpenAI JSONL/BEIR folder)")
+    t.add_argument("--model", help="base or previously fine-tuned model directory (warm start)")
+    t.add_argument("--output", "-o", required=True, help="output folder (model in OUTPUT/model, checkpoints beside)")
+    t.add_argument("--epochs", type=_positive_int, default=1)
+    t.add_argument("--max-steps", type=_positive_int, default=None)
+    t.add_argument("--batch-size", type=_positive_int, default=32)
+    t.add_argument("--lr", type=float, default=5e-5)
+    t.add_argument("--warmup-ratio", type=float, default=0.1)
+    t.add_argument("--seed", type=int, default=42)
+    t.add_argument("--loss", choices=["mnrl", "cached_mnrl", "triplet"], default="mnrl")
+    t.add_argument("--scale", type=_ratio, default=20.0, help="logit scale (1 / temperature)")
+    t.add_argument("--mini-batch-size", type=_positive_int, default=32, help="for cached_mnrl (GradCache)")
+    t.add_argument("--num-negatives", type=_nonneg_int, default=1, help="hard-negative columns used per pair")
+    t.add_argument("--checkpoint-every", type=_positive_int, default=None, help="steps between checkpoints")
+    t.add_argument("--keep-checkpoints", type=_positive_int, default=2)
+    t.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in OUTPUT")
+    t.add_argument("--replay", help="old training data mixed in so the old domain is not forgotten")
+    t.add_argument("--replay-ratio", type=float, default=0.0)
+    t.add_argument("--max-seq-length", type=_positive_int, default=None)
+    t.add_argument("--quiet", action="store_true")
+    t.set_defaults(func=_cmd_train)
+
+    e = sub.add_parser("eval", help="nDCG@10, recall@k, MRR@10, MAP@100 of one or more models")
+    e.add_argument("--data", required=True, help="test pairs file or BEIR folder")
+    e.add_argument("--corpus", help="corpus file (for a pairs file)")
+    e.add_argument("--model", action="append", help="model directory (repeat to compare; default built-in)")
+    e.add_argument("--output", "-o", help="write report.md, metrics.json and metrics.png here")
+    e.add_argument("--batch-size", type=_positive_int, default=64)
+    e.add_argument("--quiet", action="store_true")
+    e.set_defaults(func=_cmd_eval)
+
+    r = sub.add_parser("run", help="base eval -> mining -> training -> eval -> report (default: built-in sample)")
+    r.add_argument("--output", "-o", default="runs/sample")
+    r.add_argument("--model", help="base model directory (default: built-in all-MiniLM-L6-v2)")
+    r.add_argument("--train", help="training pairs (default: the built-in sample)")
+    r.add_argument("--test", help="held-out test pairs or BEIR folder")
+    r.add_argument("--corpus", help="corpus file")
+    r.add_argument("--epochs", type=_positive_int, default=1)
+    r.add_argument("--max-steps", type=_positive_int, default=None)
+    r.add_argument("--batch-size", type=_positive_int, default=32)
+    r.add_argument("--lr", type=float, default=5e-5)
+    r.add_argument("--num-negatives", type=_nonneg_int, default=1)
+    r.add_argument("--max-ratio", type=_ratio, default=0.95)
+    r.add_argument("--max-seq-length", type=_positive_int, default=128)
+    r.add_argument("--seed", type=int, default=42)
+    r.add_argument("--quiet", action="store_true")
+    r.set_defaults(func=_cmd_run)
     return p
 
 

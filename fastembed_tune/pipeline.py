@@ -1,0 +1,120 @@
+"""``fastembed-tune run``: base evaluation -> mining -> training -> evaluation -> report.
+
+It only chains the stage functions (evaluate, mine_hard_negatives, train, write_report); each
+is also its own subcommand. Embeddings of the base model are computed once and reused for the
+base evaluation and for mining.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from .data import EvalSet, Pair, data_report, load_eval, read_corpus, read_pairs
+from .errors import UserError
+
+
+def sample_paths() -> dict[str, str]:
+    """Paths of the built-in sample (FOLDOC computing jargon: term -> masked definition).
+
+    >>> sorted(sample_paths())
+    ['corpus', 'test', 'train']
+    """
+    base = Path(__file__).resolve().parent / "sample_data"
+    return {"train": str(base / "train.jsonl"), "test": str(base / "test.jsonl"), "corpus": str(base / "corpus.jsonl")}
+
+
+def run_pipeline(output_dir: str, model: Optional[str] = None, train_path: Optional[str] = None,
+                 test_path: Optional[str] = None, corpus_path: Optional[str] = None, epochs: int = 1,
+                 max_steps: Optional[int] = None, batch_size: int = 32, lr: float = 5e-5,
+                 num_negatives: int = 1, max_ratio: Optional[float] = 0.95, skip_top: int = 0,
+                 max_seq_length: Optional[int] = 128, seed: int = 42, show_progress_bar: bool = True,
+                 log=print) -> dict:
+    """Run the whole pipeline on (train pairs, test pairs or BEIR folder, corpus) and write
+    ``output_dir/{report.md, metrics.json, metrics.png, mined.jsonl, train/model, ...}``.
+
+    Example (the built-in sample; takes minutes, so not run as a doctest):
+        >>> run_pipeline("runs/sample")  # doctest: +SKIP
+    """
+    from .evaluate import embed_evalset, evaluate, format_table, write_report
+    from .mining import format_summary, mine_hard_negatives, write_pairs_jsonl
+    from .model import EmbeddingModel
+    from .train import TrainConfig, train
+
+    t_start = time.perf_counter()
+    use_sample = train_path is None and test_path is None
+    if use_sample:
+        paths = sample_paths()
+        train_path, test_path, corpus_path = paths["train"], paths["test"], corpus_path or paths["corpus"]
+    if train_path is None or test_path is None:
+        raise UserError("give both --train and --test (or neither, for the built-in sample)")
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+
+    train_pairs = read_pairs(train_path)
+    evalset = load_eval(test_path, corpus_path)
+    test_pairs = read_pairs(test_path) if not os.path.isdir(test_path) else []
+    drep = data_report(train_pairs, test_pairs or None)
+    log(f"data: {len(train_pairs)} training pairs, {len(evalset.qrels)} test queries, "
+        f"{len(evalset.corpus)} corpus documents")
+    if drep.get("overlapping_queries"):
+        log(f"warning: {drep['overlapping_queries']} test queries also appear in the training data")
+
+    # 1. base model: embed the evaluation set once, evaluate
+    base = EmbeddingModel.load(model)
+    if max_seq_length:
+        base.max_seq_length = min(base.max_seq_length, max_seq_length)
+    qemb, cemb = embed_evalset(base, evalset, show_progress_bar=show_progress_bar)
+    m_base = evaluate(base, evalset, query_embeddings=qemb, corpus_embeddings=cemb)
+    log(f"base nDCG@10 = {m_base['metrics']['ndcg@10']:.4f}")
+
+    # 2. mining against the corpus minus every test-relevant document (no test leakage)
+    test_docs = {d for rel in evalset.qrels.values() for d in rel}
+    doc_ids = list(evalset.corpus)
+    keep = [i for i, d in enumerate(doc_ids) if d not in test_docs]
+    mine_docs = [evalset.corpus[doc_ids[i]] for i in keep]
+    known = {t: i for i, t in enumerate(mine_docs)}
+    missing = list(dict.fromkeys(p.positive for p in train_pairs if p.positive not in known))
+    extra = base.encode(missing, show_progress_bar=show_progress_bar, desc="embed train positives") \
+        if missing else np.zeros((0, cemb.shape[1]), np.float32)
+    uq = list(dict.fromkeys(p.query for p in train_pairs))
+    uq_emb = base.encode(uq, show_progress_bar=show_progress_bar, desc="embed train queries")
+    qpos = {q: i for i, q in enumerate(uq)}
+    mined = mine_hard_negatives(
+        train_pairs, corpus=mine_docs, num_negatives=max(1, num_negatives), skip_top=skip_top,
+        max_ratio=max_ratio, show_progress_bar=show_progress_bar,
+        embeddings=(uq_emb[[qpos[p.query] for p in train_pairs]],
+                    np.ascontiguousarray(np.concatenate([cemb[keep], extra]), dtype=np.float32)))
+    write_pairs_jsonl(mined.pairs, str(out / "mined.jsonl"))
+    log(format_summary(mined.summary))
+
+    # 3. fine-tune
+    cfg = TrainConfig(output_dir=str(out / "train"), epochs=epochs, max_steps=max_steps, batch_size=batch_size,
+                      lr=lr, num_negatives=num_negatives, seed=seed, max_seq_length=max_seq_length,
+                      show_progress_bar=show_progress_bar)
+    tsum = train(mined.pairs if num_negatives > 0 else train_pairs, cfg, model=base)
+
+    # 4. evaluate the fine-tuned model on the same data
+    tuned = EmbeddingModel.load(tsum["output"])
+    m_tuned = evaluate(tuned, evalset, show_progress_bar=show_progress_bar)
+    rows = [("base", m_base["metrics"]), ("fine-tuned", m_tuned["metrics"])]
+    extra_md = "\n".join([
+        "## Run", "", f"- base model: `{model or 'built-in all-MiniLM-L6-v2'}`",
+        f"- training pairs: {len(train_pairs)} (`{train_path}`); test queries: {len(evalset.qrels)}; "
+        f"corpus: {len(evalset.corpus)} documents",
+        f"- hard negatives: {num_negatives} per pair, max_ratio {max_ratio}, skip_top {skip_top}; "
+        f"{mined.summary['candidates_dropped_as_false_negatives']} likely false negatives dropped",
+        f"- training: {tsum['steps']} steps, batch {batch_size}, lr {lr}, {tsum['pairs_per_s']} pairs/s, "
+        f"{tsum['seconds']:.0f} s", f"- total wall time: {time.perf_counter() - t_start:.0f} s", "",
+        "## Data", "", "```", json.dumps(drep, indent=2), "```"])
+    report = write_report(out, rows, "fastembed-tune: base vs fine-tuned", extra_md)
+    log(format_table(rows))
+    b, t = m_base["metrics"]["ndcg@10"], m_tuned["metrics"]["ndcg@10"]
+    log(f"nDCG@10 on {len(evalset.qrels)} held-out queries: base {b:.4f} -> fine-tuned {t:.4f} "
+        f"({t / b:.2f}x); report: {out / 'report.md'}")
+    return {"base": m_base, "fine_tuned": m_tuned, "train": tsum, "mining": mined.summary, "report": report,
+            "seconds": time.perf_counter() - t_start}

@@ -1,0 +1,49 @@
+"""User mistakes on the command line: one clear line, exit code 2, no traceback."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from fastembed_tune.cli import main
+
+
+def test_bad_pairs_file_is_one_line_exit_2(tmp_path):
+    bad = tmp_path / "pairs.jsonl"
+    bad.write_text('{"query": "a", "positive": "b"}\n{"query": "c"}\n')
+    r = subprocess.run([sys.executable, "-m", "fastembed_tune", "mine", "--pairs", str(bad), "-o",
+                        str(tmp_path / "o.jsonl")], capture_output=True, text=True)
+    assert r.returncode == 2
+    assert "Traceback" not in r.stderr
+    assert r.stderr.strip().count("\n") == 0
+    assert "pairs.jsonl line 2" in r.stderr and "positive" in r.stderr
+    assert not (tmp_path / "o.jsonl").exists()
+
+
+@pytest.mark.parametrize("content,needle", [
+    ('{"query": "a", "positive": ""}\n', "empty"),
+    ('{"query": "a", "positive": "b"\n', "malformed JSON"),
+    (b'{"query": "a\xff", "positive": "b"}\n', "UTF-8"),
+])
+def test_bad_input_cases(tmp_path, capsys, content, needle):
+    p = tmp_path / "p.jsonl"
+    p.write_bytes(content if isinstance(content, bytes) else content.encode())
+    assert main(["train", "--pairs", str(p), "-o", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert needle in err and "p.jsonl line 1" in err
+
+
+def test_missing_model_dir(tmp_path, capsys):
+    p = tmp_path / "p.jsonl"
+    p.write_text(json.dumps({"query": "a", "positive": "b"}) + "\n")
+    assert main(["mine", "--pairs", str(p), "--model", str(tmp_path / "nope"), "-o", str(tmp_path / "o")]) == 2
+    assert "model directory not found" in capsys.readouterr().err
+
+
+def test_bad_numbers_are_usage_errors(tmp_path):
+    with pytest.raises(SystemExit) as e:
+        main(["mine", "--pairs", "x", "-o", "y", "--num-negatives", "0"])
+    assert e.value.code == 2
+    with pytest.raises(SystemExit) as e:
+        main(["mine", "--pairs", "x", "-o", "y", "--max-ratio", "nan"])
+    assert e.value.code == 2
