@@ -482,7 +482,7 @@ def train(pairs: Sequence[Pair], config: TrainConfig, model: Optional[EmbeddingM
             raise UserError(f"{ckpt} was written with other batch settings (seed, batch_size, num_negatives, "
                             f"length_window); resume with the same ones, or choose another output_dir")
         model.load_state_dict(state["model"])
-        pass
+        optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         _truncate_log(log_file, step)
         rng_state = state["rng"]
@@ -493,7 +493,7 @@ def train(pairs: Sequence[Pair], config: TrainConfig, model: Optional[EmbeddingM
 
     model.train()
     if rng_state is not None:
-        _set_rng_states(rng_state)  # last, so nothing above changes what the loop draws
+        set_seed(config.seed)  # last, so nothing above changes what the loop draws
     else:
         set_seed(config.seed)
 
