@@ -40,6 +40,15 @@ def _pairs(n: int = 16, negatives: int = 0) -> list[Pair]:
     return out
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """Tiny models gain nothing from threads, and spinning threads crawl on a busy 2-core machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
 def tiny_model_dir(tmp_path_factory) -> str:
     import transformers
@@ -168,7 +177,8 @@ def _spawn(tmp_path, out, model, replay, sleep=0.0, resume=False):
                keep_checkpoints=2, replay=str(replay), replay_ratio=0.5, logging_steps=1,
                show_progress_bar=False, device="cpu", resume=resume)
     arg = json.dumps({"pairs": [p.__dict__ for p in ps], "config": cfg, "sleep": sleep})
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    # one thread each: the two runs overlap on a small machine (both sides of the comparison match)
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1")
     return subprocess.Popen([sys.executable, "-c", _RUNNER, arg], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
 
