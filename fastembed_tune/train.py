@@ -493,7 +493,7 @@ def train(pairs: Sequence[Pair], config: TrainConfig, model: Optional[EmbeddingM
 
     model.train()
     if rng_state is not None:
-        set_seed(config.seed)  # last, so nothing above changes what the loop draws
+        _set_rng_states(rng_state)  # last, so nothing above changes what the loop draws
     else:
         set_seed(config.seed)
 
