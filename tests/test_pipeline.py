@@ -1,0 +1,56 @@
+"""`fastembed-tune run` end to end on a tiny model and tiny data (the real sample is `make run`)."""
+import json
+import os
+
+import pytest
+import torch
+
+from fastembed_tune.cli import main
+from fastembed_tune.model import EmbeddingModel, default_model_path
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory) -> str:
+    import transformers
+
+    tok = transformers.AutoTokenizer.from_pretrained(default_model_path())
+    torch.manual_seed(0)
+    cfg = transformers.BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2,
+                                  num_attention_heads=2, intermediate_size=64, max_position_embeddings=128)
+    path = tmp_path_factory.mktemp("tiny") / "model"
+    EmbeddingModel(transformers.BertModel(cfg), tok, "mean", True, 64).save(path)
+    return str(path)
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_run_writes_report_and_model(tmp_path, tiny_model_dir, capsys):
+    terms = [f"term{i}" for i in range(40)]
+    train = [{"query": t, "positive": f"definition of {t} number {i}"} for i, t in enumerate(terms[:30])]
+    test = [{"query": t, "positive": f"definition of {t} number {i + 30}"} for i, t in enumerate(terms[30:])]
+    corpus = [{"id": f"d{i}", "text": r["positive"]} for i, r in enumerate(train + test)]
+    corpus += [{"id": f"x{i}", "text": f"unrelated text {i}"} for i in range(20)]
+    for name, rows in (("train", train), ("test", test), ("corpus", corpus)):
+        write_jsonl(tmp_path / f"{name}.jsonl", rows)
+    out = tmp_path / "run"
+    rc = main(["run", "--model", tiny_model_dir, "--train", str(tmp_path / "train.jsonl"), "--test",
+               str(tmp_path / "test.jsonl"), "--corpus", str(tmp_path / "corpus.jsonl"), "-o", str(out),
+               "--max-steps", "3", "--batch-size", "8", "--quiet"])
+    assert rc == 0
+    for f in ("report.md", "metrics.json", "metrics.png", "mined.jsonl", "train/model/modules.json"):
+        assert (out / f).exists(), f
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["metrics"]) == {"base", "fine-tuned"}
+    assert 0 <= metrics["metrics"]["fine-tuned"]["ndcg@10"] <= 1
+    mined = [json.loads(l) for l in (out / "mined.jsonl").read_text().splitlines()]
+    assert len(mined) == 30
+    test_texts = {r["positive"] for r in test}
+    assert all(not set(m["negatives"]) & test_texts for m in mined)  # no test document leaks into training
+    assert "nDCG@10 on 10 held-out queries" in capsys.readouterr().out
+
+
+def test_run_needs_both_train_and_test(tmp_path, capsys):
+    assert main(["run", "--train", "x.jsonl", "-o", str(tmp_path)]) == 2
+    assert "give both --train and --test" in capsys.readouterr().err
