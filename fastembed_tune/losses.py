@@ -19,7 +19,7 @@ def _embed(model, features: dict) -> torch.Tensor:
     return model(features)["sentence_embedding"]
 
 
-def _text_keys(columns: list[dict]) -> Optional[torch.Tensor]:
+def text_keys(columns: list[dict]) -> Optional[torch.Tensor]:
     """Keys for the docs columns so the same text twice in a batch is not a negative: rows of
     input_ids are hashed (identical token ids, identical key)."""
     keys = []
@@ -55,10 +55,15 @@ class FusedMNRLoss(nn.Module):
         embs = [_embed(self.model, f) for f in feats]
         return self.loss_from_embeddings(embs, feats)
 
-    def loss_from_embeddings(self, embs: list[torch.Tensor], feats: Optional[list[dict]] = None) -> torch.Tensor:
+    def loss_from_embeddings(self, embs: list[torch.Tensor], feats: Optional[list[dict]] = None,
+                             doc_keys: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The loss of embedded columns ``[queries, positives, negatives...]``; duplicate-text keys
+        come from ``feats`` (tokenized columns) or are given as ``doc_keys``."""
         q = embs[0]
         docs = torch.cat(embs[1:], dim=0)
-        keys = _text_keys(feats[1:]) if (self.mask_duplicates and feats is not None) else None
+        keys = doc_keys
+        if keys is None and self.mask_duplicates and feats is not None:
+            keys = text_keys(feats[1:])
         pos = torch.arange(q.shape[0])
         return contrastive(q.float(), docs.float(), pos.to(q.device), self.scale,
                            doc_keys=keys.to(q.device) if keys is not None else None, symmetric=self.symmetric)

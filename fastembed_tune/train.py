@@ -53,8 +53,9 @@ import torch
 from tqdm.auto import tqdm
 
 from .data import Pair, read_pairs
+from .distributed import barrier, gather_with_grad, init_from_env, shard
 from .errors import UserError
-from .losses import CachedFusedMNRLoss, FusedMNRLoss, TripletLoss
+from .losses import CachedFusedMNRLoss, FusedMNRLoss, TripletLoss, text_keys
 from .model import EmbeddingModel
 
 LOSSES = ("mnrl", "cached_mnrl", "triplet")
@@ -400,6 +401,35 @@ def _truncate_log(log_file: Path, step: int) -> None:
     os.replace(tmp, log_file)
 
 
+def _distributed_step(ddp, model, loss_fn, batch: list[Pair], config: TrainConfig, device, use_bf16: bool,
+                      rank: int, wsize: int) -> torch.Tensor:
+    """One global batch under torchrun: this rank embeds its contiguous shard in one DDP forward;
+    for the contrastive loss every rank all-gathers all ranks' embeddings (its own slice keeps its
+    gradient) and computes the loss of the whole global batch, so every document of every rank is
+    a negative and the loss equals the single-process one; ``loss * world_size`` is
+    back-propagated because DDP averages the gradients over ranks."""
+    n_neg = min([config.num_negatives] + [len(p.negatives) for p in batch])
+    local = batch[shard(len(batch), rank, wsize)]
+    cols = batch_columns(local, n_neg)
+    feats = {k: v.to(device) for k, v in model.tokenize([t for c in cols for t in c]).items()}
+    with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16):
+        emb = ddp(feats)["sentence_embedding"]
+    parts = list(emb.float().split(len(local)))
+    if isinstance(loss_fn, FusedMNRLoss):
+        keys = None
+        if loss_fn.mask_duplicates:
+            keys = text_keys([model.tokenize(c) for c in batch_columns(batch, n_neg)[1:]]).to(device)
+        loss = loss_fn.loss_from_embeddings([gather_with_grad(p) for p in parts], doc_keys=keys)
+        (loss * wsize).backward()
+        return loss
+    a, p, n = (torch.nn.functional.normalize(x, dim=1) for x in parts[:3])
+    loss = torch.relu((1 - (a * p).sum(1)) - (1 - (a * n).sum(1)) + config.triplet_margin).mean()
+    loss.backward()
+    shown = loss.detach().clone()
+    torch.distributed.all_reduce(shown)
+    return shown / wsize
+
+
 def train(pairs: Sequence[Pair], config: TrainConfig, model: Optional[EmbeddingModel] = None) -> dict:
     """Fine-tune ``model`` (default: ``EmbeddingModel.load(config.model)``) on ``pairs`` and save
     it to ``config.output_dir/model``; returns a summary (steps, final_loss, pairs_per_s, seconds,
@@ -439,6 +469,12 @@ def train(pairs: Sequence[Pair], config: TrainConfig, model: Optional[EmbeddingM
                         f"or remove them, or choose another output_dir")
 
     device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    rank, wsize = init_from_env(device)
+    if device.type == "cuda" and wsize > 1:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    if wsize > 1 and config.loss == "cached_mnrl":
+        raise UserError("cached_mnrl is not supported under torchrun yet; use mnrl (all ranks' documents are "
+                        "negatives already) or triplet")
     if model is None:
         model = EmbeddingModel.load(config.model)
     if config.max_seq_length:
@@ -484,10 +520,11 @@ def train(pairs: Sequence[Pair], config: TrainConfig, model: Optional[EmbeddingM
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        _truncate_log(log_file, step)
+        if rank == 0:
+            _truncate_log(log_file, step)
         rng_state = state["rng"]
     else:
-        if log_file.exists():
+        if log_file.exists() and rank == 0:
             log_file.unlink()
         rng_state = None
 
@@ -497,24 +534,33 @@ def train(pairs: Sequence[Pair], config: TrainConfig, model: Optional[EmbeddingM
     else:
         set_seed(config.seed)
 
-    bar = tqdm(total=total_steps, initial=step, desc="train", unit="step", disable=not config.show_progress_bar)
+    ddp = None
+    if wsize > 1:
+        ddp = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True)
+    bar = tqdm(total=total_steps, initial=step, desc="train", unit="step",
+               disable=not config.show_progress_bar or rank != 0)
     t_loop = time.perf_counter()
     win_loss, win_steps, win_pairs, t_win = 0.0, 0, 0, time.perf_counter()
     pairs_done, last_loss = 0, float("nan")
     start_step = step
-    with open(log_file, "a", encoding="utf-8") as log:
+    barrier()
+    with open(log_file if rank == 0 else os.devnull, "a", encoding="utf-8") as log:
         while step < total_steps:
             ep_pairs, batches = epoch_data(epoch)
             if bidx >= len(batches):
                 epoch, bidx = epoch + 1, 0
                 continue
             batch = [ep_pairs[i] for i in batches[bidx]]
-            cols = batch_columns(batch, config.num_negatives)
-            feats = [{k: v.to(device) for k, v in model.tokenize(c).items()} for c in cols]
             lr = scheduler.get_last_lr()[0]
-            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16):
-                loss = loss_fn(feats, None)
-            loss.backward()
+            if ddp is not None:
+                loss = _distributed_step(ddp, model, loss_fn, batch, config, device, use_bf16, rank, wsize)
+            else:
+                cols = batch_columns(batch, config.num_negatives)
+                feats = [{k: v.to(device) for k, v in model.tokenize(c).items()} for c in cols]
+                with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16):
+                    loss = loss_fn(feats, None)
+                loss.backward()
             if config.max_grad_norm:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
             optimizer.step()
@@ -541,12 +587,15 @@ def train(pairs: Sequence[Pair], config: TrainConfig, model: Optional[EmbeddingM
                             "data_digest": data_digest, "total_steps": total_steps,
                             "elapsed": elapsed0 + time.perf_counter() - t_loop,
                             "config": dataclasses.asdict(config)}
-                _save_checkpoint(out_dir, step, model, optimizer, scheduler, position, config.keep_checkpoints)
+                if rank == 0:  # one writer; the others wait so nobody runs ahead of a checkpoint
+                    _save_checkpoint(out_dir, step, model, optimizer, scheduler, position, config.keep_checkpoints)
+                barrier()
     bar.close()
     loop_s = time.perf_counter() - t_loop
     model.eval()
     final = out_dir / "model"
-    model.save(final)
+    if rank == 0:
+        model.save(final)
     ep_pairs, batches = epoch_data(epoch)
     summary = {"steps": step, "steps_this_run": step - start_step,
                "epochs": round(epoch + bidx / len(batches), 4),
@@ -555,5 +604,7 @@ def train(pairs: Sequence[Pair], config: TrainConfig, model: Optional[EmbeddingM
                "seconds": round(time.perf_counter() - t_start, 3), "output": str(final),
                "log_file": str(log_file), "resumed_from": start_step if loaded is not None else None,
                "replay_pairs_per_epoch": len(ep_pairs) - len(pairs), "device": str(device)}
-    _write_json_atomic(out_dir / "train_summary.json", summary)
+    if rank == 0:
+        _write_json_atomic(out_dir / "train_summary.json", summary)
+    barrier()
     return summary

@@ -1,0 +1,478 @@
+"""Distillation: a smaller student learns to reproduce a teacher's sentence embeddings.
+
+- :func:`prune_layers`: the student's starting point, a copy of the teacher that keeps the
+  embeddings and a subset of the transformer layers (DistilBERT-style layer-pruned init).
+- :func:`teacher_embeddings`: the teacher's embeddings of the distillation texts, computed once and
+  cached on disk as a memory-mapped float32 ``.npy`` (written to a temp name, then renamed), keyed by
+  a digest of the teacher's weights and settings, the texts and ``max_seq_length``.
+- :func:`distill`: trains the student with :class:`~fastembed_tune.losses.MSELoss` against the cached
+  teacher embeddings (a learned projection bridges different dimensions), optionally plus
+  ``kl_weight`` x the KL divergence between the teacher's and the student's in-batch similarity
+  distributions, and writes under ``output_dir``::
+
+      model/                   the student, a sentence-transformers directory (SentenceTransformer(path) loads it)
+      teacher_embeddings.npy   the teacher cache (+ teacher_embeddings.npy.meta.json, its key)
+      distill_log.jsonl        one JSON line per logging step: step, epoch, loss, mse, kl, lr, texts_per_s, elapsed
+      distill_summary.json     what :func:`distill` returns
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, Optional, Sequence, Union
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .errors import UserError
+from .losses import MSELoss
+from .model import EmbeddingModel
+from .train import linear_schedule, set_seed
+
+__all__ = ["parse_layers", "default_layers", "prune_layers", "teacher_embeddings", "in_batch_kl", "distill"]
+
+PathLike = Union[str, "os.PathLike[str]"]
+CACHE_FILE = "teacher_embeddings.npy"
+_META_SUFFIX = ".meta.json"
+_CACHE_VERSION = 1
+
+# where common encoders keep their stack of layers (BERT/RoBERTa/XLM-R/MPNet, DistilBERT, others)
+_LAYER_PATHS = ("encoder.layer", "transformer.layer", "encoder.layers", "layers")
+
+
+# ----------------------------------------------------------------------------------------------
+# the student's starting point
+
+
+def parse_layers(spec: Union[str, Sequence[int], None]) -> Optional[list[int]]:
+    """Layer indices from ``"0,2,4"`` (CLI style) or a list; ``None`` and ``""`` stay ``None``.
+
+    >>> parse_layers("0, 2,4"), parse_layers([1, 3]), parse_layers(None)
+    ([0, 2, 4], [1, 3], None)
+    >>> parse_layers("0,x")
+    Traceback (most recent call last):
+    ...
+    fastembed_tune.errors.UserError: layers must be comma-separated integers such as 0,2,4; got '0,x'
+    """
+    if spec is None or (isinstance(spec, str) and not spec.strip()):
+        return None
+    if isinstance(spec, str):
+        try:
+            return [int(s) for s in spec.split(",")]
+        except ValueError:
+            raise UserError(f"layers must be comma-separated integers such as 0,2,4; got {spec!r}") from None
+    out = []
+    for v in spec:
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+            raise UserError(f"layers must be integers such as [0, 2, 4]; got {list(spec)!r}")
+        out.append(int(v))
+    return out
+
+
+def default_layers(num_layers: int) -> list[int]:
+    """The default student: every other layer of the teacher, starting with the first.
+
+    >>> default_layers(6), default_layers(12)[:3], default_layers(1)
+    ([0, 2, 4], [0, 2, 4], [0])
+    """
+    return list(range(0, num_layers, 2))
+
+
+def _layer_list(transformer: torch.nn.Module) -> tuple[torch.nn.Module, str, torch.nn.ModuleList]:
+    for path in _LAYER_PATHS:
+        obj: Any = transformer
+        owner, name = None, ""
+        for part in path.split("."):
+            owner, name = obj, part
+            obj = getattr(obj, part, None)
+            if obj is None:
+                break
+        if isinstance(obj, torch.nn.ModuleList) and len(obj) > 0:
+            return owner, name, obj
+    raise UserError(f"cannot prune layers of a {type(transformer).__name__}: no layer list found at "
+                    f"{', '.join(_LAYER_PATHS)}; give a student model (student_dir) instead")
+
+
+def prune_layers(model: EmbeddingModel, layers: Sequence[int]) -> EmbeddingModel:
+    """A deep copy of ``model`` keeping the embeddings and only the transformer layers ``layers``
+    (in the given order); ``config.num_hidden_layers`` is updated, so the copy saves and loads as a
+    sentence-transformers directory. The teacher is left untouched.
+
+    >>> import transformers
+    >>> from fastembed_tune.model import default_model_path
+    >>> tok = transformers.AutoTokenizer.from_pretrained(default_model_path())
+    >>> bert = transformers.BertModel(transformers.BertConfig(vocab_size=tok.vocab_size, hidden_size=8,
+    ...     num_hidden_layers=4, num_attention_heads=1, intermediate_size=8))
+    >>> student = prune_layers(EmbeddingModel(bert, tok), [0, 3])
+    >>> student.transformer.config.num_hidden_layers, len(student.transformer.encoder.layer)
+    (2, 2)
+    >>> prune_layers(EmbeddingModel(bert, tok), [0, 4])
+    Traceback (most recent call last):
+    ...
+    fastembed_tune.errors.UserError: layer 4 does not exist: this model has 4 layers, so layer indices must be between 0 and 3
+    """
+    n = len(_layer_list(model.transformer)[2])
+    layers = parse_layers(layers)
+    valid = f"this model has {n} layers, so layer indices must be between 0 and {n - 1}"
+    if not layers:
+        raise UserError(f"the student needs at least one layer; {valid}")
+    for i in layers:
+        if not 0 <= i < n:
+            raise UserError(f"layer {i} does not exist: {valid}")
+    dupes = sorted({i for i in layers if layers.count(i) > 1})
+    if dupes:
+        raise UserError(f"layer {dupes[0]} is listed twice in {layers}; list each layer once ({valid})")
+    student = copy.deepcopy(model)
+    owner, name, old = _layer_list(student.transformer)
+    kept = torch.nn.ModuleList([old[i] for i in layers])
+    for new_idx, layer in enumerate(kept):
+        for mod in layer.modules():  # attention modules number themselves for KV caches
+            if isinstance(getattr(mod, "layer_idx", None), int):
+                mod.layer_idx = new_idx
+    setattr(owner, name, kept)
+    cfg = student.transformer.config
+    cfg.num_hidden_layers = len(layers)
+    if isinstance(getattr(cfg, "layer_types", None), list) and len(cfg.layer_types) == n:
+        cfg.layer_types = [cfg.layer_types[i] for i in layers]
+    return student
+
+
+# ----------------------------------------------------------------------------------------------
+# the teacher's embeddings, cached on disk
+
+
+def _teacher_digest(teacher: torch.nn.Module) -> str:
+    """A digest of the teacher's identity: its weights (names, shapes, dtypes, bytes) and the
+    settings that change its embeddings (pooling, normalisation, lower-casing, tokenizer)."""
+    h = hashlib.blake2b(digest_size=20)
+    tok = getattr(teacher, "tokenizer", None)
+    h.update(json.dumps({"class": type(teacher).__name__, "pooling": getattr(teacher, "pooling", None),
+                         "normalize": getattr(teacher, "normalize", None),
+                         "do_lower_case": getattr(teacher, "do_lower_case", None),
+                         "tokenizer": [type(tok).__name__, len(tok) if tok is not None else None]}).encode())
+    for name, t in teacher.state_dict().items():
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}:{tuple(t.shape)}:{t.dtype}\n".encode())
+        h.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def _texts_digest(texts: Sequence[str]) -> str:
+    h = hashlib.blake2b(digest_size=20)
+    for t in texts:
+        b = t.encode("utf-8", "surrogatepass")
+        h.update(len(b).to_bytes(8, "little"))
+        h.update(b)
+    return h.hexdigest()
+
+
+def _cache_key(teacher: torch.nn.Module, texts: Sequence[str]) -> dict:
+    return {"version": _CACHE_VERSION, "teacher": _teacher_digest(teacher), "texts": _texts_digest(texts),
+            "n": len(texts), "max_seq_length": getattr(teacher, "max_seq_length", None)}
+
+
+def _meta_path(cache_path: Path) -> Path:
+    return cache_path.with_name(cache_path.name + _META_SUFFIX)
+
+
+def _open_cached(cache_path: Path, key: dict) -> Optional[np.memmap]:
+    """The cached array when its key matches ``key`` and the file is whole; else ``None``."""
+    meta = _meta_path(cache_path)
+    try:
+        if json.loads(meta.read_text())["key"] != key:
+            return None
+        arr = np.lib.format.open_memmap(str(cache_path), mode="r")
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if arr.dtype != np.float32 or arr.ndim != 2 or arr.shape[0] != key["n"]:
+        return None
+    return arr
+
+
+def teacher_embeddings(teacher: EmbeddingModel, texts: Sequence[str], cache_path: PathLike,
+                       batch_size: int = 64, show_progress_bar: bool = False) -> np.memmap:
+    """The teacher's float32 embeddings of ``texts`` (``[len(texts), dim]``, rows in ``texts`` order)
+    as a read-only memory-mapped ``.npy`` at ``cache_path``.
+
+    Computed once: a JSON key beside the file (``cache_path + ".meta.json"``) holds a digest of the
+    teacher's weights and settings, of the texts and of ``max_seq_length``; a later call with the same
+    inputs maps the file without running the teacher, any change recomputes it. The array is written
+    to a temporary name and renamed into place (the key last), so a killed run leaves no half file.
+
+    >>> import tempfile, transformers
+    >>> from fastembed_tune.model import default_model_path
+    >>> tok = transformers.AutoTokenizer.from_pretrained(default_model_path())
+    >>> bert = transformers.BertModel(transformers.BertConfig(vocab_size=tok.vocab_size, hidden_size=8,
+    ...     num_hidden_layers=1, num_attention_heads=1, intermediate_size=8))
+    >>> path = os.path.join(tempfile.mkdtemp(), "t.npy")
+    >>> e = teacher_embeddings(EmbeddingModel(bert, tok), ["a cat", "a dog"], path)
+    >>> e.shape, e.dtype, os.path.isfile(path + ".meta.json")
+    ((2, 8), dtype('float32'), True)
+    """
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise UserError(f"batch_size must be an integer >= 1; got {batch_size!r}")
+    texts = list(texts)
+    cache_path = Path(cache_path)
+    cache_path.parent.mkdir(parents=True, exist_ok=True)
+    key = _cache_key(teacher, texts)
+    cached = _open_cached(cache_path, key)
+    if cached is not None:
+        return cached
+    meta = _meta_path(cache_path)
+    meta.unlink(missing_ok=True)  # first: a key must never describe another file
+    tmp = cache_path.with_name(f".{cache_path.name}.tmp{os.getpid()}")
+    try:
+        out = np.lib.format.open_memmap(str(tmp), mode="w+", dtype=np.float32,
+                                        shape=(len(texts), int(teacher.dim)))
+        order = np.argsort([-len(t) for t in texts], kind="stable")  # batches of similar length
+        chunk = batch_size * 16
+        with tqdm(total=len(texts), desc="teacher embeddings", unit="text", disable=not show_progress_bar) as bar:
+            for s in range(0, len(texts), chunk):
+                idx = np.sort(order[s:s + chunk])
+                out[idx] = teacher.encode([texts[i] for i in idx], batch_size=batch_size)
+                bar.update(len(idx))
+        out.flush()
+        del out
+        os.replace(tmp, cache_path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    meta_tmp = meta.with_name(f".{meta.name}.tmp{os.getpid()}")
+    meta_tmp.write_text(json.dumps({"key": key, "shape": [len(texts), int(teacher.dim)],
+                                    "dtype": "float32"}, indent=2))
+    os.replace(meta_tmp, meta)
+    return np.lib.format.open_memmap(str(cache_path), mode="r")
+
+
+# ----------------------------------------------------------------------------------------------
+# the losses and the loop
+
+
+def in_batch_kl(teacher_emb: torch.Tensor, student_emb: torch.Tensor, temperature: float = 0.05) -> torch.Tensor:
+    """KL(teacher || student) between in-batch similarity distributions: row i of each is the
+    softmax over j != i of cos(e_i, e_j) / temperature (the diagonal, always 1, is left out);
+    averaged over rows. Dimensions may differ (cosines are compared, not vectors). 0 for B < 2.
+
+    >>> t = torch.randn(4, 8); float(in_batch_kl(t, t)) == 0.0
+    True
+    >>> float(in_batch_kl(t, torch.randn(4, 3))) > 0
+    True
+    """
+    b = teacher_emb.shape[0]
+    if b < 2:
+        return student_emb.sum() * 0.0
+    off = ~torch.eye(b, dtype=torch.bool, device=student_emb.device)
+
+    def log_probs(e: torch.Tensor) -> torch.Tensor:
+        e = torch.nn.functional.normalize(e.float(), dim=1)
+        sims = (e @ e.T)[off].view(b, b - 1) / temperature
+        return torch.log_softmax(sims, dim=1)
+
+    lt = log_probs(teacher_emb.to(student_emb.device)).detach()
+    ls = log_probs(student_emb)
+    return (lt.exp() * (lt - ls)).sum(1).mean()
+
+
+def _batches(lengths: Sequence[int], batch_size: int, seed: int, epoch: int, length_window: int) -> list[np.ndarray]:
+    """The epoch's batches: seeded shuffle, sorted by length within windows of ``length_window``
+    batches (little padding), batch order shuffled. A pure function of its arguments."""
+    rng = np.random.default_rng([seed, epoch])
+    order = rng.permutation(len(lengths))
+    if length_window > 0:
+        w = length_window * batch_size
+        key = np.asarray(lengths)
+        order = np.concatenate([o[np.argsort(key[o], kind="stable")] for o in np.split(order, range(w, len(order), w))])
+    batches = [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
+    return [batches[i] for i in rng.permutation(len(batches))]
+
+
+def _optimizer(module: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
+    decay = [p for p in module.parameters() if p.requires_grad and p.ndim >= 2]
+    no_decay = [p for p in module.parameters() if p.requires_grad and p.ndim < 2]  # biases, LayerNorm
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr)
+
+
+def _write_json_atomic(path: Path, obj: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=2))
+    os.replace(tmp, path)
+
+
+def _check(name: str, ok: bool, v: Any, what: str) -> None:
+    if not ok:
+        raise UserError(f"{name} must be {what}; got {v!r}")
+
+
+def distill(teacher_dir: Optional[PathLike], texts: Sequence[str], output_dir: PathLike,
+            student_dir: Optional[PathLike] = None, layers: Union[str, Sequence[int], None] = None,
+            epochs: int = 1, batch_size: int = 64, lr: float = 1e-4, kl_weight: float = 0.0,
+            kl_temperature: float = 0.05, seed: int = 42, max_seq_length: Optional[int] = None,
+            show_progress_bar: bool = True, warmup_ratio: float = 0.1, weight_decay: float = 0.01,
+            max_grad_norm: Optional[float] = 1.0, logging_steps: int = 10, length_window: int = 50,
+            device: Optional[str] = None) -> dict:
+    """Distil the teacher at ``teacher_dir`` (``None``: the built-in MiniLM) into a smaller student and
+    save it to ``output_dir/model``.
+
+    The student is ``student_dir`` loaded, or a copy of the teacher keeping ``layers`` (default:
+    every other layer, e.g. ``[0, 2, 4]`` of 6). It learns the teacher's embeddings of ``texts``
+    (duplicates and empty texts are dropped; the teacher runs once, cached by
+    :func:`teacher_embeddings`) by MSE - through a learned linear projection when the dimensions
+    differ - plus ``kl_weight`` x :func:`in_batch_kl` at ``kl_temperature``. AdamW (no decay on
+    biases and LayerNorm) with linear warmup (``warmup_ratio``) and decay, gradient clipping,
+    seeded shuffled batches of similar-length texts; ``max_seq_length`` (default: the teacher's) is
+    used by both models. Logs to ``output_dir/distill_log.jsonl``.
+
+    Returns a summary: steps, seconds, final_loss, student_layers (teacher layer indices kept, or
+    ``None`` for ``student_dir``), student_num_layers, dims, projection, texts, cache_reused, output.
+
+    >>> import tempfile, transformers
+    >>> from fastembed_tune.model import default_model_path
+    >>> tok = transformers.AutoTokenizer.from_pretrained(default_model_path())
+    >>> bert = transformers.BertModel(transformers.BertConfig(vocab_size=tok.vocab_size, hidden_size=8,
+    ...     num_hidden_layers=2, num_attention_heads=1, intermediate_size=8))
+    >>> d = tempfile.mkdtemp(); EmbeddingModel(bert, tok, max_seq_length=32).save(d + "/teacher")
+    >>> out = distill(d + "/teacher", [f"text {i}" for i in range(8)], d + "/out", batch_size=4,
+    ...               show_progress_bar=False)
+    >>> out["steps"], out["student_layers"], os.path.isfile(os.path.join(out["output"], "modules.json"))
+    (2, [0], True)
+    """
+    t_start = time.perf_counter()
+    _check("epochs", isinstance(epochs, int) and epochs >= 1, epochs, "an integer >= 1")
+    _check("batch_size", isinstance(batch_size, int) and batch_size >= 1, batch_size, "an integer >= 1")
+    _check("logging_steps", isinstance(logging_steps, int) and logging_steps >= 1, logging_steps, "an integer >= 1")
+    _check("lr", isinstance(lr, (int, float)) and math.isfinite(lr) and lr >= 0, lr, "a finite number >= 0")
+    _check("kl_weight", isinstance(kl_weight, (int, float)) and math.isfinite(kl_weight) and kl_weight >= 0,
+           kl_weight, "a finite number >= 0")
+    _check("kl_temperature", isinstance(kl_temperature, (int, float)) and math.isfinite(kl_temperature)
+           and kl_temperature > 0, kl_temperature, "a finite number > 0")
+    _check("warmup_ratio", 0 <= warmup_ratio <= 1, warmup_ratio, "between 0 and 1")
+    _check("weight_decay", weight_decay >= 0, weight_decay, ">= 0")
+    _check("max_seq_length", max_seq_length is None or (isinstance(max_seq_length, int) and max_seq_length >= 1),
+           max_seq_length, "a positive integer or None")
+    layers = parse_layers(layers)
+    if student_dir is not None and layers is not None:
+        raise UserError("give either a student model (student_dir) or the teacher layers to keep (layers), not both")
+    texts = list(dict.fromkeys(t for t in texts if isinstance(t, str) and t.strip()))
+    if not texts:
+        raise UserError("distillation needs at least one non-empty text")
+
+    out_dir = Path(output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    log_file = out_dir / "distill_log.jsonl"
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+    teacher = EmbeddingModel.load(teacher_dir, device=str(dev))
+    if max_seq_length:
+        teacher.max_seq_length = max_seq_length
+    _cap_length(teacher)
+    teacher_layers = len(_layer_list(teacher.transformer)[2])
+    if student_dir is not None:
+        student = EmbeddingModel.load(student_dir, device=str(dev))
+        kept = None
+    else:
+        kept = layers if layers is not None else default_layers(teacher_layers)
+        student = prune_layers(teacher, kept)
+    student.max_seq_length = teacher.max_seq_length
+    _cap_length(student)
+
+    cache = out_dir / CACHE_FILE
+    key = _cache_key(teacher, texts)
+    cache_reused = _open_cached(cache, key) is not None
+    targets = teacher_embeddings(teacher, texts, cache, batch_size=batch_size, show_progress_bar=show_progress_bar)
+    teacher_dim = teacher.dim
+    del teacher  # only its cached embeddings are needed from here on
+    if dev.type == "cuda":
+        torch.cuda.empty_cache()
+
+    loss_fn = MSELoss(student, teacher_dim=teacher_dim).to(dev)
+    lengths = [len(t) for t in texts]
+    n_batches = math.ceil(len(texts) / batch_size)
+    total_steps = epochs * n_batches
+    optimizer = _optimizer(loss_fn, lr, weight_decay)  # the student and the projection
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, linear_schedule(math.ceil(warmup_ratio * total_steps), total_steps))
+    use_bf16 = dev.type == "cuda"
+
+    captured: dict[str, torch.Tensor] = {}
+    hook = student.register_forward_hook(lambda m, i, o: captured.__setitem__("emb", o["sentence_embedding"]))
+    set_seed(seed)
+    loss_fn.train()
+    step, last_loss, texts_done = 0, float("nan"), 0
+    win = {"loss": 0.0, "mse": 0.0, "kl": 0.0, "steps": 0, "texts": 0}
+    bar = tqdm(total=total_steps, desc="distill", unit="step", disable=not show_progress_bar)
+    t_loop = t_win = time.perf_counter()
+    try:
+        with open(log_file, "w", encoding="utf-8") as log:
+            for epoch in range(epochs):
+                for bidx, idx in enumerate(_batches(lengths, batch_size, seed, epoch, length_window)):
+                    idx = np.sort(idx)  # sequential reads from the memory map
+                    labels = torch.from_numpy(np.asarray(targets[idx], dtype=np.float32)).to(dev)
+                    feats = {k: v.to(dev) for k, v in student.tokenize([texts[i] for i in idx]).items()}
+                    lr_now = scheduler.get_last_lr()[0]
+                    with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=use_bf16):
+                        mse = loss_fn([feats], labels)
+                        kl = in_batch_kl(labels, captured.pop("emb"), kl_temperature) if kl_weight > 0 else None
+                    loss = mse + kl_weight * kl if kl is not None else mse
+                    loss.backward()
+                    if max_grad_norm:
+                        torch.nn.utils.clip_grad_norm_(loss_fn.parameters(), max_grad_norm)
+                    optimizer.step()
+                    scheduler.step()
+                    optimizer.zero_grad(set_to_none=True)
+                    step += 1
+                    last_loss = float(loss.detach())
+                    if not math.isfinite(last_loss):
+                        raise UserError(f"the distillation loss became {last_loss} at step {step}; lower lr "
+                                        f"(now {lr}) or kl_weight (now {kl_weight})")
+                    texts_done += len(idx)
+                    win["loss"] += last_loss
+                    win["mse"] += float(mse.detach())
+                    win["kl"] += float(kl.detach()) if kl is not None else 0.0
+                    win["steps"] += 1
+                    win["texts"] += len(idx)
+                    if step % logging_steps == 0 or step == total_steps:
+                        now = time.perf_counter()
+                        k = win["steps"]
+                        rec = {"step": step, "epoch": round(epoch + (bidx + 1) / n_batches, 4),
+                               "loss": win["loss"] / k, "mse": win["mse"] / k,
+                               "kl": win["kl"] / k if kl_weight > 0 else None, "lr": lr_now,
+                               "texts_per_s": round(win["texts"] / max(now - t_win, 1e-9), 2),
+                               "elapsed": round(now - t_loop, 3)}
+                        log.write(json.dumps(rec) + "\n")
+                        log.flush()
+                        bar.set_postfix(loss=f"{rec['loss']:.5f}")
+                        win = {"loss": 0.0, "mse": 0.0, "kl": 0.0, "steps": 0, "texts": 0}
+                        t_win = now
+                    bar.update(1)
+    finally:
+        bar.close()
+        hook.remove()
+    loop_s = time.perf_counter() - t_loop
+    student.eval()
+    final = out_dir / "model"
+    student.save(final)
+    summary = {"steps": step, "epochs": epochs, "seconds": round(time.perf_counter() - t_start, 3),
+               "train_seconds": round(loop_s, 3), "final_loss": last_loss,
+               "texts": len(texts), "texts_per_s": round(texts_done / max(loop_s, 1e-9), 2),
+               "student_layers": kept, "student_num_layers": len(_layer_list(student.transformer)[2]),
+               "teacher_num_layers": teacher_layers, "student_dim": student.dim, "teacher_dim": teacher_dim,
+               "projection": loss_fn.projection is not None, "kl_weight": kl_weight,
+               "kl_temperature": kl_temperature, "max_seq_length": student.max_seq_length,
+               "cache": str(cache), "cache_reused": cache_reused, "output": str(final),
+               "log_file": str(log_file), "device": str(dev)}
+    _write_json_atomic(out_dir / "distill_summary.json", summary)
+    return summary
+
+
+def _cap_length(model: EmbeddingModel) -> None:
+    """Keep ``max_seq_length`` within the model's position embeddings (absolute positions)."""
+    limit = getattr(model.transformer.config, "max_position_embeddings", None)
+    if isinstance(limit, int) and limit > 0 and model.max_seq_length > limit:
+        model.max_seq_length = limit

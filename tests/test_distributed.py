@@ -1,0 +1,89 @@
+"""Two gloo processes on CPU (torchrun) against one process on the same global batch."""
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from fastembed_tune.model import EmbeddingModel, default_model_path
+
+SCRIPT = textwrap.dedent("""
+    import json, os, sys, torch
+    from fastembed_tune.data import Pair
+    from fastembed_tune.model import EmbeddingModel
+    from fastembed_tune.train import TrainConfig, train
+    model_dir, out, loss = sys.argv[1], sys.argv[2], sys.argv[3]
+    pairs = [Pair(f"query number {i} " + "x " * (i % 5), f"document text {i} " + "y " * (i % 3),
+                  [f"hard negative {i}"]) for i in range(16)]
+    m = EmbeddingModel.load(model_dir)
+    rank = int(os.environ.get("RANK", "0"))
+    step = torch.optim.AdamW.step
+    def spy(self, *a, **k):  # the gradients the optimizer sees (Adam itself is scale-invariant)
+        torch.save({n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None},
+                   os.path.join(out, f"grads-rank{rank}.pt"))
+        return step(self, *a, **k)
+    torch.optim.AdamW.step = spy
+    cfg = TrainConfig(output_dir=out, max_steps=1, batch_size=16, lr=1e-3, warmup_ratio=0.0, logging_steps=1,
+                      num_negatives=1, loss=loss, show_progress_bar=False, seed=7, max_grad_norm=None)
+    train(pairs, cfg, model=m)
+    torch.save(m.state_dict(), os.path.join(out, f"weights-rank{rank}.pt"))
+""")
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory) -> str:
+    import transformers
+
+    tok = transformers.AutoTokenizer.from_pretrained(default_model_path())
+    torch.manual_seed(0)
+    cfg = transformers.BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2,
+                                  num_attention_heads=2, intermediate_size=64, max_position_embeddings=128,
+                                  hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    path = tmp_path_factory.mktemp("tiny") / "model"
+    EmbeddingModel(transformers.BertModel(cfg), tok, "mean", True, 64).save(path)
+    return str(path)
+
+
+def run(tmp_path, model_dir, out, loss, nproc):
+    script = tmp_path / "job.py"
+    script.write_text(SCRIPT)
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    if nproc == 1:
+        cmd = [sys.executable, str(script)]
+    else:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+               str(script)]
+    r = subprocess.run(cmd + [model_dir, str(out), loss], capture_output=True, text=True, env=env, timeout=240)
+    assert r.returncode == 0, r.stderr[-3000:]
+    log = [json.loads(l) for l in (out / "train_log.jsonl").read_text().splitlines()]
+    return (log[-1]["loss"], [torch.load(out / f"weights-rank{i}.pt") for i in range(nproc)],
+            [torch.load(out / f"grads-rank{i}.pt") for i in range(nproc)])
+
+
+@pytest.mark.parametrize("loss", ["mnrl", "triplet"])
+def test_two_ranks_equal_one_process(tmp_path, tiny_model_dir, loss):
+    l1, (w1,), (g1,) = run(tmp_path, tiny_model_dir, tmp_path / "single", loss, 1)
+    l2, (wa, wb), (ga, gb) = run(tmp_path, tiny_model_dir, tmp_path / "ddp", loss, 2)
+    assert abs(l1 - l2) <= 1e-5 * max(1.0, abs(l1)), (l1, l2)
+    assert g1.keys() == ga.keys() and len(g1) > 10
+    scale = max(g.abs().max().item() for g in g1.values())
+    for k in g1:  # the averaged gradient is the single-process gradient of the global batch
+        torch.testing.assert_close(ga[k], g1[k], rtol=1e-5, atol=1e-5 * scale)
+        torch.testing.assert_close(gb[k], ga[k], rtol=0, atol=0)
+    for k in w1:
+        torch.testing.assert_close(wa[k], wb[k], rtol=0, atol=0)  # both ranks identical
+        torch.testing.assert_close(wa[k], w1[k], rtol=1e-5, atol=1e-5)  # and equal to one process
+    assert any(not torch.equal(w1[k], EmbeddingModel.load(tiny_model_dir).state_dict()[k]) for k in w1)
+    assert (tmp_path / "ddp" / "model" / "modules.json").exists()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (nccl, bf16)")
+def test_cuda_nccl_bf16_two_ranks(tmp_path, tiny_model_dir):
+    n = min(2, torch.cuda.device_count())
+    l2, ws, _ = run(tmp_path, tiny_model_dir, tmp_path / "ddp", "mnrl", n)
+    assert torch.isfinite(torch.tensor(l2))
+    for k in ws[0]:
+        torch.testing.assert_close(ws[0][k], ws[-1][k])
