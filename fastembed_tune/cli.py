@@ -18,18 +18,59 @@ def _cmd_mine(a: argparse.Namespace) -> int:
     from .mining import format_summary, mine_hard_negatives, write_pairs_jsonl
     from .model import EmbeddingModel
 
+    from .distributed import barrier, init_from_env
+    from .mining import merge_shards, merge_summaries
+
     pairs = read_pairs(a.pairs)
     corpus = list(read_corpus(a.corpus).values()) if a.corpus else None
     model = EmbeddingModel.load(a.model)
+    rank, wsize = init_from_env()
+    shard_dir = f"{a.output}.shards" if wsize > 1 else None
     res = mine_hard_negatives(pairs, model, corpus, num_negatives=a.num_negatives, skip_top=a.skip_top,
                               max_ratio=a.max_ratio, batch_size=a.batch_size, threads=a.threads,
-                              show_progress_bar=not a.quiet)
-    write_pairs_jsonl(res.pairs, a.output)
+                              show_progress_bar=not a.quiet and rank == 0, shard_dir=shard_dir)
+    summary = res.summary
+    if wsize > 1:  # each rank wrote its shard; rank 0 merges them in the original order
+        write_pairs_jsonl(res.pairs, os.path.join(shard_dir, f"part-{rank}.jsonl"))
+        _write_json(os.path.join(shard_dir, f"summary-{rank}.json"), res.summary)
+        barrier()
+        if rank == 0:
+            merge_shards([os.path.join(shard_dir, f"part-{r}.jsonl") for r in range(wsize)], a.output)
+            parts = [json.load(open(os.path.join(shard_dir, f"summary-{r}.json"))) for r in range(wsize)]
+            summary = merge_summaries(parts)
+            import shutil
+            shutil.rmtree(shard_dir, ignore_errors=True)
+        barrier()
+        if rank != 0:
+            return 0
+    else:
+        write_pairs_jsonl(res.pairs, a.output)
     if a.summary:
-        _write_json(a.summary, res.summary)
-    print(format_summary(res.summary))
-    print(f"wrote {len(res.pairs)} rows to {a.output}")
+        _write_json(a.summary, summary)
+    print(format_summary(summary))
+    print(f"wrote {len(pairs)} rows to {a.output}")
     return 0
+
+
+def _relaunch_with_torchrun(argv: Sequence[str], nproc: int) -> int:
+    """``--nproc N``: run this same command under PyTorch's launcher (torchrun), N processes."""
+    import subprocess
+
+    rest = []
+    skip = False
+    for i, x in enumerate(argv):
+        if skip:
+            skip = False
+            continue
+        if x == "--nproc":
+            skip = True
+            continue
+        if x.startswith("--nproc="):
+            continue
+        rest.append(x)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+           "-m", "fastembed_tune", *rest]
+    return subprocess.call(cmd)
 
 
 def _cmd_train(a: argparse.Namespace) -> int:
@@ -123,6 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--threads", type=_nonneg_int, default=0)
     m.add_argument("--summary", help="also write the summary as JSON to this path")
     m.add_argument("--quiet", action="store_true", help="no progress bars")
+    m.add_argument("--nproc", type=_positive_int, default=None, help="shortcut: run under torchrun with N processes")
     m.set_defaults(func=_cmd_mine)
 
     t = sub.add_parser("train", help="fine-tune a model on (query, positive[, negatives]) pairs")
@@ -146,6 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--replay-ratio", type=float, default=0.0)
     t.add_argument("--max-seq-length", type=_positive_int, default=None)
     t.add_argument("--quiet", action="store_true")
+    t.add_argument("--nproc", type=_positive_int, default=None, help="shortcut: run under torchrun with N processes")
     t.set_defaults(func=_cmd_train)
 
     e = sub.add_parser("eval", help="nDCG@10, recall@k, MRR@10, MAP@100 of one or more models")
@@ -183,7 +226,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     2
     """
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    if getattr(args, "nproc", None) and int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return _relaunch_with_torchrun(argv, args.nproc)
     try:
         return int(args.func(args) or 0)
     except UserError as e:

@@ -17,7 +17,10 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from tqdm.auto import tqdm
+
 from .data import Pair
+from .distributed import barrier, shard, world
 from .kernels import topk_cosine
 
 HIST_BINS = np.linspace(-0.2, 1.0, 13)
@@ -45,6 +48,7 @@ def mine_hard_negatives(
     threads: int = 0,
     show_progress_bar: bool = True,
     embeddings: Optional[tuple[np.ndarray, np.ndarray]] = None,
+    shard_dir: Optional[str] = None,
 ) -> MiningResult:
     """Fill each pair's ``negatives`` with the closest corpus documents that are not its positives.
 
@@ -58,6 +62,10 @@ def mine_hard_negatives(
         max_ratio: drop candidates scoring above ``max_ratio`` x the pair's positive score.
         embeddings: precomputed ``(query_embeddings[len(pairs)], corpus_embeddings)`` (rows
             L2-normalised), skipping the model; the corpus order is ``corpus`` + missing positives.
+        shard_dir: under torchrun (several ranks), a folder shared by the ranks: the query and
+            corpus embeddings are computed once, each rank filling its share of the batches of
+            one memory-mapped file there, and this rank mines only its contiguous shard of the
+            pairs (``MiningResult.pairs`` holds that shard; see ``merge_shards``).
 
     Returns:
         MiningResult with new Pair objects (existing negatives kept first) and a summary dict.
@@ -90,18 +98,27 @@ def mine_hard_negatives(
             s.add(doc_index[q])
     exclude = [sorted(positives_of[p.query]) for p in pairs]
     k = min(num_negatives, len(docs))
+    rank, wsize = world()
+    rows = shard(len(pairs), rank, wsize) if (wsize > 1 and embeddings is None) else slice(0, len(pairs))
 
     if embeddings is None:
         if model is None:
             from .model import EmbeddingModel
             model = EmbeddingModel.load()
         uq = list(dict.fromkeys(p.query for p in pairs))
-        qemb_u = _encode(model, uq, batch_size, show_progress_bar, "embed queries")
         qpos = {q: i for i, q in enumerate(uq)}
-        qemb = qemb_u[[qpos[p.query] for p in pairs]]
-        demb = _encode(model, docs, batch_size, show_progress_bar, "embed corpus")
+        if wsize > 1:
+            if shard_dir is None:
+                raise ValueError("mining under torchrun needs shard_dir, a folder shared by the ranks")
+            qemb_u = encode_sharded(model, uq, os.path.join(shard_dir, "queries.npy"), batch_size, show_progress_bar)
+            demb = encode_sharded(model, docs, os.path.join(shard_dir, "corpus.npy"), batch_size, show_progress_bar)
+        else:
+            qemb_u = _encode(model, uq, batch_size, show_progress_bar, "embed queries")
+            demb = _encode(model, docs, batch_size, show_progress_bar, "embed corpus")
+        qemb = np.ascontiguousarray(qemb_u[[qpos[p.query] for p in pairs[rows]]])
     else:
         qemb, demb = embeddings
+    pairs, exclude = list(pairs)[rows], exclude[rows]
     pos_ids = np.array([doc_index[p.positive] for p in pairs])
     pos_scores = np.einsum("ij,ij->i", qemb.astype(np.float64), demb[pos_ids].astype(np.float64))
 
@@ -142,6 +159,79 @@ def mine_hard_negatives(
         "negative_score_histogram": _histogram(scores[valid]),
     }
     return MiningResult(out, summary)
+
+
+def encode_sharded(model, texts: list[str], path: str, batch_size: int = 64, progress: bool = False) -> np.ndarray:
+    """Embed ``texts`` once across all ranks into one memory-mapped ``.npy`` at ``path``.
+
+    The batches are exactly those a single process makes (``EmbeddingModel.encode``: sorted by
+    length, ``batch_size`` each); rank r computes batches r, r + W, ... so every row is
+    bit-identical to the single-process embedding. Returns the file, memory-mapped read-only.
+
+    >>> import tempfile, numpy as np
+    >>> from fastembed_tune.model import EmbeddingModel
+    >>> e = encode_sharded(EmbeddingModel.load(), ["a", "bb"], tempfile.mkdtemp() + "/e.npy")
+    >>> e.shape
+    (2, 384)
+    """
+    rank, wsize = world()
+    order = np.argsort([-len(t) for t in texts], kind="stable")
+    batches = [order[s:s + batch_size] for s in range(0, len(texts), batch_size)]
+    if rank == 0:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(len(texts), model.dim)).flush()
+    barrier()
+    out = np.load(path, mmap_mode="r+")
+    mine = batches[rank::wsize]
+    for b in tqdm(mine, desc=f"embed (rank {rank})", disable=not progress, unit="batch"):
+        out[b] = _encode(model, [texts[i] for i in b], batch_size, False, "")
+    out.flush()
+    del out
+    barrier()
+    return np.load(path, mmap_mode="r")
+
+
+def merge_shards(parts: Sequence[str], path: str) -> None:
+    """Concatenate per-rank JSONL shards, in rank order, into ``path`` atomically; remove them.
+
+    >>> import tempfile, os; d = tempfile.mkdtemp()
+    >>> for i in range(2): open(f"{d}/{i}", "w").write(f"{i}\\n")
+    2
+    2
+    >>> merge_shards([f"{d}/0", f"{d}/1"], d + "/all.jsonl"); open(d + "/all.jsonl").read()
+    '0\\n1\\n'
+    """
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path), dir=os.path.dirname(os.path.abspath(path)))
+    with os.fdopen(fd, "wb") as f:
+        for p in parts:
+            with open(p, "rb") as src:
+                f.write(src.read())
+    os.replace(tmp, path)
+    for p in parts:
+        os.unlink(p)
+
+
+def merge_summaries(parts: Sequence[dict]) -> dict:
+    """One summary from the per-rank summaries of a sharded mining run (counts and histograms
+    summed, means weighted).
+
+    >>> merge_summaries([{"pairs": 1, "negatives_mined": 2, "mean_positive_score": 0.5, "mean_negative_score": 0.1},
+    ...                  {"pairs": 3, "negatives_mined": 2, "mean_positive_score": 0.1, "mean_negative_score": 0.3}])["pairs"]
+    4
+    """
+    out = dict(parts[0])
+    n = sum(p["pairs"] for p in parts)
+    negs = sum(p["negatives_mined"] for p in parts)
+    for key, v in parts[0].items():
+        if key.endswith("_histogram"):
+            out[key] = [sum(p[key][i] for p in parts) for i in range(len(v))]
+        elif key in ("pairs", "negatives_mined", "pairs_with_fewer_negatives", "pairs_with_no_negative",
+                     "candidates_dropped_as_false_negatives", "pairs_with_dropped_candidates"):
+            out[key] = sum(p[key] for p in parts)
+    out["mean_positive_score"] = sum(p["mean_positive_score"] * p["pairs"] for p in parts) / max(n, 1)
+    vals = [(p["mean_negative_score"], p["negatives_mined"]) for p in parts if p.get("mean_negative_score") is not None]
+    out["mean_negative_score"] = sum(m * c for m, c in vals) / max(negs, 1) if vals else None
+    return out
 
 
 def _encode(model, texts: list[str], batch_size: int, progress: bool, desc: str) -> np.ndarray:

@@ -87,3 +87,28 @@ def test_cuda_nccl_bf16_two_ranks(tmp_path, tiny_model_dir):
     assert torch.isfinite(torch.tensor(l2))
     for k in ws[0]:
         torch.testing.assert_close(ws[0][k], ws[-1][k])
+
+
+def test_sharded_mining_writes_the_single_process_output(tmp_path, tiny_model_dir):
+    rows = [{"query": f"term {i} " + "z " * (i % 7), "positive": f"meaning number {i} " + "w " * (i % 4)}
+            for i in range(37)]
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps({"id": f"c{i}", "text": f"distractor {i} " + "v " * (i % 5)}) + "\n"
+                              for i in range(50)))
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    args = ["mine", "--pairs", str(pairs), "--corpus", str(corpus), "--model", tiny_model_dir,
+            "--num-negatives", "4", "--max-ratio", "0.99", "--batch-size", "8", "--quiet"]
+    one = subprocess.run([sys.executable, "-m", "fastembed_tune", *args, "-o", str(tmp_path / "one.jsonl"),
+                          "--summary", str(tmp_path / "one.json")], capture_output=True, text=True, env=env)
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = subprocess.run([sys.executable, "-m", "fastembed_tune", *args, "-o", str(tmp_path / "two.jsonl"),
+                          "--summary", str(tmp_path / "two.json"), "--nproc", "2"],
+                         capture_output=True, text=True, env=env, timeout=240)
+    assert two.returncode == 0, two.stderr[-2000:]
+    assert (tmp_path / "two.jsonl").read_bytes() == (tmp_path / "one.jsonl").read_bytes()
+    s1, s2 = (json.loads((tmp_path / f).read_text()) for f in ("one.json", "two.json"))
+    assert s1["negative_score_histogram"] == s2["negative_score_histogram"]
+    assert s1["candidates_dropped_as_false_negatives"] == s2["candidates_dropped_as_false_negatives"]
+    assert not (tmp_path / "two.jsonl.shards").exists()
