@@ -80,7 +80,7 @@ def _cmd_train(a: argparse.Namespace) -> int:
     pairs = read_pairs(a.pairs)
     cfg = TrainConfig(output_dir=a.output, model=a.model, epochs=a.epochs, max_steps=a.max_steps,
                       batch_size=a.batch_size, lr=a.lr, warmup_ratio=a.warmup_ratio, seed=a.seed, loss=a.loss,
-                      scale=a.scale, mini_batch_size=a.mini_batch_size, num_negatives=a.num_negatives,
+                      scale=a.scale, symmetric=a.symmetric, mini_batch_size=a.mini_batch_size, num_negatives=a.num_negatives,
                       checkpoint_every=a.checkpoint_every, keep_checkpoints=a.keep_checkpoints, resume=a.resume,
                       replay=a.replay, replay_ratio=a.replay_ratio, max_seq_length=a.max_seq_length,
                       show_progress_bar=not a.quiet)
@@ -179,6 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=42)
     t.add_argument("--loss", choices=["mnrl", "cached_mnrl", "triplet"], default="mnrl")
     t.add_argument("--scale", type=_ratio, default=20.0, help="logit scale (1 / temperature)")
+    t.add_argument("--symmetric", action="store_true", help="add the document->query direction (CLIP/GTE)")
     t.add_argument("--mini-batch-size", type=_positive_int, default=32, help="for cached_mnrl (GradCache)")
     t.add_argument("--num-negatives", type=_nonneg_int, default=1, help="hard-negative columns used per pair")
     t.add_argument("--checkpoint-every", type=_positive_int, default=None, help="steps between checkpoints")

@@ -91,6 +91,7 @@ class TrainConfig:
     seed: int = 42
     loss: str = "mnrl"
     scale: float = 20.0
+    symmetric: bool = False
     mini_batch_size: int = 32
     triplet_margin: float = 0.25
     num_negatives: int = 1
@@ -258,9 +259,10 @@ def build_loss(model: torch.nn.Module, config: TrainConfig) -> torch.nn.Module:
     True
     """
     if config.loss == "mnrl":
-        return FusedMNRLoss(model, scale=config.scale)
+        return FusedMNRLoss(model, scale=config.scale, symmetric=config.symmetric)
     if config.loss == "cached_mnrl":
-        return CachedFusedMNRLoss(model, scale=config.scale, mini_batch_size=config.mini_batch_size)
+        return CachedFusedMNRLoss(model, scale=config.scale, symmetric=config.symmetric,
+                                  mini_batch_size=config.mini_batch_size)
     if config.loss == "triplet":
         return TripletLoss(model, margin=config.triplet_margin)
     raise UserError(f"loss must be one of {', '.join(LOSSES)}; got {config.loss!r}")
