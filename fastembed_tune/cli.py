@@ -113,7 +113,8 @@ def _cmd_run(a: argparse.Namespace) -> int:
     run_pipeline(a.output, model=a.model, train_path=a.train, test_path=a.test, corpus_path=a.corpus,
                  epochs=a.epochs, max_steps=a.max_steps, batch_size=a.batch_size, lr=a.lr,
                  num_negatives=a.num_negatives, max_ratio=a.max_ratio, seed=a.seed,
-                 max_seq_length=a.max_seq_length, show_progress_bar=not a.quiet)
+                 max_seq_length=a.max_seq_length, train_max_seq_length=a.train_max_seq_length,
+                 symmetric=a.symmetric, show_progress_bar=not a.quiet)
     return 0
 
 
@@ -210,10 +211,12 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--epochs", type=_positive_int, default=1)
     r.add_argument("--max-steps", type=_positive_int, default=None)
     r.add_argument("--batch-size", type=_positive_int, default=32)
-    r.add_argument("--lr", type=float, default=5e-5)
+    r.add_argument("--lr", type=float, default=2e-4)
     r.add_argument("--num-negatives", type=_nonneg_int, default=1)
     r.add_argument("--max-ratio", type=_ratio, default=0.95)
-    r.add_argument("--max-seq-length", type=_positive_int, default=128)
+    r.add_argument("--max-seq-length", type=_positive_int, default=128, help="for embedding (eval, mining)")
+    r.add_argument("--train-max-seq-length", type=_positive_int, default=64, help="for training steps")
+    r.add_argument("--symmetric", action="store_true", help="add the document->query loss direction")
     r.add_argument("--seed", type=int, default=42)
     r.add_argument("--quiet", action="store_true")
     r.set_defaults(func=_cmd_run)

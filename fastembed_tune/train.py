@@ -479,6 +479,7 @@ def train(pairs: Sequence[Pair], config: TrainConfig, model: Optional[EmbeddingM
                         "negatives already) or triplet")
     if model is None:
         model = EmbeddingModel.load(config.model)
+    saved_max_len = model.max_seq_length  # training may truncate harder; the saved model keeps its own
     if config.max_seq_length:
         model.max_seq_length = config.max_seq_length
     model.to(device)
@@ -596,6 +597,7 @@ def train(pairs: Sequence[Pair], config: TrainConfig, model: Optional[EmbeddingM
     loop_s = time.perf_counter() - t_loop
     model.eval()
     final = out_dir / "model"
+    model.max_seq_length = saved_max_len
     if rank == 0:
         model.save(final)
     ep_pairs, batches = epoch_data(epoch)

@@ -1,0 +1,256 @@
+"""ONNX inference: the Rust tokenizer + one onnxruntime graph, no PyTorch at run time.
+
+``OnnxEmbedder(path)`` reads a directory written by :func:`fastembed_tune.export.export_onnx`
+(``model.onnx`` / ``model_int8.onnx``, ``tokenizer.json``, ``fastembed_tune_onnx.json``) and embeds
+texts as float32 ``[n, dim]``. The graph already pools and (when the model does) L2-normalises, so the
+ONNX output *is* the sentence embedding.
+
+Tokenisation never trusts the truncation/padding settings stored inside ``tokenizer.json`` (many hub
+files carry ``truncation: 128`` and ``padding: Fixed 128``): truncation is set to the model's
+``max_seq_length`` and every batch is padded to its own longest text.
+
+At load time the graph and the tokenizer are checked against each other (expected inputs, token ids
+that fit the graph's embedding matrix, the embedding size) so that a mismatch is one clear
+``UserError`` instead of an index error deep inside onnxruntime or, worse, silent garbage.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Union
+
+import numpy as np
+
+from .errors import UserError
+
+METADATA_FILE = "fastembed_tune_onnx.json"
+MODEL_FILE = "model.onnx"
+INT8_FILE = "model_int8.onnx"
+KNOWN_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+_PASS_THROUGH = ("Cast", "Identity", "Reshape", "Unsqueeze", "Squeeze", "Flatten")
+
+
+def _resolve(path: Union[str, os.PathLike]) -> tuple:
+    """(directory, onnx file) from a directory or a path to an .onnx file."""
+    p = Path(path)
+    if p.is_dir():
+        f = p / MODEL_FILE
+        if not f.is_file():
+            raise UserError(f"{p}: no {MODEL_FILE} in this directory (is it an ONNX export?)")
+        return p, f
+    if p.is_file() and p.suffix == ".onnx":
+        return p.parent, p
+    raise UserError(f"{p}: not an ONNX export directory or .onnx file")
+
+
+def embedding_rows(model) -> Optional[int]:
+    """Rows of the word-embedding matrix that ``input_ids`` indexes, or None when not found.
+
+    Follows ``input_ids`` through casts/reshapes to a ``Gather`` (or a fused
+    ``EmbedLayerNormalization``) whose table is an initializer.
+
+    >>> import onnx
+    >>> from onnx import helper, TensorProto, numpy_helper
+    >>> table = numpy_helper.from_array(np.zeros((7, 2), np.float32), "E")
+    >>> g = helper.make_graph([helper.make_node("Gather", ["E", "input_ids"], ["y"])], "g",
+    ...     [helper.make_tensor_value_info("input_ids", TensorProto.INT64, [1, 3])],
+    ...     [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 2])], [table])
+    >>> embedding_rows(helper.make_model(g))
+    7
+    """
+    graph = model.graph
+    inits = {i.name: i for i in graph.initializer}
+    producers = {o: n for n in graph.node for o in n.output}
+    reach = {"input_ids"}
+    changed = True
+    while changed:  # the small closure of pass-through ops fed by input_ids
+        changed = False
+        for n in graph.node:
+            if n.op_type in _PASS_THROUGH and n.input and n.input[0] in reach:
+                for o in n.output:
+                    if o not in reach:
+                        reach.add(o)
+                        changed = True
+
+    def table_rows(name: str) -> Optional[int]:
+        if name in inits:
+            return int(inits[name].dims[0])
+        node = producers.get(name)  # e.g. a DequantizeLinear in front of a quantized table
+        if node is not None and node.input and node.input[0] in inits:
+            return int(inits[node.input[0]].dims[0])
+        return None
+
+    for n in graph.node:
+        if n.op_type == "Gather" and len(n.input) == 2 and n.input[1] in reach:
+            rows = table_rows(n.input[0])
+            if rows is not None:
+                return rows
+        if n.op_type == "EmbedLayerNormalization" and n.input and n.input[0] in reach:
+            rows = table_rows(n.input[2])
+            if rows is not None:
+                return rows
+    return None
+
+
+class OnnxEmbedder:
+    """Embed texts with an exported ONNX graph and its Rust tokenizer.
+
+    ``path`` is an export directory (uses ``model.onnx``) or one ``.onnx`` file inside it (e.g.
+    ``model_int8.onnx``). ``threads`` sets onnxruntime's intra-op threads (None: onnxruntime's
+    default, all cores). ``providers`` defaults to ``["CPUExecutionProvider"]``.
+
+    >>> from fastembed_tune.export import export_onnx                    # doctest: +SKIP
+    >>> from fastembed_tune.model import default_model_path              # doctest: +SKIP
+    >>> info = export_onnx(default_model_path(), "/tmp/minilm_onnx")      # doctest: +SKIP
+    >>> OnnxEmbedder("/tmp/minilm_onnx", threads=2).embed(["hello"]).shape  # doctest: +SKIP
+    (1, 384)
+    """
+
+    def __init__(self, path: Union[str, os.PathLike], threads: Optional[int] = None,
+                 providers: Optional[Sequence[str]] = None):
+        import onnx
+        import onnxruntime as ort
+        from tokenizers import Tokenizer
+
+        self.dir, self.model_file = _resolve(path)
+        tok_file = self.dir / "tokenizer.json"
+        if not tok_file.is_file():
+            raise UserError(f"{self.dir}: tokenizer.json is missing beside {self.model_file.name}")
+        meta_file = self.dir / METADATA_FILE
+        meta: Dict = {}
+        if meta_file.is_file():
+            try:
+                meta = json.loads(meta_file.read_text())
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                raise UserError(f"{meta_file}: not valid JSON ({e})") from None
+        self.metadata = meta
+        try:
+            self.tokenizer = Tokenizer.from_file(str(tok_file))
+        except Exception as e:  # the Rust side raises plain Exceptions
+            raise UserError(f"{tok_file}: cannot read the tokenizer ({str(e).splitlines()[0]})") from None
+        self.max_seq_length = int(meta.get("max_seq_length") or self._config_max_length() or 512)
+        pad = self.tokenizer.padding or {}
+        self.pad_id = int(pad.get("pad_id", meta.get("pad_id", 0)))
+        self.pad_type_id = int(pad.get("pad_type_id", 0))
+        self.tokenizer.no_padding()  # we pad per batch ourselves, after length sorting
+        self.tokenizer.enable_truncation(max_length=self.max_seq_length)
+
+        try:
+            proto = onnx.load(str(self.model_file), load_external_data=False)
+        except Exception as e:
+            raise UserError(f"{self.model_file}: not a readable ONNX model ({str(e).splitlines()[0]})") from None
+        self._validate(proto)
+        del proto
+
+        if threads is not None and (not isinstance(threads, int) or threads < 0):
+            raise UserError(f"threads must be a non-negative integer, got {threads!r}")
+        available = ort.get_available_providers()
+        providers = list(providers or ["CPUExecutionProvider"])
+        missing = [p for p in providers if p not in available]
+        if missing:
+            raise UserError(f"onnxruntime provider(s) {', '.join(missing)} not available here "
+                            f"(available: {', '.join(available)})")
+        so = ort.SessionOptions()
+        so.log_severity_level = 3
+        if threads:
+            so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        try:
+            self.session = ort.InferenceSession(str(self.model_file), so, providers=providers)
+        except Exception as e:
+            raise UserError(f"{self.model_file}: onnxruntime cannot load it ({str(e).splitlines()[0]})") from None
+
+    # ---- load-time checks -----------------------------------------------------------------
+    def _config_max_length(self) -> Optional[int]:
+        cfg = self.dir / "tokenizer_config.json"
+        if cfg.is_file():
+            try:
+                v = json.loads(cfg.read_text()).get("model_max_length")
+                return int(v) if v and int(v) < 100_000 else None
+            except (ValueError, TypeError, json.JSONDecodeError):
+                return None
+        return None
+
+    def _validate(self, proto) -> None:
+        graph = proto.graph
+        inits = {i.name for i in graph.initializer}
+        names = [i.name for i in graph.input if i.name not in inits]
+        where = self.model_file
+        for need in ("input_ids", "attention_mask"):
+            if need not in names:
+                raise UserError(f"{where}: the graph has no '{need}' input (inputs: {', '.join(names)}); "
+                                f"it does not match a tokenizer-fed embedding model")
+        extra = [n for n in names if n not in KNOWN_INPUTS]
+        if extra:
+            raise UserError(f"{where}: the graph expects input(s) {', '.join(extra)} that the tokenizer "
+                            f"does not produce (expected only {', '.join(KNOWN_INPUTS)})")
+        self.input_names = names
+        if len(graph.output) != 1 and "sentence_embedding" not in [o.name for o in graph.output]:
+            raise UserError(f"{where}: expected one 'sentence_embedding' output, found "
+                            f"{', '.join(o.name for o in graph.output)}")
+        out = next((o for o in graph.output if o.name == "sentence_embedding"), graph.output[0])
+        self.output_name = out.name
+        dims = out.type.tensor_type.shape.dim
+        if len(dims) != 2:
+            raise UserError(f"{where}: output '{out.name}' has rank {len(dims)}, expected [batch, dim] "
+                            f"(a pooled sentence embedding)")
+        dim = dims[1].dim_value or None
+        meta_dim = self.metadata.get("dim")
+        if dim and meta_dim and int(meta_dim) != dim:
+            raise UserError(f"{where}: the graph outputs {dim}-d embeddings but {METADATA_FILE} says {meta_dim}")
+        self.dim = int(dim or meta_dim or 0) or None
+        rows = embedding_rows(proto)
+        vocab = self.tokenizer.get_vocab_size(with_added_tokens=True)
+        if rows is not None and vocab > rows:
+            raise UserError(f"{where}: the tokenizer has {vocab} tokens but the graph's embedding matrix "
+                            f"has {rows} rows; tokenizer.json belongs to another model")
+        if rows is not None and self.pad_id >= rows:
+            raise UserError(f"{where}: padding id {self.pad_id} is outside the graph's {rows}-row embedding")
+        self.vocab_rows = rows
+
+    # ---- inference ---------------------------------------------------------------------------
+    def _feed(self, encodings: List) -> Dict[str, np.ndarray]:
+        n, t = len(encodings), max(len(e.ids) for e in encodings)
+        ids = np.full((n, t), self.pad_id, dtype=np.int64)
+        mask = np.zeros((n, t), dtype=np.int64)
+        types = np.full((n, t), self.pad_type_id, dtype=np.int64)
+        for i, e in enumerate(encodings):
+            k = len(e.ids)
+            ids[i, :k] = e.ids
+            mask[i, :k] = 1
+            types[i, :k] = e.type_ids
+        feed = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+        return {k: feed[k] for k in self.input_names}
+
+    def embed(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+        """Embed texts as float32 ``[n, dim]`` in input order (batches are sorted by token length).
+
+        >>> OnnxEmbedder("/tmp/minilm_onnx").embed(["a", "b c"], batch_size=1).dtype  # doctest: +SKIP
+        dtype('float32')
+        """
+        if isinstance(texts, str):
+            raise UserError("embed() takes a list of texts, not a single string; wrap it: [text]")
+        texts = list(texts)
+        bad = next((i for i, t in enumerate(texts) if not isinstance(t, str)), None)
+        if bad is not None:
+            raise UserError(f"text #{bad} is a {type(texts[bad]).__name__}, not a string")
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise UserError(f"batch_size must be a positive integer, got {batch_size!r}")
+        if not texts:
+            return np.empty((0, self.dim or 0), dtype=np.float32)
+        encodings = self.tokenizer.encode_batch(texts, add_special_tokens=True)
+        order = np.argsort([-len(e.ids) for e in encodings], kind="stable")
+        out: Optional[np.ndarray] = None
+        for s in range(0, len(texts), batch_size):
+            idx = order[s:s + batch_size]
+            emb = self.session.run([self.output_name], self._feed([encodings[i] for i in idx]))[0]
+            if out is None:
+                out = np.empty((len(texts), emb.shape[1]), dtype=np.float32)
+            out[idx] = emb
+        return out
+
+    def __repr__(self) -> str:
+        return f"OnnxEmbedder({str(self.model_file)!r}, dim={self.dim}, max_seq_length={self.max_seq_length})"
