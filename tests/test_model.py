@@ -1,0 +1,42 @@
+"""Model I/O: our encoder equals sentence-transformers on the same directory, before and after save."""
+import numpy as np
+import pytest
+
+from fastembed_tune.errors import UserError
+from fastembed_tune.model import EmbeddingModel, default_model_path
+
+TEXTS = ["thunk", "A delayed computation.", "x " * 400, "Atomicity, consistency, isolation, durability."]
+
+
+@pytest.fixture(scope="module")
+def ours():
+    return EmbeddingModel.load()
+
+
+def test_encode_equals_sentence_transformers(ours, tmp_path):
+    from sentence_transformers import SentenceTransformer
+
+    ref = SentenceTransformer(default_model_path(), device="cpu").encode(TEXTS, batch_size=3)
+    got = ours.encode(TEXTS, batch_size=3)
+    np.testing.assert_allclose(got, ref, atol=1e-5)
+    ours.save(tmp_path / "saved")
+    again = SentenceTransformer(str(tmp_path / "saved"), device="cpu")
+    np.testing.assert_allclose(again.encode(TEXTS, batch_size=3), ref, atol=1e-5)
+    assert again.max_seq_length == ours.max_seq_length == 256
+    np.testing.assert_allclose(EmbeddingModel.load(tmp_path / "saved").encode(TEXTS), ref, atol=1e-5)
+
+
+def test_save_is_atomic_and_replaces(ours, tmp_path):
+    target = tmp_path / "m"
+    ours.save(target)
+    ours.save(target)  # replacing an existing model leaves exactly one, complete
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
+    assert (target / "modules.json").exists() and (target / "model.safetensors").exists()
+
+
+def test_not_a_model(tmp_path):
+    with pytest.raises(UserError, match="model directory not found"):
+        EmbeddingModel.load(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="not a model directory"):
+        EmbeddingModel.load(tmp_path / "empty")
