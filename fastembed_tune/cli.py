@@ -118,6 +118,25 @@ def _cmd_run(a: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_distill(a: argparse.Namespace) -> int:
+    from .data import read_corpus, read_pairs
+    from .distill import distill
+
+    texts: list[str] = []
+    for path in a.pairs or []:
+        for p in read_pairs(path):
+            texts += [p.query, p.positive, *p.negatives]
+    for path in a.corpus or []:
+        texts += list(read_corpus(path).values())
+    if not texts:
+        raise UserError("give the texts to distil on: --pairs FILE and/or --corpus FILE")
+    summary = distill(a.teacher, texts, a.output, student_dir=a.student, layers=a.layers, epochs=a.epochs,
+                      batch_size=a.batch_size, lr=a.lr, kl_weight=a.kl_weight, seed=a.seed,
+                      max_seq_length=a.max_seq_length, show_progress_bar=not a.quiet)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
 def _write_json(path: str, obj) -> None:
     tmp = f"{path}.tmp{os.getpid()}"
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
@@ -201,6 +220,22 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--batch-size", type=_positive_int, default=64)
     e.add_argument("--quiet", action="store_true")
     e.set_defaults(func=_cmd_eval)
+
+    d = sub.add_parser("distill", help="distil a (fine-tuned) teacher into a smaller student")
+    d.add_argument("--teacher", help="teacher model directory (default: built-in all-MiniLM-L6-v2)")
+    d.add_argument("--student", help="student model directory (default: a layer-pruned copy of the teacher)")
+    d.add_argument("--layers", help="teacher layers the student keeps, e.g. 0,2,4")
+    d.add_argument("--pairs", action="append", help="pairs file whose texts are distilled on (repeatable)")
+    d.add_argument("--corpus", action="append", help="corpus file whose texts are distilled on (repeatable)")
+    d.add_argument("--output", "-o", required=True)
+    d.add_argument("--epochs", type=_positive_int, default=2)
+    d.add_argument("--batch-size", type=_positive_int, default=64)
+    d.add_argument("--lr", type=float, default=5e-4)
+    d.add_argument("--kl-weight", type=float, default=0.0, help="weight of the in-batch similarity KL term")
+    d.add_argument("--max-seq-length", type=_positive_int, default=128)
+    d.add_argument("--seed", type=int, default=42)
+    d.add_argument("--quiet", action="store_true")
+    d.set_defaults(func=_cmd_distill)
 
     r = sub.add_parser("run", help="base eval -> mining -> training -> eval -> report (default: built-in sample)")
     r.add_argument("--output", "-o", default="runs/sample")

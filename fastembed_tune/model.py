@@ -197,6 +197,9 @@ class EmbeddingModel(torch.nn.Module):
         >>> EmbeddingModel.load().save(d + "/m"); sorted(os.listdir(d + "/m"))[:2]
         ['1_Pooling', '2_Normalize']
         """
+        import transformers
+
+        transformers.utils.logging.disable_progress_bar()
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp", dir=path.parent))

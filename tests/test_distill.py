@@ -245,3 +245,11 @@ def test_distill_argument_errors(teacher_dir, small_student_dir, tmp_path):
         distill(teacher_dir, ["a"], tmp_path, kl_temperature=0)
     with pytest.raises(UserError, match="between 0 and 3"):
         distill(teacher_dir, ["a"], tmp_path, layers="0,9", show_progress_bar=False)
+
+
+def test_cli_distill_needs_texts(tmp_path, capsys):
+    from fastembed_tune.cli import main
+
+    assert main(["distill", "-o", str(tmp_path / "d")]) == 2
+    assert "give the texts to distil on" in capsys.readouterr().err
+    assert main(["distill", "--pairs", str(tmp_path / "none.jsonl"), "-o", str(tmp_path / "d")]) == 2
