@@ -9,3 +9,27 @@ from hypothesis import settings  # noqa: E402
 settings.register_profile("ci", max_examples=40, deadline=None, derandomize=True)
 settings.register_profile("dev", max_examples=25, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+import pytest  # noqa: E402
+
+
+def make_tiny_model(path, dropout: float = 0.1) -> str:
+    """A 2-layer, 32-wide BERT with the MiniLM tokenizer, saved as a sentence-transformers dir."""
+    import torch
+    import transformers
+
+    from fastembed_tune.model import EmbeddingModel, default_model_path
+
+    tok = transformers.AutoTokenizer.from_pretrained(default_model_path())
+    torch.manual_seed(0)
+    cfg = transformers.BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2,
+                                  num_attention_heads=2, intermediate_size=64, max_position_embeddings=128,
+                                  hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
+    EmbeddingModel(transformers.BertModel(cfg), tok, "mean", True, 64).save(path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory) -> str:
+    return make_tiny_model(tmp_path_factory.mktemp("tiny") / "model")

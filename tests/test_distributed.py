@@ -35,16 +35,9 @@ SCRIPT = textwrap.dedent("""
 
 @pytest.fixture(scope="module")
 def tiny_model_dir(tmp_path_factory) -> str:
-    import transformers
+    from conftest import make_tiny_model
 
-    tok = transformers.AutoTokenizer.from_pretrained(default_model_path())
-    torch.manual_seed(0)
-    cfg = transformers.BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2,
-                                  num_attention_heads=2, intermediate_size=64, max_position_embeddings=128,
-                                  hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-    path = tmp_path_factory.mktemp("tiny") / "model"
-    EmbeddingModel(transformers.BertModel(cfg), tok, "mean", True, 64).save(path)
-    return str(path)
+    return make_tiny_model(tmp_path_factory.mktemp("tiny") / "model", dropout=0.0)
 
 
 def run(tmp_path, model_dir, out, loss, nproc):

@@ -9,19 +9,6 @@ from fastembed_tune.cli import main
 from fastembed_tune.model import EmbeddingModel, default_model_path
 
 
-@pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory) -> str:
-    import transformers
-
-    tok = transformers.AutoTokenizer.from_pretrained(default_model_path())
-    torch.manual_seed(0)
-    cfg = transformers.BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2,
-                                  num_attention_heads=2, intermediate_size=64, max_position_embeddings=128)
-    path = tmp_path_factory.mktemp("tiny") / "model"
-    EmbeddingModel(transformers.BertModel(cfg), tok, "mean", True, 64).save(path)
-    return str(path)
-
-
 def write_jsonl(path, rows):
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
 

@@ -49,19 +49,6 @@ def _one_thread():
     torch.set_num_threads(n)
 
 
-@pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory) -> str:
-    import transformers
-
-    tok = transformers.AutoTokenizer.from_pretrained(default_model_path())
-    torch.manual_seed(0)
-    cfg = transformers.BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2,
-                                  num_attention_heads=2, intermediate_size=64, max_position_embeddings=128)
-    path = tmp_path_factory.mktemp("tiny") / "model"
-    EmbeddingModel(transformers.BertModel(cfg), tok, "mean", True, 64).save(path)
-    return str(path)
-
-
 def _weights(model_dir) -> dict:
     return load_file(os.path.join(model_dir, "model.safetensors"))
 
