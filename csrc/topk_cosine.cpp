@@ -143,10 +143,14 @@ void topk_cosine(const TopkArgs& a, const SimdKernels& kern, float* scores, int6
   // descheduled thread would stall the rest). Many queries: 2 chunks per thread and one corpus
   // split (each chunk re-packs the corpus, which costs ~1/(chunk size) of the arithmetic).
   // Few queries: the corpus is split instead and the partial heaps are merged at the end.
+  // Many queries: also split the corpus in 4, so there are 8 work items per thread to balance
+  // a busy core (no extra packing: each item packs only its corpus range), while the extra
+  // heaps stay small (<= 256 MiB, else one split).
   int64_t nchunks, nsplits;
   if (nblocks >= 4 * (int64_t)T) {
     nchunks = std::min<int64_t>(nblocks, 2 * (int64_t)T);
-    nsplits = 1;
+    const int64_t heap_bytes = a.Q * (int64_t)(a.k + a.skip_top) * (int64_t)sizeof(float) * 4;
+    nsplits = (T > 1 && heap_bytes * 4 <= ((int64_t)256 << 20)) ? std::min<int64_t>(ntiles, 4) : 1;
   } else {
     nchunks = 1;
     nsplits = std::max<int64_t>(1, std::min<int64_t>(ntiles, 2 * (int64_t)T));

@@ -75,6 +75,7 @@ from .model import EmbeddingModel, _replace_dir, pool
 FP32_MIN_COSINE = 0.9999
 INT8_MIN_COSINE = 0.99
 INT8_SEARCH_MARGIN = 0.002
+SMOOTH_ALPHA = 0.7
 LONG_TEXT_TOKENS = 520
 ONE_TOKEN_TEXT = "hello"
 TYPICAL_TEXTS = [
@@ -295,56 +296,125 @@ def _name_nodes(path: Path) -> None:
         onnx.save(m, str(path))
 
 
-def _rank_int8_candidates(fp32: Path, feed: Dict[str, np.ndarray]) -> List[str]:
-    """Weight nodes (MatMul/Attention with a constant weight), most quantisation-sensitive first.
+def _weight_nodes(model) -> list:
+    """MatMul / fused Attention nodes with a constant weight: what dynamic int8 quantises."""
+    inits = {i.name for i in model.graph.initializer}
+    return [n for n in model.graph.node if n.op_type in ("MatMul", "Attention")
+            and len(n.input) > 1 and n.input[1] in inits]
 
-    Sensitivity of dynamic int8 is dominated by the per-tensor activation scale: the wider an input's
-    range relative to its RMS, the coarser its 256 levels are for the typical values.
+
+def _activation_stats(fp32: Path, feed: Dict[str, np.ndarray], chunk: int = 8) -> Dict[str, dict]:
+    """Per-channel max/min/sum-of-squares of every weight node's input over the calibration batch.
+
+    Rows are independent of each other (only the padded length matters), so the batch runs in
+    chunks padded to the full length: pad rows count too, as they do in dynamic int8 scales.
     """
     import onnx
     import onnxruntime as ort
 
     m = onnx.load(str(fp32))
-    inits = {i.name for i in m.graph.initializer}
-    cands = [n for n in m.graph.node if n.op_type in ("MatMul", "Attention")
-             and len(n.input) > 1 and n.input[1] in inits]
-    wanted = sorted({n.input[0] for n in cands} - {o.name for o in m.graph.output})
+    wanted = sorted({n.input[0] for n in _weight_nodes(m)} - {o.name for o in m.graph.output})
     for name in wanted:
         m.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
     so = ort.SessionOptions()
     so.log_severity_level = 3
     sess = ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
-    values = dict(zip(wanted, sess.run(wanted, feed)))
-    del sess, m
+    del m
+    stats: Dict[str, dict] = {}
+    n = len(next(iter(feed.values())))
+    for s in range(0, n, chunk):
+        part = {k: v[s:s + chunk] for k, v in feed.items()}
+        for name, x in zip(wanted, sess.run(wanted, part)):
+            x = x.reshape(-1, x.shape[-1]).astype(np.float64)
+            st = stats.setdefault(name, {"max": np.full(x.shape[1], -np.inf), "min": np.full(x.shape[1], np.inf),
+                                         "sumsq": np.zeros(x.shape[1]), "count": 0})
+            st["max"] = np.maximum(st["max"], x.max(0))
+            st["min"] = np.minimum(st["min"], x.min(0))
+            st["sumsq"] += (x * x).sum(0)
+            st["count"] += x.shape[0]
+    return stats
 
-    def spread(x: np.ndarray) -> float:
-        x = x.astype(np.float64)
-        return float((x.max() - x.min()) / np.sqrt((x * x).mean() + 1e-12))
 
-    return [n.name for n in sorted(cands, key=lambda n: -spread(values[n.input[0]]))]
+def _smooth_scales(stats: dict, weight: np.ndarray, alpha: float = SMOOTH_ALPHA) -> np.ndarray:
+    """SmoothQuant scales s (X/s times s*W): move activation outliers into the weight rows."""
+    xs = np.maximum(np.maximum(np.abs(stats["max"]), np.abs(stats["min"])), 1e-5)
+    ws = np.maximum(np.abs(weight).max(axis=1), 1e-5)
+    return np.clip(xs ** alpha / ws ** (1 - alpha), 1e-2, 1e2).astype(np.float32)
+
+
+def _spread(stats: dict, scale: np.ndarray) -> float:
+    """(max - min) / RMS of the smoothed input: how coarse per-tensor uint8 levels are for it."""
+    rms = np.sqrt((stats["sumsq"] / scale.astype(np.float64) ** 2).sum() / (stats["count"] * len(scale)))
+    return float(((stats["max"] / scale).max() - (stats["min"] / scale).min()) / max(rms, 1e-12))
+
+
+def _smoothed_copy(fp32: Path, dst: Path, stats: Dict[str, dict], skip: set) -> None:
+    """An equivalent fp32 graph where each weight node to be quantised reads X/s and holds s*W."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    m = onnx.load(str(fp32))
+    inits = {i.name: i for i in m.graph.initializer}
+    nodes = []
+    for n in m.graph.node:
+        if n.op_type in ("MatMul", "Attention") and len(n.input) > 1 and n.input[1] in inits \
+                and n.name not in skip and n.input[0] in stats:
+            w = numpy_helper.to_array(inits[n.input[1]])
+            if w.ndim == 2:
+                s = _smooth_scales(stats[n.input[0]], w)
+                inits[n.input[1]].CopyFrom(numpy_helper.from_array((w * s[:, None]).astype(w.dtype), n.input[1]))
+                m.graph.initializer.append(numpy_helper.from_array((1.0 / s).astype(np.float32), f"{n.name}_smooth_inv"))
+                nodes.append(helper.make_node("Mul", [n.input[0], f"{n.name}_smooth_inv"],
+                                              [f"{n.name}_smoothed"], name=f"{n.name}_smooth"))
+                n.input[0] = f"{n.name}_smoothed"
+        nodes.append(n)
+    del m.graph.node[:]
+    m.graph.node.extend(nodes)
+    onnx.save(m, str(dst))
 
 
 def _quantize_int8(fp32: Path, dst: Path, texts: List[str], cases: list, ref: np.ndarray) -> tuple:
-    """Dynamic int8 with the fewest sensitive nodes kept in fp32; returns (parity, fp32_nodes, n)."""
+    """SmoothQuant + dynamic int8, keeping the fewest sensitive nodes in fp32.
+
+    Returns (parity, names kept in fp32, number of weight nodes).
+    """
     import onnx
+    from onnx import numpy_helper
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     _name_nodes(fp32)
     probe = OnnxEmbedder(fp32)
-    feed = probe._feed(probe.tokenizer.encode_batch([texts[i] for i in cases[0][1]]))
-    ranked = _rank_int8_candidates(fp32, feed)
+    encs = probe.tokenizer.encode_batch([texts[i] for i in cases[0][1]])
+    feed = probe._feed(encs)
     del probe
+    stats = _activation_stats(fp32, feed)
+    m = onnx.load(str(fp32))
+    inits = {i.name: i for i in m.graph.initializer}
+    spread = {}
+    for n in _weight_nodes(m):
+        w = numpy_helper.to_array(inits[n.input[1]])
+        st = stats[n.input[0]]
+        spread[n.name] = _spread(st, _smooth_scales(st, w)) if w.ndim == 2 else float("inf")
+    del m, inits
+    ranked = sorted(spread, key=lambda k: -spread[k])
     n = len(ranked)
-    steps = sorted({k for k in (0, 2, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128) if k < n} | {n})
+    steps = sorted({k for k in (0, 1, 2, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128) if k < n} | {n})
     target = INT8_MIN_COSINE + INT8_SEARCH_MARGIN
-    best = None
-    for k in steps:
+    smoothed = dst.with_name("_smoothed.onnx")
+
+    def build(k: int) -> None:
+        _smoothed_copy(fp32, smoothed, stats, set(ranked[:k]))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            quantize_dynamic(str(fp32), str(dst), weight_type=QuantType.QInt8,
+            quantize_dynamic(str(smoothed), str(dst), weight_type=QuantType.QInt8,
                              op_types_to_quantize=["MatMul", "Attention"], per_channel=True,
                              nodes_to_exclude=ranked[:k],
                              extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+        smoothed.unlink()
+
+    best = None
+    for k in steps:
+        build(k)
         parity = _check(dst, texts, cases, ref)
         log.info("int8 with %d of %d weight nodes in fp32: min cosine %.5f", k, n, parity["min_cosine"])
         if best is None or parity["min_cosine"] > best[0]["min_cosine"]:
@@ -352,14 +422,10 @@ def _quantize_int8(fp32: Path, dst: Path, texts: List[str], cases: list, ref: np
         if parity["min_cosine"] >= target:
             return parity, ranked[:k], n
     parity, k = best
-    if k != steps[-1]:  # the file on disk is the last try; rewrite the best one
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            quantize_dynamic(str(fp32), str(dst), weight_type=QuantType.QInt8,
-                             op_types_to_quantize=["MatMul", "Attention"], per_channel=True,
-                             nodes_to_exclude=ranked[:k],
-                             extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+    if k != steps[-1]:  # the file on disk is the last try; rebuild the best one
+        build(k)
     return parity, ranked[:k], n
+
 
 
 # ---- the public entry point -----------------------------------------------------------------------

@@ -1,0 +1,94 @@
+"""Inference throughput side by side, in ONE process, same texts, same batch size, same threads:
+sentence-transformers encode (PyTorch), our ONNX fp32, our ONNX int8 (and, with --student DIR, that
+student exported to int8). Sentences/second, the ratio to sentence-transformers, and the cosine of each
+row's embeddings to sentence-transformers' (mean and min over all texts).
+
+    python benchmarks/inference_side_by_side.py [--n 2000] [--batch-size 64] [--threads 2]
+                                                [--onnx-dir DIR] [--student DIR]
+
+--onnx-dir reuses an export of the built-in model made with quantize="int8" (else one is made in a
+temp dir; export time is printed but not part of the throughput figures).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
+
+
+def _timed(fn, texts, batch_size):
+    fn(texts[:batch_size], batch_size)  # warm-up: sessions, allocator, kernels
+    t0 = time.perf_counter()
+    out = fn(texts, batch_size)
+    return out, time.perf_counter() - t0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--n", type=int, default=2000)
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--onnx-dir", default=None)
+    ap.add_argument("--student", default=None, help="a student model directory: exported to int8, one more row")
+    a = ap.parse_args()
+
+    import numpy as np
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    from fastembed_tune.export import export_onnx
+    from fastembed_tune.inference import INT8_FILE, MODEL_FILE, OnnxEmbedder
+    from fastembed_tune.model import default_model_path
+
+    torch.set_num_threads(a.threads)
+    corpus = os.path.join(os.path.dirname(__file__), "..", "fastembed_tune", "sample_data", "corpus.jsonl")
+    with open(corpus) as f:
+        texts = [json.loads(line)["text"] for line in f][: a.n]
+
+    work = tempfile.mkdtemp(prefix="bench-inference-")
+    onnx_dir = a.onnx_dir
+    if onnx_dir is None:
+        onnx_dir = os.path.join(work, "minilm")
+        t0 = time.perf_counter()
+        export_onnx(default_model_path(), onnx_dir, quantize="int8")
+        print(f"export (fp32 + int8 with parity checks): {time.perf_counter() - t0:.1f}s")
+    student_dir = None
+    if a.student:
+        student_dir = os.path.join(work, "student")
+        export_onnx(a.student, student_dir, quantize="int8")
+
+    st = SentenceTransformer(default_model_path(), device="cpu")
+    rows = []
+    ref, dt = _timed(lambda t, b: st.encode(t, batch_size=b, convert_to_numpy=True), texts, a.batch_size)
+    rows.append(("sentence-transformers encode (PyTorch fp32)", dt, ref))
+    for label, path in (("fastembed-tune ONNX fp32", os.path.join(onnx_dir, MODEL_FILE)),
+                        ("fastembed-tune ONNX int8", os.path.join(onnx_dir, INT8_FILE))):
+        emb = OnnxEmbedder(path, threads=a.threads)
+        out, dt = _timed(emb.embed, texts, a.batch_size)
+        rows.append((label, dt, out))
+    if student_dir:
+        emb = OnnxEmbedder(os.path.join(student_dir, INT8_FILE), threads=a.threads)
+        out, dt = _timed(emb.embed, texts, a.batch_size)
+        rows.append((f"student ONNX int8 ({os.path.basename(os.path.normpath(a.student))})", dt, out))
+
+    base = len(texts) / rows[0][1]
+    print(f"\n{len(texts)} texts from sample_data/corpus.jsonl, batch {a.batch_size}, {a.threads} threads, "
+          f"max_seq_length {st.max_seq_length}")
+    print(f"{'':48s} {'sent/s':>8s} {'ratio':>6s} {'cos mean':>9s} {'cos min':>8s}")
+    for label, dt, out in rows:
+        sps = len(texts) / dt
+        if out.shape == ref.shape:
+            c = (out * ref).sum(1) / np.linalg.norm(out, axis=1) / np.linalg.norm(ref, axis=1)
+            cos = f"{c.mean():9.5f} {c.min():8.5f}"
+        else:
+            cos = f"{'(other model)':>18s}"
+        print(f"{label:48s} {sps:8.1f} {sps / base:5.2f}x {cos}")
+
+
+if __name__ == "__main__":
+    main()
