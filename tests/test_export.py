@@ -1,0 +1,267 @@
+"""ONNX export, quantisation, parity and OnnxEmbedder.
+
+The built-in MiniLM is exported once per module (fp32 + int8); the refusal and pooling cases use a
+tiny random BERT with MiniLM's tokenizer, which exports in seconds.
+"""
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from fastembed_tune import export as export_mod
+from fastembed_tune.errors import UserError
+from fastembed_tune.export import ParityError, export_onnx
+from fastembed_tune.inference import OnnxEmbedder
+from fastembed_tune.model import EmbeddingModel, default_model_path
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+LONG = " ".join(["Embeddings map texts to vectors so that similar meanings end up close together."] * 50)
+
+
+def cos(a, b):
+    a = a / np.linalg.norm(a, axis=1, keepdims=True)
+    b = b / np.linalg.norm(b, axis=1, keepdims=True)
+    return (a * b).sum(1)
+
+
+def corpus(n, skip=0):
+    path = os.path.join(os.path.dirname(export_mod.__file__), "sample_data", "corpus.jsonl")
+    with open(path) as f:
+        return [json.loads(line)["text"] for line in f][skip:skip + n]
+
+
+@pytest.fixture(scope="module")
+def minilm():
+    return EmbeddingModel.load()
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory, minilm):
+    out = tmp_path_factory.mktemp("onnx") / "minilm"
+    info = export_onnx(default_model_path(), out, quantize="int8")
+    return out, info
+
+
+@pytest.fixture(scope="module")
+def fp32(exported):
+    return OnnxEmbedder(exported[0], threads=2)
+
+
+def tiny_model(path, pooling="mean", normalize=True, max_seq_length=128):
+    from transformers import BertConfig, BertModel
+
+    base = EmbeddingModel.load()
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=base.tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2,
+                     num_attention_heads=2, intermediate_size=64, max_position_embeddings=512)
+    m = EmbeddingModel(BertModel(cfg).eval(), base.tokenizer, pooling, normalize, max_seq_length)
+    m.save(path)
+    return path
+
+
+# ---- layout and parity figures ----------------------------------------------------------------
+def test_layout_and_metadata(exported):
+    import onnx
+
+    out, info = exported
+    for f in ("model.onnx", "model_int8.onnx", "tokenizer.json", "tokenizer_config.json", "config.json",
+              "special_tokens_map.json", "fastembed_tune_onnx.json"):
+        assert (out / f).is_file(), f
+    assert not [p for p in os.listdir(out.parent) if p.startswith(".minilm.tmp")]
+    meta = json.loads((out / "fastembed_tune_onnx.json").read_text())
+    assert meta["pooling"] == "mean" and meta["normalize"] is True
+    assert meta["max_seq_length"] == 256 and meta["dim"] == 384
+    assert meta["files"] == {"fp32": "model.onnx", "int8": "model_int8.onnx"}
+    g = onnx.load(str(out / "model.onnx"), load_external_data=False).graph
+    assert [i.name for i in g.input] == ["input_ids", "attention_mask", "token_type_ids"]
+    assert [o.name for o in g.output] == ["sentence_embedding"]
+    for i in g.input:  # dynamic batch and sequence axes
+        assert all(d.dim_param and not d.dim_value for d in i.type.tensor_type.shape.dim)
+    out_dims = g.output[0].type.tensor_type.shape.dim
+    assert out_dims[0].dim_param and out_dims[1].dim_value == 384
+
+
+def test_parity_figures(exported):
+    _, info = exported
+    fp, q = info["parity"]["fp32"], info["parity"]["int8"]
+    assert set(fp["cases"]) == {"batch33_padded", "batch1_one_token", "batch1_sentence", "batch1_long"}
+    assert min(fp["cases"].values()) >= 0.9999
+    assert min(q["cases"].values()) >= 0.99
+
+
+# ---- the "cosine 0.90" trap -------------------------------------------------------------------------
+def test_dynamic_axes_padding_and_lengths(fp32, minilm):
+    """Lengths and batch sizes unlike the export example, padded and unpadded (regression for 0.90)."""
+    texts = ["ok", "What is a tuple?", LONG] + corpus(30)
+    ref = minilm.encode(texts)
+    for t, r in zip(texts[:3], ref[:3]):  # batch 1, unpadded, three lengths
+        assert cos(fp32.embed([t], batch_size=1), r[None])[0] >= 0.9999
+    got = fp32.embed(texts, batch_size=33)  # one padded batch of 33
+    assert got.shape == (33, 384) and cos(got, ref).min() >= 0.9999
+    # a short text padded to 256 beside the long one equals the same text alone
+    alone = fp32.embed(["ok"], batch_size=1)
+    assert np.abs(got[0] - alone[0]).max() < 1e-4
+
+
+def test_graph_reads_the_attention_mask(exported, fp32):
+    """A graph whose mask was dropped or constant-folded at trace time ignores this change."""
+    enc = fp32.tokenizer.encode_batch(["ok", "a considerably longer sentence that forces padding"])
+    feed = fp32._feed(enc)
+    right = fp32.session.run(None, feed)[0]
+    feed["attention_mask"] = np.ones_like(feed["attention_mask"])
+    wrong = fp32.session.run(None, feed)[0]
+    assert cos(right[:1], wrong[:1])[0] < 0.99
+
+
+def test_tokenizer_json_as_is_matches_pytorch(exported, fp32, minilm):
+    """Users who load tokenizer.json without overrides (onnxruntime, fastembed) get the model's
+    truncation (256) and per-batch padding; the shipped hub file (truncation 128, Fixed 128) did not."""
+    from tokenizers import Tokenizer
+
+    out, _ = exported
+    cfg = json.loads((out / "tokenizer_config.json").read_text())
+    assert cfg["model_max_length"] == 256
+    texts = [LONG, "ok", "The quick brown fox jumps over the lazy dog."]
+    ref = minilm.encode(texts)
+
+    def run(tok_file):
+        tok = Tokenizer.from_file(str(tok_file))
+        enc = tok.encode_batch(texts)
+        feed = {"input_ids": np.array([e.ids for e in enc], dtype=np.int64),
+                "attention_mask": np.array([e.attention_mask for e in enc], dtype=np.int64),
+                "token_type_ids": np.array([e.type_ids for e in enc], dtype=np.int64)}
+        return fp32.session.run(None, feed)[0], feed["input_ids"].shape
+
+    ours, shape = run(out / "tokenizer.json")
+    assert shape == (3, 256) and cos(ours, ref).min() >= 0.9999
+    shipped, shape = run(os.path.join(default_model_path(), "tokenizer.json"))
+    assert shape == (3, 128) and cos(shipped, ref)[0] < 0.99  # the trap this export fixes
+
+
+# ---- OnnxEmbedder against EmbeddingModel.encode -----------------------------------------------------
+def test_onnx_embedder_equals_encode(exported, fp32, minilm):
+    texts = corpus(40, skip=100) + ["", "x", "Hello, World!", LONG]
+    ref = minilm.encode(texts, batch_size=16)
+    got = fp32.embed(texts, batch_size=7)  # length-sorted batches, output in input order
+    assert got.dtype == np.float32 and got.shape == ref.shape
+    assert cos(got, ref).min() >= 0.9999
+    q = OnnxEmbedder(exported[0] / "model_int8.onnx", threads=2).embed(texts, batch_size=16)
+    c = cos(q, ref)
+    assert c.min() >= 0.98 and c.mean() >= 0.995
+    assert fp32.embed([]).shape == (0, 384)
+
+
+def test_embed_rejects_bad_arguments(fp32):
+    with pytest.raises(UserError, match="single string"):
+        fp32.embed("hello")
+    with pytest.raises(UserError, match="not a string"):
+        fp32.embed(["a", 3])
+    with pytest.raises(UserError, match="batch_size"):
+        fp32.embed(["a"], batch_size=0)
+
+
+# ---- bad input --------------------------------------------------------------------------------------
+def test_not_a_model_dir(tmp_path):
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "notes.txt").write_text("hello")
+    out = tmp_path / "out"
+    with pytest.raises(UserError, match="not a model directory"):
+        export_onnx(tmp_path / "src", out)
+    with pytest.raises(UserError, match="not found"):
+        export_onnx(tmp_path / "missing", out)
+    assert not out.exists() and sorted(os.listdir(tmp_path)) == ["src"]
+    with pytest.raises(UserError, match="quantize"):
+        export_onnx(default_model_path(), out, quantize="int4")
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "keep.txt").write_text("mine")
+    with pytest.raises(UserError, match="not an earlier ONNX export"):
+        export_onnx(default_model_path(), busy)
+    assert os.listdir(busy) == ["keep.txt"]
+
+
+def _copy_fp32(exported, dst):
+    out, _ = exported
+    shutil.copytree(out, dst, ignore=shutil.ignore_patterns("model_int8.onnx"))
+    return dst
+
+
+def test_tokenizer_graph_mismatch(exported, tmp_path):
+    from tokenizers import Tokenizer
+
+    d = _copy_fp32(exported, tmp_path / "m")
+    tok = Tokenizer.from_file(str(d / "tokenizer.json"))
+    tok.add_tokens([f"newtoken{i}" for i in range(10)])  # vocab 30532 > 30522 embedding rows
+    tok.save(str(d / "tokenizer.json"))
+    with pytest.raises(UserError, match="embedding matrix"):
+        OnnxEmbedder(d)
+    (d / "tokenizer.json").unlink()
+    with pytest.raises(UserError, match="tokenizer.json is missing"):
+        OnnxEmbedder(d)
+
+
+def _write_graph(path, inputs, out_shape):
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes = [helper.make_node("Gather", ["E", inputs[0]], ["h"]),
+             helper.make_node("ReduceMean", ["h"], ["sentence_embedding"], axes=[1], keepdims=0)
+             if len(out_shape) == 2 else helper.make_node("Identity", ["h"], ["sentence_embedding"])]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info(n, TensorProto.INT64, ["b", "s"]) for n in inputs],
+                          [helper.make_tensor_value_info("sentence_embedding", TensorProto.FLOAT, out_shape)],
+                          [numpy_helper.from_array(np.zeros((30522, 4), np.float32), "E")])
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)]), str(path))
+
+
+def test_graph_missing_inputs_or_wrong_output(exported, tmp_path):
+    d = _copy_fp32(exported, tmp_path / "m")
+    _write_graph(d / "model.onnx", ["input_ids"], ["b", 4])
+    with pytest.raises(UserError, match="no 'attention_mask' input"):
+        OnnxEmbedder(d)
+    _write_graph(d / "model.onnx", ["input_ids", "attention_mask", "position_ids"], ["b", 4])
+    with pytest.raises(UserError, match="position_ids"):
+        OnnxEmbedder(d)
+    _write_graph(d / "model.onnx", ["input_ids", "attention_mask"], ["b", "s", 4])
+    with pytest.raises(UserError, match="rank 3"):
+        OnnxEmbedder(d)
+    (d / "model.onnx").write_bytes(b"not onnx")
+    with pytest.raises(UserError, match="not a readable ONNX model"):
+        OnnxEmbedder(d)
+
+
+# ---- refused exports leave nothing behind ---------------------------------------------------------------
+def test_refused_export_leaves_nothing(tmp_path, monkeypatch):
+    src = tiny_model(tmp_path / "tiny")
+    out = tmp_path / "exports" / "tiny"
+    first = export_onnx(src, out, optimize=False)  # a good earlier export stays if a later one is refused
+    before = sorted(os.listdir(out))
+    assert first["parity"]["fp32"]["min_cosine"] >= 0.9999
+    monkeypatch.setattr(export_mod, "FP32_MIN_COSINE", 1.01)
+    with pytest.raises(ParityError, match="fp32 min cosine"):
+        export_onnx(src, tmp_path / "exports" / "fresh")
+    with pytest.raises(ParityError):
+        export_onnx(src, out, optimize=False)
+    assert sorted(os.listdir(tmp_path / "exports")) == ["tiny"]
+    assert sorted(os.listdir(out)) == before
+    monkeypatch.setattr(export_mod, "FP32_MIN_COSINE", 0.9999)
+    monkeypatch.setattr(export_mod, "INT8_MIN_COSINE", 1.01)
+    with pytest.raises(ParityError, match="int8 min cosine"):
+        export_onnx(src, tmp_path / "exports" / "fresh", quantize="int8", optimize=False)
+    assert sorted(os.listdir(tmp_path / "exports")) == ["tiny"]
+
+
+@pytest.mark.parametrize("pooling,normalize", [("cls", False), ("max", True), ("lasttoken", True)])
+def test_pooling_modes_in_graph(tmp_path, pooling, normalize):
+    src = tiny_model(tmp_path / "tiny", pooling, normalize)
+    info = export_onnx(src, tmp_path / "onnx")
+    assert info["parity"]["fp32"]["min_cosine"] >= 0.9999
+    m = EmbeddingModel.load(src)
+    texts = ["ok", "a short one", LONG]
+    got = OnnxEmbedder(tmp_path / "onnx").embed(texts, batch_size=2)
+    ref = m.encode(texts)
+    assert np.allclose(got, ref, atol=1e-4, rtol=1e-3)
+    assert np.allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5) == normalize
