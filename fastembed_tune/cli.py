@@ -83,7 +83,7 @@ def _cmd_train(a: argparse.Namespace) -> int:
                       scale=a.scale, symmetric=a.symmetric, mini_batch_size=a.mini_batch_size, num_negatives=a.num_negatives,
                       checkpoint_every=a.checkpoint_every, keep_checkpoints=a.keep_checkpoints, resume=a.resume,
                       replay=a.replay, replay_ratio=a.replay_ratio, max_seq_length=a.max_seq_length,
-                      show_progress_bar=not a.quiet)
+                      bf16=_precision(a.precision), show_progress_bar=not a.quiet)
     summary = train(pairs, cfg)
     print(json.dumps(summary, indent=2))
     return 0
@@ -114,7 +114,9 @@ def _cmd_run(a: argparse.Namespace) -> int:
                  epochs=a.epochs, max_steps=a.max_steps, batch_size=a.batch_size, lr=a.lr,
                  num_negatives=a.num_negatives, max_ratio=a.max_ratio, seed=a.seed,
                  max_seq_length=a.max_seq_length, train_max_seq_length=a.train_max_seq_length,
-                 symmetric=a.symmetric, show_progress_bar=not a.quiet)
+                 symmetric=a.symmetric, distill=not a.no_distill, distill_layers=a.distill_layers,
+                 distill_epochs=a.distill_epochs, distill_lr=a.distill_lr, distill_kl_weight=a.distill_kl_weight,
+                 export=not a.no_export, bf16=_precision(a.precision), show_progress_bar=not a.quiet)
     return 0
 
 
@@ -132,9 +134,40 @@ def _cmd_distill(a: argparse.Namespace) -> int:
         raise UserError("give the texts to distil on: --pairs FILE and/or --corpus FILE")
     summary = distill(a.teacher, texts, a.output, student_dir=a.student, layers=a.layers, epochs=a.epochs,
                       batch_size=a.batch_size, lr=a.lr, kl_weight=a.kl_weight, seed=a.seed,
-                      max_seq_length=a.max_seq_length, show_progress_bar=not a.quiet)
+                      max_seq_length=a.max_seq_length, bf16=_precision(a.precision), show_progress_bar=not a.quiet)
     print(json.dumps(summary, indent=2))
     return 0
+
+
+def _cmd_export(a: argparse.Namespace) -> int:
+    from .export import export_onnx
+    from .model import default_model_path
+
+    info = export_onnx(a.model or default_model_path(), a.output, quantize=a.quantize, opset=a.opset,
+                       optimize=not a.no_optimize)
+    par = info["parity"]
+    line = f"fp32 min cosine {par['fp32']['min_cosine']:.5f}"
+    if "int8" in par:
+        line += f", int8 min cosine {par['int8']['min_cosine']:.5f}"
+    print(f"wrote {info['out_dir']} ({line})")
+    return 0
+
+
+def _cmd_embed(a: argparse.Namespace) -> int:
+    from .data import read_corpus
+    from .inference import embed_file_texts, write_embeddings
+
+    docs = read_corpus(a.input)
+    emb = embed_file_texts(a.model, list(docs.values()), batch_size=a.batch_size, threads=a.threads,
+                           int8=a.int8, show_progress_bar=not a.quiet)
+    write_embeddings(a.output, list(docs), emb)
+    print(f"wrote {emb.shape[0]} x {emb.shape[1]} embeddings to {a.output}")
+    return 0
+
+
+def _precision(p: str) -> Optional[bool]:
+    """``--precision`` to the ``bf16`` setting of the trainer and distiller (None = auto)."""
+    return {"auto": None, "fp32": False, "bf16": True}[p]
 
 
 def _write_json(path: str, obj) -> None:
@@ -208,6 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--replay", help="old training data mixed in so the old domain is not forgotten")
     t.add_argument("--replay-ratio", type=float, default=0.0)
     t.add_argument("--max-seq-length", type=_positive_int, default=None)
+    t.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+                   help="auto: bf16 autocast where the hardware has it (CUDA, AVX512-BF16/AMX CPUs), else fp32")
     t.add_argument("--quiet", action="store_true")
     t.add_argument("--nproc", type=_positive_int, default=None, help="shortcut: run under torchrun with N processes")
     t.set_defaults(func=_cmd_train)
@@ -233,9 +268,28 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--lr", type=float, default=5e-4)
     d.add_argument("--kl-weight", type=float, default=0.0, help="weight of the in-batch similarity KL term")
     d.add_argument("--max-seq-length", type=_positive_int, default=128)
+    d.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto")
     d.add_argument("--seed", type=int, default=42)
     d.add_argument("--quiet", action="store_true")
     d.set_defaults(func=_cmd_distill)
+
+    x = sub.add_parser("export", help="export a model to ONNX (fp32, optionally int8) with a parity check")
+    x.add_argument("--model", help="sentence-transformers directory (default: built-in all-MiniLM-L6-v2)")
+    x.add_argument("--output", "-o", required=True, help="output directory (model.onnx + tokenizer files)")
+    x.add_argument("--quantize", choices=["int8"], default=None, help="also write model_int8.onnx")
+    x.add_argument("--opset", type=_positive_int, default=17)
+    x.add_argument("--no-optimize", action="store_true", help="skip onnxruntime graph optimisation")
+    x.set_defaults(func=_cmd_export)
+
+    b = sub.add_parser("embed", help="embed texts with an ONNX export (or a sentence-transformers directory)")
+    b.add_argument("--model", required=True, help="ONNX export directory, .onnx file, or model directory")
+    b.add_argument("--input", "-i", required=True, help="texts: TXT (one a line), JSONL/CSV/TSV/Parquet id+text")
+    b.add_argument("--output", "-o", required=True, help=".npy (matrix in input order) or .jsonl (id, embedding)")
+    b.add_argument("--int8", action="store_true", help="use model_int8.onnx of the export directory")
+    b.add_argument("--batch-size", type=_positive_int, default=64)
+    b.add_argument("--threads", type=_nonneg_int, default=0, help="onnxruntime intra-op threads (0: all cores)")
+    b.add_argument("--quiet", action="store_true")
+    b.set_defaults(func=_cmd_embed)
 
     r = sub.add_parser("run", help="base eval -> mining -> training -> eval -> report (default: built-in sample)")
     r.add_argument("--output", "-o", default="runs/sample")
@@ -252,6 +306,14 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--max-seq-length", type=_positive_int, default=128, help="for embedding (eval, mining)")
     r.add_argument("--train-max-seq-length", type=_positive_int, default=64, help="for training steps")
     r.add_argument("--symmetric", action="store_true", help="add the document->query loss direction")
+    r.add_argument("--distill-layers", help="teacher layers the student keeps (default: every other one, 0,2,4)")
+    r.add_argument("--distill-epochs", type=_positive_int, default=1)
+    r.add_argument("--distill-lr", type=float, default=5e-4)
+    r.add_argument("--distill-kl-weight", type=float, default=0.0)
+    r.add_argument("--no-distill", action="store_true", help="stop after the fine-tuned model (no student, no ONNX)")
+    r.add_argument("--no-export", action="store_true", help="distil but do not export the student to ONNX")
+    r.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+                   help="training and distillation steps (evaluation is always fp32)")
     r.add_argument("--seed", type=int, default=42)
     r.add_argument("--quiet", action="store_true")
     r.set_defaults(func=_cmd_run)

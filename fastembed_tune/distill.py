@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 from .errors import UserError
 from .losses import MSELoss
 from .model import EmbeddingModel
-from .train import linear_schedule, set_seed
+from .train import linear_schedule, set_seed, use_bf16
 
 __all__ = ["parse_layers", "default_layers", "prune_layers", "teacher_embeddings", "in_batch_kl", "distill"]
 
@@ -196,7 +196,8 @@ def _open_cached(cache_path: Path, key: dict) -> Optional[np.memmap]:
 
 
 def teacher_embeddings(teacher: EmbeddingModel, texts: Sequence[str], cache_path: PathLike,
-                       batch_size: int = 64, show_progress_bar: bool = False) -> np.memmap:
+                       batch_size: int = 64, show_progress_bar: bool = False,
+                       precomputed: Optional[dict] = None) -> np.memmap:
     """The teacher's float32 embeddings of ``texts`` (``[len(texts), dim]``, rows in ``texts`` order)
     as a read-only memory-mapped ``.npy`` at ``cache_path``.
 
@@ -204,6 +205,8 @@ def teacher_embeddings(teacher: EmbeddingModel, texts: Sequence[str], cache_path
     teacher's weights and settings, of the texts and of ``max_seq_length``; a later call with the same
     inputs maps the file without running the teacher, any change recomputes it. The array is written
     to a temporary name and renamed into place (the key last), so a killed run leaves no half file.
+    ``precomputed`` (``{text: row}``) supplies rows this very teacher already produced at the same
+    ``max_seq_length`` (e.g. while evaluating it); only the other texts are run through the teacher.
 
     >>> import tempfile, transformers
     >>> from fastembed_tune.model import default_model_path
@@ -230,10 +233,15 @@ def teacher_embeddings(teacher: EmbeddingModel, texts: Sequence[str], cache_path
     try:
         out = np.lib.format.open_memmap(str(tmp), mode="w+", dtype=np.float32,
                                         shape=(len(texts), int(teacher.dim)))
-        order = np.argsort([-len(t) for t in texts], kind="stable")  # batches of similar length
+        known = precomputed or {}
+        todo = [i for i, t in enumerate(texts) if t not in known]
+        for i, t in enumerate(texts):
+            if t in known:
+                out[i] = np.asarray(known[t], dtype=np.float32)
+        order = np.asarray(todo, dtype=np.int64)[np.argsort([-len(texts[i]) for i in todo], kind="stable")]
         chunk = batch_size * 16
-        with tqdm(total=len(texts), desc="teacher embeddings", unit="text", disable=not show_progress_bar) as bar:
-            for s in range(0, len(texts), chunk):
+        with tqdm(total=len(todo), desc="teacher embeddings", unit="text", disable=not show_progress_bar) as bar:
+            for s in range(0, len(order), chunk):
                 idx = np.sort(order[s:s + chunk])
                 out[idx] = teacher.encode([texts[i] for i in idx], batch_size=batch_size)
                 bar.update(len(idx))
@@ -316,7 +324,8 @@ def distill(teacher_dir: Optional[PathLike], texts: Sequence[str], output_dir: P
             kl_temperature: float = 0.05, seed: int = 42, max_seq_length: Optional[int] = None,
             show_progress_bar: bool = True, warmup_ratio: float = 0.1, weight_decay: float = 0.01,
             max_grad_norm: Optional[float] = 1.0, logging_steps: int = 10, length_window: int = 50,
-            device: Optional[str] = None) -> dict:
+            device: Optional[str] = None, precomputed: Optional[dict] = None,
+            bf16: Optional[bool] = None) -> dict:
     """Distil the teacher at ``teacher_dir`` (``None``: the built-in MiniLM) into a smaller student and
     save it to ``output_dir/model``.
 
@@ -327,7 +336,9 @@ def distill(teacher_dir: Optional[PathLike], texts: Sequence[str], output_dir: P
     differ - plus ``kl_weight`` x :func:`in_batch_kl` at ``kl_temperature``. AdamW (no decay on
     biases and LayerNorm) with linear warmup (``warmup_ratio``) and decay, gradient clipping,
     seeded shuffled batches of similar-length texts; ``max_seq_length`` (default: the teacher's) is
-    used by both models. Logs to ``output_dir/distill_log.jsonl``.
+    used by both models. Logs to ``output_dir/distill_log.jsonl``. ``precomputed`` (``{text: row}``,
+    made by this teacher at this ``max_seq_length``) spares the teacher those texts. ``bf16``: autocast
+    the student's steps (None: where the hardware does bf16 natively, see :func:`~fastembed_tune.train.use_bf16`).
 
     Returns a summary: steps, seconds, final_loss, student_layers (teacher layer indices kept, or
     ``None`` for ``student_dir``), student_num_layers, dims, projection, texts, cache_reused, output.
@@ -385,7 +396,8 @@ def distill(teacher_dir: Optional[PathLike], texts: Sequence[str], output_dir: P
     cache = out_dir / CACHE_FILE
     key = _cache_key(teacher, texts)
     cache_reused = _open_cached(cache, key) is not None
-    targets = teacher_embeddings(teacher, texts, cache, batch_size=batch_size, show_progress_bar=show_progress_bar)
+    targets = teacher_embeddings(teacher, texts, cache, batch_size=batch_size, show_progress_bar=show_progress_bar,
+                                 precomputed=precomputed)
     teacher_dim = teacher.dim
     del teacher  # only its cached embeddings are needed from here on
     if dev.type == "cuda":
@@ -398,7 +410,7 @@ def distill(teacher_dir: Optional[PathLike], texts: Sequence[str], output_dir: P
     optimizer = _optimizer(loss_fn, lr, weight_decay)  # the student and the projection
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, linear_schedule(math.ceil(warmup_ratio * total_steps), total_steps))
-    use_bf16 = dev.type == "cuda"
+    bf16 = use_bf16(dev, bf16)
 
     captured: dict[str, torch.Tensor] = {}
     hook = student.register_forward_hook(lambda m, i, o: captured.__setitem__("emb", o["sentence_embedding"]))
@@ -416,7 +428,7 @@ def distill(teacher_dir: Optional[PathLike], texts: Sequence[str], output_dir: P
                     labels = torch.from_numpy(np.asarray(targets[idx], dtype=np.float32)).to(dev)
                     feats = {k: v.to(dev) for k, v in student.tokenize([texts[i] for i in idx]).items()}
                     lr_now = scheduler.get_last_lr()[0]
-                    with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=use_bf16):
+                    with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=bf16):
                         mse = loss_fn([feats], labels)
                         kl = in_batch_kl(labels, captured.pop("emb"), kl_temperature) if kl_weight > 0 else None
                     loss = mse + kl_weight * kl if kl is not None else mse
@@ -466,7 +478,7 @@ def distill(teacher_dir: Optional[PathLike], texts: Sequence[str], output_dir: P
                "projection": loss_fn.projection is not None, "kl_weight": kl_weight,
                "kl_temperature": kl_temperature, "max_seq_length": student.max_seq_length,
                "cache": str(cache), "cache_reused": cache_reused, "output": str(final),
-               "log_file": str(log_file), "device": str(dev)}
+               "log_file": str(log_file), "device": str(dev), "bf16": bf16}
     _write_json_atomic(out_dir / "distill_summary.json", summary)
     return summary
 

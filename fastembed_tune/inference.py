@@ -225,7 +225,7 @@ class OnnxEmbedder:
         feed = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
         return {k: feed[k] for k in self.input_names}
 
-    def embed(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+    def embed(self, texts: Sequence[str], batch_size: int = 64, show_progress_bar: bool = False) -> np.ndarray:
         """Embed texts as float32 ``[n, dim]`` in input order (batches are sorted by token length).
 
         >>> OnnxEmbedder("/tmp/minilm_onnx").embed(["a", "b c"], batch_size=1).dtype  # doctest: +SKIP
@@ -244,7 +244,10 @@ class OnnxEmbedder:
         encodings = self.tokenizer.encode_batch(texts, add_special_tokens=True)
         order = np.argsort([-len(e.ids) for e in encodings], kind="stable")
         out: Optional[np.ndarray] = None
-        for s in range(0, len(texts), batch_size):
+        from tqdm.auto import tqdm
+
+        for s in tqdm(range(0, len(texts), batch_size), desc="embed (onnx)", unit="batch",
+                      disable=not show_progress_bar):
             idx = order[s:s + batch_size]
             emb = self.session.run([self.output_name], self._feed([encodings[i] for i in idx]))[0]
             if out is None:
@@ -252,5 +255,77 @@ class OnnxEmbedder:
             out[idx] = emb
         return out
 
+    def encode(self, texts: Sequence[str], batch_size: int = 64, show_progress_bar: bool = False,
+               desc: str = "embed (onnx)") -> np.ndarray:
+        """sentence-transformers-style alias of :meth:`embed` (so evaluation code takes either).
+
+        >>> OnnxEmbedder("/tmp/minilm_onnx").encode(["a"]).shape  # doctest: +SKIP
+        (1, 384)
+        """
+        return self.embed(texts, batch_size=batch_size, show_progress_bar=show_progress_bar)
+
     def __repr__(self) -> str:
         return f"OnnxEmbedder({str(self.model_file)!r}, dim={self.dim}, max_seq_length={self.max_seq_length})"
+
+
+def embed_file_texts(model: Union[str, os.PathLike], texts: Sequence[str], batch_size: int = 64,
+                     threads: Optional[int] = None, int8: bool = False,
+                     show_progress_bar: bool = False) -> np.ndarray:
+    """Embed ``texts`` with an ONNX export (directory or ``.onnx`` file; ``int8`` picks
+    ``model_int8.onnx``) or, for a sentence-transformers directory, with PyTorch.
+
+    >>> from fastembed_tune.model import default_model_path
+    >>> embed_file_texts(default_model_path(), ["a tuple", "a list"]).shape
+    (2, 384)
+    """
+    p = Path(model)
+    onnx_dir = (p.is_dir() and (p / MODEL_FILE).is_file()) or (p.is_file() and p.suffix == ".onnx")
+    if onnx_dir:
+        if int8:
+            if p.is_file():
+                raise UserError(f"{p}: --int8 needs the export directory, not one .onnx file")
+            if not (p / INT8_FILE).is_file():
+                raise UserError(f"{p}: no {INT8_FILE} here; export with --quantize int8")
+            p = p / INT8_FILE
+        return OnnxEmbedder(p, threads=threads or None).embed(texts, batch_size=batch_size,
+                                                               show_progress_bar=show_progress_bar)
+    if int8:
+        raise UserError(f"{p}: --int8 needs an ONNX export directory (fastembed-tune export --quantize int8)")
+    from .model import EmbeddingModel
+
+    if threads:
+        import torch
+        torch.set_num_threads(threads)
+    return EmbeddingModel.load(p).encode(list(texts), batch_size=batch_size, show_progress_bar=show_progress_bar)
+
+
+def write_embeddings(path: Union[str, os.PathLike], ids: Sequence[str], emb: np.ndarray) -> None:
+    """Write embeddings atomically: ``.npy`` (the matrix, rows in ``ids`` order) or ``.jsonl``
+    (one ``{"id", "embedding"}`` a line).
+
+    >>> import tempfile, os
+    >>> f = os.path.join(tempfile.mkdtemp(), "e.npy")
+    >>> write_embeddings(f, ["a"], np.ones((1, 2), np.float32)); np.load(f).shape
+    (1, 2)
+    """
+    import tempfile
+
+    path = Path(path)
+    if path.suffix not in (".npy", ".jsonl"):
+        raise UserError(f"{path}: the output must end in .npy or .jsonl")
+    if len(ids) != len(emb):
+        raise ValueError(f"{len(ids)} ids for {len(emb)} embeddings")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            if path.suffix == ".npy":
+                np.save(f, np.ascontiguousarray(emb, dtype=np.float32))
+            else:
+                for i, row in zip(ids, emb):
+                    f.write((json.dumps({"id": i, "embedding": [float(x) for x in row]}) + "\n").encode())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise

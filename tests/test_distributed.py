@@ -27,7 +27,8 @@ SCRIPT = textwrap.dedent("""
         return step(self, *a, **k)
     torch.optim.AdamW.step = spy
     cfg = TrainConfig(output_dir=out, max_steps=1, batch_size=16, lr=1e-3, warmup_ratio=0.0, logging_steps=1,
-                      num_negatives=1, loss=loss, show_progress_bar=False, seed=7, max_grad_norm=None)
+                      num_negatives=1, loss=loss, show_progress_bar=False, seed=7, max_grad_norm=None,
+                      bf16=False)
     train(pairs, cfg, model=m)
     torch.save(m.state_dict(), os.path.join(out, f"weights-rank{rank}.pt"))
 """)

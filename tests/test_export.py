@@ -265,3 +265,48 @@ def test_pooling_modes_in_graph(tmp_path, pooling, normalize):
     ref = m.encode(texts)
     assert np.allclose(got, ref, atol=1e-4, rtol=1e-3)
     assert np.allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5) == normalize
+
+
+# ---- CLI: export and embed ------------------------------------------------------------------------
+def test_cli_export_and_embed(tmp_path, capsys, minilm):
+    from fastembed_tune.cli import main
+
+    model = tiny_model(tmp_path / "tiny")
+    out = tmp_path / "onnx"
+    assert main(["export", "--model", str(model), "-o", str(out), "--quantize", "int8"]) == 0
+    assert "fp32 min cosine" in capsys.readouterr().out
+    texts = ["a tuple", "garbage collection reclaims memory", "ok"]
+    (tmp_path / "in.jsonl").write_text("".join(json.dumps({"id": f"d{i}", "text": t}) + "\n"
+                                               for i, t in enumerate(texts)))
+    ref = EmbeddingModel.load(model).encode(texts)
+    for extra, name, tol in (([], "fp32.npy", 1e-4), (["--int8"], "int8.npy", 0.05)):
+        assert main(["embed", "--model", str(out), "-i", str(tmp_path / "in.jsonl"), "-o",
+                     str(tmp_path / name), "--quiet", *extra]) == 0
+        got = np.load(tmp_path / name)
+        assert got.shape == ref.shape
+        assert cos(got, ref).min() > 1 - tol
+    # .jsonl output keeps the ids; a model directory embeds with PyTorch
+    assert main(["embed", "--model", str(model), "-i", str(tmp_path / "in.jsonl"), "-o",
+                 str(tmp_path / "e.jsonl"), "--quiet"]) == 0
+    rows = [json.loads(x) for x in (tmp_path / "e.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in rows] == ["d0", "d1", "d2"]
+    np.testing.assert_allclose(np.array([r["embedding"] for r in rows]), ref, atol=1e-6)
+
+
+def test_cli_export_embed_bad_input(tmp_path, capsys):
+    from fastembed_tune.cli import main
+
+    (tmp_path / "notmodel").mkdir()
+    (tmp_path / "notmodel" / "x.txt").write_text("hi")
+    assert main(["export", "--model", str(tmp_path / "notmodel"), "-o", str(tmp_path / "o")]) == 2
+    assert not (tmp_path / "o").exists()
+    (tmp_path / "t.txt").write_text("hello\n")
+    assert main(["embed", "--model", str(tmp_path / "notmodel"), "-i", str(tmp_path / "t.txt"),
+                 "-o", str(tmp_path / "e.npy")]) == 2
+    assert main(["embed", "--model", default_model_path(), "-i", str(tmp_path / "t.txt"),
+                 "-o", str(tmp_path / "e.csv")]) == 2
+    assert main(["embed", "--model", default_model_path(), "--int8", "-i", str(tmp_path / "t.txt"),
+                 "-o", str(tmp_path / "e.npy")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("error: ") == 4 and "Traceback" not in err
+    assert not (tmp_path / "e.npy").exists() and not (tmp_path / "e.csv").exists()

@@ -26,16 +26,33 @@ def test_run_writes_report_and_model(tmp_path, tiny_model_dir, capsys):
                str(tmp_path / "test.jsonl"), "--corpus", str(tmp_path / "corpus.jsonl"), "-o", str(out),
                "--max-steps", "3", "--batch-size", "8", "--quiet"])
     assert rc == 0
-    for f in ("report.md", "metrics.json", "metrics.png", "mined.jsonl", "train/model/modules.json"):
+    for f in ("report.md", "metrics.json", "metrics.png", "mined.jsonl", "train/model/modules.json",
+              "student/model/modules.json", "onnx/model.onnx", "onnx/model_int8.onnx"):
         assert (out / f).exists(), f
     metrics = json.loads((out / "metrics.json").read_text())
-    assert set(metrics["metrics"]) == {"base", "fine-tuned"}
+    assert list(metrics["metrics"]) == ["base", "fine-tuned", "student (1 layer)", "student (1 layer) ONNX fp32",
+                                        "student (1 layer) ONNX int8"]
+    # the ONNX fp32 graph is the student: same retrieval, same metrics
+    assert metrics["metrics"]["student (1 layer) ONNX fp32"] == pytest.approx(
+        metrics["metrics"]["student (1 layer)"], abs=1e-3)
     assert 0 <= metrics["metrics"]["fine-tuned"]["ndcg@10"] <= 1
     mined = [json.loads(l) for l in (out / "mined.jsonl").read_text().splitlines()]
     assert len(mined) == 30
     test_texts = {r["positive"] for r in test}
     assert all(not set(m["negatives"]) & test_texts for m in mined)  # no test document leaks into training
     assert "nDCG@10 on 10 held-out queries" in capsys.readouterr().out
+
+
+def test_run_no_distill(tmp_path, tiny_model_dir):
+    rows = [{"query": f"t{i}", "positive": f"def {i}"} for i in range(12)]
+    write_jsonl(tmp_path / "p.jsonl", rows)
+    write_jsonl(tmp_path / "c.jsonl", [{"id": str(i), "text": r["positive"]} for i, r in enumerate(rows)])
+    out = tmp_path / "run"
+    assert main(["run", "--model", tiny_model_dir, "--train", str(tmp_path / "p.jsonl"), "--test",
+                 str(tmp_path / "p.jsonl"), "--corpus", str(tmp_path / "c.jsonl"), "-o", str(out),
+                 "--max-steps", "1", "--batch-size", "4", "--quiet", "--no-distill"]) == 0
+    assert set(json.loads((out / "metrics.json").read_text())["metrics"]) == {"base", "fine-tuned"}
+    assert not (out / "student").exists() and not (out / "onnx").exists()
 
 
 def test_run_needs_both_train_and_test(tmp_path, capsys):

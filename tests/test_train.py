@@ -55,7 +55,7 @@ def _weights(model_dir) -> dict:
 
 def _cfg(out, model, **kw) -> TrainConfig:
     base = dict(output_dir=str(out), model=model, batch_size=4, lr=1e-3, logging_steps=1,
-                show_progress_bar=False, device="cpu")
+                show_progress_bar=False, device="cpu", bf16=False)
     base.update(kw)
     return TrainConfig(**base)
 
@@ -271,3 +271,24 @@ def test_other_losses_run(tmp_path, tiny_model_dir, loss):
 def test_triplet_needs_negatives(tmp_path, tiny_model_dir):
     with pytest.raises(UserError, match="negative"):
         train(_pairs(8), _cfg(tmp_path, tiny_model_dir, loss="triplet"))
+
+
+# ---- (g) bf16 autocast on CPU -------------------------------------------------------------------
+
+def test_bf16_autocast_learns_like_fp32(tmp_path, tiny_model_dir):
+    """bf16 autocast (the default where the CPU has native bf16) learns as fp32 does, to bf16 precision;
+    the weights and the saved model stay float32."""
+    from fastembed_tune.train import use_bf16
+
+    assert use_bf16("cpu", True) and not use_bf16("cpu", False)
+    runs = {}
+    for bf16 in (False, True):
+        runs[bf16] = train(_pairs(16), _cfg(tmp_path / str(bf16), tiny_model_dir, batch_size=8, max_steps=6,
+                                            warmup_ratio=0.0, bf16=bf16))
+        assert runs[bf16]["bf16"] is bf16
+    a, b = _weights(runs[False]["output"]), _weights(runs[True]["output"])
+    assert all(v.dtype == torch.float32 for v in b.values())
+    start = _weights(os.path.join(tiny_model_dir))
+    moved = sum(float((a[k] - start[k]).abs().sum()) for k in a)
+    diff = sum(float((a[k] - b[k]).abs().sum()) for k in a)
+    assert diff < 0.1 * moved, (diff, moved)  # same direction, bf16-sized differences
