@@ -61,8 +61,7 @@ Geometry geometry(const SimdKernels& kern, int d) {
   Geometry g;
   g.mr = kern.mr;
   g.nr = kern.nr;
-  const int nch = (d + kern.kc - 1) / kern.kc;
-  g.kc = std::min(d, ((d + nch - 1) / nch + 7) / 8 * 8);
+  g.kc = chunk_depth(kern, d);
   const int64_t target = (256 * 1024) / (4 * (int64_t)d);
   g.npanels = (int)std::max<int64_t>(1, std::min<int64_t>(target / g.nr, 512 / g.nr));
   g.nc = g.npanels * g.nr;
@@ -82,7 +81,65 @@ void row_ptrs(const float* x, int64_t rows, int64_t ld, int64_t r0, int mr, cons
   for (int i = 0; i < mr; ++i) out[i] = r0 + i < rows ? x + (r0 + i) * ld : zeros;
 }
 
+// Per-thread scratch of the backward passes.
+struct Scratch {
+  std::vector<float> pk, pn, S;
+  const float* rp[64];
+  const float* gp[64];
+  explicit Scratch(const Geometry& g, int d)
+      : pk(packed_size(d, g.kc, g.npanels, g.nr)),          // K = d, N = tile
+        pn(packed_size(g.nc, g.kc_nc, g.dpanels, g.nr)),    // K = tile, N = d
+        S((size_t)g.mr * g.nc) {}
+};
+
+// One backward pass, called inside the parallel region: threads own rows of `own` ([nown, d]) and
+// write out[r] = sum over the tiles of `other` ([nother, d]) of G[r, c] * other[c], where G is the
+// softmax recomputed exactly as in the forward (exp(scale * s - shift) * mult, shift and mult per
+// row of `own` or, with per_col, per row of `other`) and then finished by fix(r, t0, n, grow):
+// masked docs zeroed, the positive's -coef added. Pass 1 owns queries (dq), pass 2 owns docs (ddocs).
+template <class Fix>
+void gradient_pass(const Geometry& g, const SimdKernels& kern, const ContrastiveArgs& a, int T, Scratch& w,
+                   const float* zeros, const float* own, int64_t nown, const float* other, int64_t nother,
+                   const float* shift, const float* mult, bool per_col, Fix fix, float* out) {
+  const int64_t blocks = (nown + g.mr - 1) / g.mr;
+  const int64_t per = std::max<int64_t>(1, std::min<int64_t>(64, (blocks + 2 * T - 1) / (2 * T)));
+  const int64_t nitems = (blocks + per - 1) / per;
+  const int64_t rows_per_item = per * g.mr;
+  std::vector<float> acc((size_t)rows_per_item * g.dpad);
+#pragma omp for schedule(dynamic, 1)
+  for (int64_t item = 0; item < nitems; ++item) {
+    const int64_t r0 = item * rows_per_item, r1 = std::min(nown, r0 + rows_per_item);
+    std::fill(acc.begin(), acc.end(), 0.f);
+    for (int64_t t0 = 0; t0 < nother; t0 += g.nc) {
+      const int n = (int)std::min<int64_t>(g.nc, nother - t0);
+      pack_panels(other + t0 * a.d, a.d, n, a.d, g.kc, g.nr, g.npanels, 0, g.npanels, w.pk.data());
+      pack_panels_kn(other + t0 * a.d, a.d, n, a.d, g.nc, g.kc_nc, g.nr, g.dpanels, w.pn.data());
+      for (int64_t b0 = r0; b0 < r1; b0 += g.mr) {
+        row_ptrs(own, nown, a.d, b0, g.mr, zeros, w.rp);
+        kern.tile_scores(w.rp, w.pk.data(), a.d, g.kc, g.npanels, w.S.data(), g.nc, false);
+        for (int i = 0; i < g.mr; ++i) {
+          float* srow = w.S.data() + (size_t)i * g.nc;
+          const int64_t r = b0 + i;
+          if (r >= r1) {
+            std::fill(srow, srow + g.nc, 0.f);
+            continue;
+          }
+          const int64_t at = per_col ? t0 : r;
+          kern.exp_scale(srow, n, a.scale, shift + at, mult + at, per_col);
+          std::fill(srow + n, srow + g.nc, 0.f);
+          fix(r, t0, n, srow);
+        }
+        for (int i = 0; i < g.mr; ++i) w.gp[i] = w.S.data() + (size_t)i * g.nc;
+        kern.tile_scores(w.gp, w.pn.data(), g.nc, g.kc_nc, g.dpanels, acc.data() + (b0 - r0) * g.dpad, g.dpad, true);
+      }
+    }
+    for (int64_t r = r0; r < r1; ++r)
+      std::copy(acc.data() + (r - r0) * g.dpad, acc.data() + (r - r0) * g.dpad + a.d, out + r * a.d);
+  }
+}
+
 }  // namespace
+
 
 double contrastive_forward(const ContrastiveArgs& a, const SimdKernels& kern, float* m_out, float* s_out) {
   const Geometry g = geometry(kern, a.d);
@@ -162,103 +219,33 @@ void contrastive_backward(const ContrastiveArgs& a, const SimdKernels& kern, con
   // softmax_ij = exp(scale*s_ij - rmax_i) / rsum_i: the 1/rsum is folded into the multiplier.
   std::vector<float> mult(a.B);
   for (int64_t i = 0; i < a.B; ++i) mult[i] = coef / rsum[i];
-  const int64_t qblocks = (a.B + g.mr - 1) / g.mr;
-  const int64_t dblocks = (a.M + g.mr - 1) / g.mr;
+
+  // pass 1 (row = query): its masked docs out, -coef at its positive
+  auto fix_query = [&](int64_t row, int64_t t0, int n, float* grow) {
+    const int64_t p = a.pos[row];
+    if (const auto* grp = kg.of_row(a, row))
+      for (int64_t j : *grp)
+        if (j != p && j >= t0 && j < t0 + n) grow[j - t0] = 0.f;
+    if (p >= t0 && p < t0 + n) grow[p - t0] -= coef;
+  };
+  // pass 2 (row = doc): out for the queries that mask it, -coef for the queries it is the positive of
+  auto fix_doc = [&](int64_t doc, int64_t t0, int n, float* grow) {
+    if (a.keys && kg.in_group[doc])
+      for (int c = 0; c < n; ++c) {
+        const int64_t p = a.pos[t0 + c];
+        if (p != doc && a.keys[p] == a.keys[doc]) grow[c] = 0.f;
+      }
+    for (int64_t r = rptr[doc]; r < rptr[doc + 1]; ++r) {
+      const int64_t qi = rows_of[r];
+      if (qi >= t0 && qi < t0 + n) grow[qi - t0] -= coef;
+    }
+  };
 
 #pragma omp parallel num_threads(T)
   {
-    std::vector<float> pk(packed_size(a.d, g.kc, g.npanels, g.nr));       // K = d, N = tile
-    std::vector<float> pn(packed_size(g.nc, g.kc_nc, g.dpanels, g.nr));   // K = tile, N = d
-    std::vector<float> S((size_t)g.mr * g.nc);
-    const float* rp[64];
-    const float* gp[64];
-
-    // ---- pass 1: dq, threads own query rows -------------------------------------------
-    {
-      const int64_t per = std::max<int64_t>(1, std::min<int64_t>(64, (qblocks + 2 * T - 1) / (2 * T)));
-      const int64_t nitems = (qblocks + per - 1) / per;
-      const int64_t rows_per_item = per * g.mr;
-      std::vector<float> acc((size_t)rows_per_item * g.dpad);
-#pragma omp for schedule(dynamic, 1)
-      for (int64_t item = 0; item < nitems; ++item) {
-        const int64_t r0 = item * rows_per_item, r1 = std::min(a.B, r0 + rows_per_item);
-        std::fill(acc.begin(), acc.end(), 0.f);
-        for (int64_t t0 = 0; t0 < a.M; t0 += g.nc) {
-          const int n = (int)std::min<int64_t>(g.nc, a.M - t0);
-          pack_panels(a.docs + t0 * a.d, a.d, n, a.d, g.kc, g.nr, g.npanels, 0, g.npanels, pk.data());
-          pack_panels_kn(a.docs + t0 * a.d, a.d, n, a.d, g.nc, g.kc_nc, g.nr, g.dpanels, pn.data());
-          for (int64_t b0 = r0; b0 < r1; b0 += g.mr) {
-            row_ptrs(a.q, a.B, a.d, b0, g.mr, zeros.data(), rp);
-            kern.tile_scores(rp, pk.data(), a.d, g.kc, g.npanels, S.data(), g.nc, false);
-            for (int i = 0; i < g.mr; ++i) {
-              float* srow = S.data() + (size_t)i * g.nc;
-              const int64_t row = b0 + i;
-              if (row >= r1) {
-                std::fill(srow, srow + g.nc, 0.f);
-                continue;
-              }
-              kern.exp_scale(srow, n, a.scale, &rmax[row], &mult[row], false);
-              std::fill(srow + n, srow + g.nc, 0.f);
-              const int64_t p = a.pos[row];
-              if (const auto* grp = kg.of_row(a, row))
-                for (int64_t j : *grp)
-                  if (j != p && j >= t0 && j < t0 + n) srow[j - t0] = 0.f;
-              if (p >= t0 && p < t0 + n) srow[p - t0] -= coef;
-            }
-            for (int i = 0; i < g.mr; ++i) gp[i] = S.data() + (size_t)i * g.nc;
-            kern.tile_scores(gp, pn.data(), g.nc, g.kc_nc, g.dpanels, acc.data() + (b0 - r0) * g.dpad, g.dpad, true);
-          }
-        }
-        for (int64_t row = r0; row < r1; ++row)
-          std::copy(acc.data() + (row - r0) * g.dpad, acc.data() + (row - r0) * g.dpad + a.d, dq + row * a.d);
-      }
-    }
-
-    // ---- pass 2: ddocs, threads own doc rows ------------------------------------------
-    {
-      const int64_t per = std::max<int64_t>(1, std::min<int64_t>(64, (dblocks + 2 * T - 1) / (2 * T)));
-      const int64_t nitems = (dblocks + per - 1) / per;
-      const int64_t rows_per_item = per * g.mr;
-      std::vector<float> acc((size_t)rows_per_item * g.dpad);
-      std::vector<float> kp(g.nc);  // key of each tile query's positive
-#pragma omp for schedule(dynamic, 1)
-      for (int64_t item = 0; item < nitems; ++item) {
-        const int64_t j0 = item * rows_per_item, j1 = std::min(a.M, j0 + rows_per_item);
-        std::fill(acc.begin(), acc.end(), 0.f);
-        for (int64_t t0 = 0; t0 < a.B; t0 += g.nc) {
-          const int n = (int)std::min<int64_t>(g.nc, a.B - t0);
-          pack_panels(a.q + t0 * a.d, a.d, n, a.d, g.kc, g.nr, g.npanels, 0, g.npanels, pk.data());
-          pack_panels_kn(a.q + t0 * a.d, a.d, n, a.d, g.nc, g.kc_nc, g.nr, g.dpanels, pn.data());
-          for (int64_t b0 = j0; b0 < j1; b0 += g.mr) {
-            row_ptrs(a.docs, a.M, a.d, b0, g.mr, zeros.data(), rp);
-            kern.tile_scores(rp, pk.data(), a.d, g.kc, g.npanels, S.data(), g.nc, false);
-            for (int i = 0; i < g.mr; ++i) {
-              float* srow = S.data() + (size_t)i * g.nc;  // doc b0+i against tile queries
-              const int64_t doc = b0 + i;
-              if (doc >= j1) {
-                std::fill(srow, srow + g.nc, 0.f);
-                continue;
-              }
-              kern.exp_scale(srow, n, a.scale, rmax + t0, mult.data() + t0, true);
-              std::fill(srow + n, srow + g.nc, 0.f);
-              if (a.keys && kg.in_group[doc])
-                for (int c = 0; c < n; ++c) {
-                  const int64_t p = a.pos[t0 + c];
-                  if (p != doc && a.keys[p] == a.keys[doc]) srow[c] = 0.f;
-                }
-              for (int64_t r = rptr[doc]; r < rptr[doc + 1]; ++r) {
-                const int64_t qi = rows_of[r];
-                if (qi >= t0 && qi < t0 + n) srow[qi - t0] -= coef;
-              }
-            }
-            for (int i = 0; i < g.mr; ++i) gp[i] = S.data() + (size_t)i * g.nc;
-            kern.tile_scores(gp, pn.data(), g.nc, g.kc_nc, g.dpanels, acc.data() + (b0 - j0) * g.dpad, g.dpad, true);
-          }
-        }
-        for (int64_t doc = j0; doc < j1; ++doc)
-          std::copy(acc.data() + (doc - j0) * g.dpad, acc.data() + (doc - j0) * g.dpad + a.d, ddocs + doc * a.d);
-      }
-    }
+    Scratch w(g, a.d);
+    gradient_pass(g, kern, a, T, w, zeros.data(), a.q, a.B, a.docs, a.M, rmax, mult.data(), false, fix_query, dq);
+    gradient_pass(g, kern, a, T, w, zeros.data(), a.docs, a.M, a.q, a.B, rmax, mult.data(), true, fix_doc, ddocs);
   }
 }
 

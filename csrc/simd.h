@@ -33,6 +33,14 @@ struct SimdKernels {
 
 };
 
+// Depth of each packed chunk for a K-deep product: chunks of equal size (a multiple of 8, for
+// aligned panel rows), none deeper than the kernel's kc. Shared by every kernel that packs.
+inline int chunk_depth(const SimdKernels& kern, int K) {
+  const int nch = (K + kern.kc - 1) / kern.kc;
+  const int kc = ((K + nch - 1) / nch + 7) / 8 * 8;
+  return K < kc ? K : kc;
+}
+
 // Packs panels [p_begin, p_end) of rows [0, rows) of a row-major matrix (row stride ld) into
 // the chunked panel layout read by tile_scores: chunk c (depth kc_c = min(kc, d - c*kc)) at
 // offset c*kc*npanels*nr, panel p at p*kc_c*nr inside it, element (k, j) at k*nr + j.

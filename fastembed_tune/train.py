@@ -394,14 +394,19 @@ def _load_latest_checkpoint(output_dir: Path) -> Optional[tuple[Path, dict, dict
 # the loop
 
 
-def _optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.AdamW:
+def make_optimizer(module: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
+    """AdamW over the trainable parameters, with no weight decay on biases and LayerNorm (ndim < 2).
+
+    >>> opt = make_optimizer(torch.nn.Linear(2, 2), 1e-3, 0.01)
+    >>> [g["weight_decay"] for g in opt.param_groups]
+    [0.01, 0.0]
+    """
     decay, no_decay = [], []
-    for _, p in model.named_parameters():
+    for p in module.parameters():
         if p.requires_grad:
-            (decay if p.ndim >= 2 else no_decay).append(p)  # no decay on biases and LayerNorm
-    groups = [{"params": decay, "weight_decay": config.weight_decay},
-              {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=config.lr)
+            (decay if p.ndim >= 2 else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr)
 
 
 def _write_json_atomic(path: Path, obj: Any) -> None:
@@ -527,7 +532,7 @@ def train(pairs: Sequence[Pair], config: TrainConfig, model: Optional[EmbeddingM
     else:
         total_steps = sum(len(epoch_data(e)[1]) for e in range(config.epochs))
     warmup_steps = math.ceil(config.warmup_ratio * total_steps)
-    optimizer = _optimizer(model, config)
+    optimizer = make_optimizer(model, config.lr, config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_schedule(warmup_steps, total_steps))
     data_digest = _data_digest(pairs) + ":" + _data_digest(replay)
 

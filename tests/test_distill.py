@@ -26,12 +26,8 @@ def _texts(n: int, seed: int) -> list[str]:
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models gain nothing from threads, and spinning threads crawl on a busy 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+def _one_thread(one_torch_thread):
+    """Tiny models here: see conftest.one_torch_thread."""
 
 
 def _tiny(hidden: int, layers: int, seed: int) -> EmbeddingModel:
@@ -105,7 +101,8 @@ def test_bad_layer_lists_raise_user_error(teacher_dir, layers, match):
 def test_parse_and_default_layers():
     assert parse_layers("0,2,4") == [0, 2, 4]
     assert parse_layers(" ") is None
-    assert default_layers(6) == [0, 2, 4] and default_layers(3) == [0, 2]
+    assert default_layers(6) == [0, 2, 5] and default_layers(3) == [0, 2] and default_layers(4) == [0, 3]
+    assert default_layers(2) == [1]  # the last layer (pooling reads it) is always kept
     with pytest.raises(UserError):
         parse_layers([0.5])
 
@@ -207,7 +204,7 @@ def test_distillation_reduces_mse_on_held_out_texts(teacher_dir, tmp_path):
     # a second run on the same texts reuses the teacher cache
     again = distill(teacher_dir, train_texts, tmp_path / "d", epochs=1, batch_size=64, lr=1e-3,
                     show_progress_bar=False, device="cpu")
-    assert again["cache_reused"] and again["student_layers"] == [0, 2]  # default: every other layer
+    assert again["cache_reused"] and again["student_layers"] == [0, 3]  # default: half, first to last
 
 
 def test_kl_term_runs_and_is_finite(teacher_dir, tmp_path):

@@ -41,12 +41,8 @@ def _pairs(n: int = 16, negatives: int = 0) -> list[Pair]:
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models gain nothing from threads, and spinning threads crawl on a busy 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+def _one_thread(one_torch_thread):
+    """Tiny models here: see conftest.one_torch_thread."""
 
 
 def _weights(model_dir) -> dict:
