@@ -309,7 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--train-max-seq-length", type=_positive_int, default=64, help="for training steps")
     r.add_argument("--distill-layers", help="teacher layers the student keeps (default: half of them, first to last: 0,2,5 of 6)")
     r.add_argument("--distill-epochs", type=_positive_int, default=1)
-    r.add_argument("--distill-lr", type=float, default=5e-4)
+    r.add_argument("--distill-lr", type=float, default=1e-3)
     r.add_argument("--distill-kl-weight", type=float, default=0.0)
     r.add_argument("--no-distill", action="store_true", help="stop after the fine-tuned model (no student, no ONNX)")
     r.add_argument("--no-export", action="store_true", help="distil but do not export the student to ONNX")

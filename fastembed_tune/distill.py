@@ -335,7 +335,8 @@ def distill(teacher_dir: Optional[PathLike], texts: Sequence[str], output_dir: P
     differ - plus ``kl_weight`` x :func:`in_batch_kl` at ``kl_temperature``. AdamW (no decay on
     biases and LayerNorm) with linear warmup (``warmup_ratio``) and decay, gradient clipping,
     seeded shuffled batches of similar-length texts; ``max_seq_length`` (default: the teacher's) is
-    used by both models. Logs to ``output_dir/distill_log.jsonl``. ``precomputed`` (``{text: row}``,
+    used by both models while distilling, and the student is saved with the teacher's own.
+    Logs to ``output_dir/distill_log.jsonl``. ``precomputed`` (``{text: row}``,
     made by this teacher at this ``max_seq_length``) spares the teacher those texts. ``bf16``: autocast
     the student's steps (None: where the hardware does bf16 natively, see :func:`~fastembed_tune.train.use_bf16`).
 
@@ -379,6 +380,7 @@ def distill(teacher_dir: Optional[PathLike], texts: Sequence[str], output_dir: P
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
     teacher = EmbeddingModel.load(teacher_dir, device=str(dev))
+    saved_max_len = teacher.max_seq_length  # the student is saved with the teacher's own (as train does)
     if max_seq_length:
         teacher.max_seq_length = max_seq_length
     _cap_length(teacher)
@@ -468,6 +470,9 @@ def distill(teacher_dir: Optional[PathLike], texts: Sequence[str], output_dir: P
     loop_s = time.perf_counter() - t_loop
     student.eval()
     final = out_dir / "model"
+    distill_len = student.max_seq_length
+    student.max_seq_length = saved_max_len
+    _cap_length(student)
     student.save(final)
     summary = {"steps": step, "epochs": epochs, "seconds": round(time.perf_counter() - t_start, 3),
                "train_seconds": round(loop_s, 3), "final_loss": last_loss,
@@ -475,7 +480,7 @@ def distill(teacher_dir: Optional[PathLike], texts: Sequence[str], output_dir: P
                "student_layers": kept, "student_num_layers": len(_layer_list(student.transformer)[2]),
                "teacher_num_layers": teacher_layers, "student_dim": student.dim, "teacher_dim": teacher_dim,
                "projection": loss_fn.projection is not None, "kl_weight": kl_weight,
-               "kl_temperature": kl_temperature, "max_seq_length": student.max_seq_length,
+               "kl_temperature": kl_temperature, "max_seq_length": distill_len,
                "cache": str(cache), "cache_reused": cache_reused, "output": str(final),
                "log_file": str(log_file), "device": str(dev), "bf16": bf16}
     _write_json_atomic(out_dir / "distill_summary.json", summary)
