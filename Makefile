@@ -7,6 +7,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 OUT    ?= runs/sample
 STAMP  := $(VENV)/.fastembed-tune-installed
+TSTAMP := $(VENV)/.fastembed-tune-test-installed
 
 .PHONY: install run test bench clean
 
@@ -15,22 +16,27 @@ $(PY):
 	$(PIP) install --upgrade pip setuptools wheel
 
 # torch is pinned to the CPU wheel first (a plain "torch" request would pull a CUDA build);
-# constraints.txt keeps every later install from replacing it.
+# constraints.txt keeps every later install from replacing it. `make run` needs only the package;
+# `make test` adds the test and benchmark extras (the native build is incremental: build/).
 $(STAMP): $(PY) pyproject.toml CMakeLists.txt constraints.txt $(wildcard csrc/*)
 	$(PIP) install -c constraints.txt "torch==2.13.0"
 	$(PIP) install -c constraints.txt "scikit-build-core>=0.10" "pybind11>=2.12" cmake ninja
-	$(PIP) install -c constraints.txt --no-build-isolation -e ".[test,bench]"
+	$(PIP) install -c constraints.txt --no-build-isolation -e .
 	touch $(STAMP)
+
+$(TSTAMP): $(STAMP)
+	$(PIP) install -c constraints.txt --no-build-isolation -e ".[test,bench]"
+	touch $(TSTAMP)
 
 install: $(STAMP)
 
 run: $(STAMP)
 	HF_HUB_OFFLINE=1 $(VENV)/bin/fastembed-tune run --output $(OUT)
 
-test: $(STAMP)
+test: $(TSTAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q tests --doctest-modules fastembed_tune
 
-bench: $(STAMP)
+bench: $(TSTAMP)
 	cd benchmarks && HF_HUB_OFFLINE=1 ../$(PY) topk_side_by_side.py
 
 clean:

@@ -352,7 +352,7 @@ def distill(teacher_dir: Optional[PathLike], texts: Sequence[str], output_dir: P
     >>> out = distill(d + "/teacher", [f"text {i}" for i in range(8)], d + "/out", batch_size=4,
     ...               show_progress_bar=False)
     >>> out["steps"], out["student_layers"], os.path.isfile(os.path.join(out["output"], "modules.json"))
-    (2, [0], True)
+    (2, [1], True)
     """
     t_start = time.perf_counter()
     _check("epochs", isinstance(epochs, int) and epochs >= 1, epochs, "an integer >= 1")
