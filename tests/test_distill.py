@@ -250,3 +250,17 @@ def test_cli_distill_needs_texts(tmp_path, capsys):
     assert main(["distill", "-o", str(tmp_path / "d")]) == 2
     assert "give the texts to distil on" in capsys.readouterr().err
     assert main(["distill", "--pairs", str(tmp_path / "none.jsonl"), "-o", str(tmp_path / "d")]) == 2
+
+
+def test_teacher_embeddings_use_precomputed_rows(teacher_dir, tmp_path):
+    """Rows the caller already has (e.g. from evaluating the teacher) are copied, not recomputed."""
+    teacher = EmbeddingModel.load(teacher_dir)
+    texts = _texts(20, seed=3)
+    ref = teacher.encode(texts)
+    seen = []
+    real = teacher.encode
+    teacher.encode = lambda t, **kw: seen.extend(t) or real(t, **kw)
+    known = {texts[i]: ref[i] for i in range(0, 20, 2)}
+    out = teacher_embeddings(teacher, texts, tmp_path / "t.npy", precomputed=known)
+    assert sorted(seen) == sorted(texts[1::2])  # only the others went through the teacher
+    np.testing.assert_allclose(out, ref, atol=1e-6)
