@@ -20,6 +20,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 def main() -> None:
     import numpy as np
 
+    from fastembed_tune.cli import PRECISIONS, add_precision_arg
     from fastembed_tune.data import load_eval, read_pairs
     from fastembed_tune.evaluate import embed_evalset, evaluate
     from fastembed_tune.mining import mine_hard_negatives
@@ -39,7 +40,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=None)
     ap.add_argument("--scale", type=float, default=20.0)
     ap.add_argument("--sym", action="store_true")
-    ap.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto")
+    add_precision_arg(ap)
     ap.add_argument("--out", default="runs/sweep")
     ap.add_argument("--cache", default="runs/sweep/base_embeddings.npz")
     ap.add_argument("--results", default="runs/sweep/results.jsonl")
@@ -68,7 +69,7 @@ def main() -> None:
     shutil.rmtree(out, ignore_errors=True)
     cfg = TrainConfig(output_dir=out, epochs=a.epochs, max_steps=a.steps, batch_size=a.bs, lr=a.lr,
                       num_negatives=a.neg, max_seq_length=a.tsl, symmetric=a.sym, scale=a.scale,
-                      bf16={"auto": None, "fp32": False, "bf16": True}[a.precision], show_progress_bar=False)
+                      bf16=PRECISIONS[a.precision], show_progress_bar=False)
     base.max_seq_length = 256  # the saved model keeps its own
     s = train(mined.pairs if a.neg > 0 else pairs, cfg, model=base)
     t0 = time.perf_counter()

@@ -19,12 +19,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def main() -> None:
+    from fastembed_tune.cli import PRECISIONS, add_precision_arg
+
     ap = argparse.ArgumentParser()
     ap.add_argument("--pairs", type=int, default=2000)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--lr", type=float, default=5e-5)
     ap.add_argument("--max-seq-length", type=int, default=128)
-    ap.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto")
+    add_precision_arg(ap)
     ap.add_argument("--st-bf16", action="store_true", help="add a sentence-transformers bf16 row")
     a = ap.parse_args()
 
@@ -51,7 +53,7 @@ def main() -> None:
 
     m = EmbeddingModel.load()
     t0 = time.perf_counter()
-    bf16 = use_bf16("cpu", {"auto": None, "fp32": False, "bf16": True}[a.precision])
+    bf16 = use_bf16("cpu", PRECISIONS[a.precision])
     s = train(pairs, TrainConfig(output_dir=os.path.join(out, "ours"), batch_size=a.batch_size, lr=a.lr,
                                  max_seq_length=a.max_seq_length, num_negatives=0, show_progress_bar=False,
                                  bf16=bf16), model=m)

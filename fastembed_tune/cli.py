@@ -10,6 +10,7 @@ import os
 import sys
 from typing import Optional, Sequence
 
+from .atomic import write_json
 from .errors import UserError
 
 
@@ -32,7 +33,7 @@ def _cmd_mine(a: argparse.Namespace) -> int:
     summary = res.summary
     if wsize > 1:  # each rank wrote its shard; rank 0 merges them in the original order
         write_pairs_jsonl(res.pairs, os.path.join(shard_dir, f"part-{rank}.jsonl"))
-        _write_json(os.path.join(shard_dir, f"summary-{rank}.json"), res.summary)
+        write_json(os.path.join(shard_dir, f"summary-{rank}.json"), res.summary)
         barrier()
         if rank == 0:
             merge_shards([os.path.join(shard_dir, f"part-{r}.jsonl") for r in range(wsize)], a.output)
@@ -46,7 +47,7 @@ def _cmd_mine(a: argparse.Namespace) -> int:
     else:
         write_pairs_jsonl(res.pairs, a.output)
     if a.summary:
-        _write_json(a.summary, summary)
+        write_json(a.summary, summary)
     print(format_summary(summary))
     print(f"wrote {len(pairs)} rows to {a.output}")
     return 0
@@ -83,7 +84,7 @@ def _cmd_train(a: argparse.Namespace) -> int:
                       scale=a.scale, symmetric=a.symmetric, mini_batch_size=a.mini_batch_size, num_negatives=a.num_negatives,
                       checkpoint_every=a.checkpoint_every, keep_checkpoints=a.keep_checkpoints, resume=a.resume,
                       replay=a.replay, replay_ratio=a.replay_ratio, max_seq_length=a.max_seq_length,
-                      bf16=_precision(a.precision), show_progress_bar=not a.quiet)
+                      bf16=PRECISIONS[a.precision], show_progress_bar=not a.quiet)
     summary = train(pairs, cfg)
     print(json.dumps(summary, indent=2))
     return 0
@@ -116,7 +117,7 @@ def _cmd_run(a: argparse.Namespace) -> int:
                  max_seq_length=a.max_seq_length, train_max_seq_length=a.train_max_seq_length,
                  symmetric=a.symmetric, distill=not a.no_distill, distill_layers=a.distill_layers,
                  distill_epochs=a.distill_epochs, distill_lr=a.distill_lr, distill_kl_weight=a.distill_kl_weight,
-                 export=not a.no_export, bf16=_precision(a.precision), show_progress_bar=not a.quiet)
+                 export=not a.no_export, bf16=PRECISIONS[a.precision], show_progress_bar=not a.quiet)
     return 0
 
 
@@ -134,7 +135,7 @@ def _cmd_distill(a: argparse.Namespace) -> int:
         raise UserError("give the texts to distil on: --pairs FILE and/or --corpus FILE")
     summary = distill(a.teacher, texts, a.output, student_dir=a.student, layers=a.layers, epochs=a.epochs,
                       batch_size=a.batch_size, lr=a.lr, kl_weight=a.kl_weight, seed=a.seed,
-                      max_seq_length=a.max_seq_length, bf16=_precision(a.precision), show_progress_bar=not a.quiet)
+                      max_seq_length=a.max_seq_length, bf16=PRECISIONS[a.precision], show_progress_bar=not a.quiet)
     print(json.dumps(summary, indent=2))
     return 0
 
@@ -165,17 +166,19 @@ def _cmd_embed(a: argparse.Namespace) -> int:
     return 0
 
 
-def _precision(p: str) -> Optional[bool]:
-    """``--precision`` to the ``bf16`` setting of the trainer and distiller (None = auto)."""
-    return {"auto": None, "fp32": False, "bf16": True}[p]
+PRECISIONS = {"auto": None, "fp32": False, "bf16": True}  # --precision -> the bf16 setting (None = auto)
 
 
-def _write_json(path: str, obj) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2)
-    os.replace(tmp, path)
+def add_precision_arg(p: argparse.ArgumentParser) -> None:
+    """``--precision auto|fp32|bf16``; :data:`PRECISIONS` maps it to the trainer's and distiller's ``bf16``.
+
+    >>> p = argparse.ArgumentParser(); add_precision_arg(p)
+    >>> PRECISIONS[p.parse_args(["--precision", "fp32"]).precision], PRECISIONS[p.parse_args([]).precision]
+    (False, None)
+    """
+    p.add_argument("--precision", choices=list(PRECISIONS), default="auto",
+                   help="auto: bf16 autocast where the hardware has it (CUDA, AVX512-BF16/AMX CPUs), else fp32; "
+                        "evaluation is always fp32")
 
 
 def _positive_int(s: str) -> int:
@@ -207,9 +210,7 @@ def _add_training_args(p: argparse.ArgumentParser, lr: float) -> None:
     p.add_argument("--lr", type=float, default=lr)
     p.add_argument("--num-negatives", type=_nonneg_int, default=1, help="hard-negative columns used per pair")
     p.add_argument("--symmetric", action="store_true", help="add the document->query direction (CLIP/GTE)")
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
-                   help="auto: bf16 autocast where the hardware has it (CUDA, AVX512-BF16/AMX CPUs), else fp32; "
-                        "evaluation is always fp32")
+    add_precision_arg(p)
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--quiet", action="store_true")
 
@@ -274,7 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--lr", type=float, default=5e-4)
     d.add_argument("--kl-weight", type=float, default=0.0, help="weight of the in-batch similarity KL term")
     d.add_argument("--max-seq-length", type=_positive_int, default=128)
-    d.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto")
+    add_precision_arg(d)
     d.add_argument("--seed", type=int, default=42)
     d.add_argument("--quiet", action="store_true")
     d.set_defaults(func=_cmd_distill)

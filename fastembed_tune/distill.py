@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .atomic import write_json
 from .errors import UserError
 from .losses import MSELoss
 from .model import EmbeddingModel
@@ -86,7 +87,7 @@ def default_layers(num_layers: int) -> list[int]:
     """
     k = (num_layers + 1) // 2
     if k <= 1:
-        return [0] if num_layers <= 1 else [num_layers - 1]
+        return [max(num_layers - 1, 0)]
     return sorted({int(np.ceil(i * (num_layers - 1) / (k - 1) - 0.5)) for i in range(k)})  # halves round down
 
 
@@ -306,12 +307,6 @@ def _batches(lengths: Sequence[int], batch_size: int, seed: int, epoch: int, len
     return [batches[i] for i in rng.permutation(len(batches))]
 
 
-def _write_json_atomic(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2))
-    os.replace(tmp, path)
-
-
 def _check(name: str, ok: bool, v: Any, what: str) -> None:
     if not ok:
         raise UserError(f"{name} must be {what}; got {v!r}")
@@ -483,7 +478,7 @@ def distill(teacher_dir: Optional[PathLike], texts: Sequence[str], output_dir: P
                "kl_temperature": kl_temperature, "max_seq_length": distill_len,
                "cache": str(cache), "cache_reused": cache_reused, "output": str(final),
                "log_file": str(log_file), "device": str(dev), "bf16": bf16}
-    _write_json_atomic(out_dir / "distill_summary.json", summary)
+    write_json(out_dir / "distill_summary.json", summary)
     return summary
 
 

@@ -7,7 +7,7 @@
 - :func:`write_report` / :func:`format_table`: ``metrics.json``, ``report.md`` and ``metrics.png`` in an
   output folder (each written to a temporary name and renamed into place), and a terminal table.
 
-This module imports :mod:`fastembed_tune.kernels` only; a model is any object with
+This module imports :mod:`fastembed_tune.kernels` (and the atomic writer) only; a model is any object with
 ``encode(texts, batch_size=..., show_progress_bar=..., desc=...)`` returning float32 rows.
 """
 from __future__ import annotations
@@ -15,13 +15,13 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Mapping, Optional, Sequence, Union
+from typing import Any, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
+from .atomic import atomic_write
 from .kernels import topk_cosine
 
 __all__ = ["ir_metrics", "embed_evalset", "evaluate", "write_report", "format_table", "METRIC_NAMES"]
@@ -318,22 +318,6 @@ def _gain_line(metric: str, b: Optional[float], v: Optional[float], label: str, 
     return head + f"{b:.4f} → {v:.4f} ({g * 100:+.1f}%, {v / b:.2f}x)" + tail
 
 
-def _atomic_write(path: Path, write: Callable[[Any], None], binary: bool) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
 def _chart(f: Any, rows: list[tuple[str, dict[str, float]]], cols: list[str], title: str) -> None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -407,8 +391,8 @@ def write_report(out_dir: Union[str, "os.PathLike[str]"], rows: Sequence[tuple[s
     if extra_md:
         md += [extra_md.rstrip("\n"), ""]
 
-    _atomic_write(out / "metrics.png", lambda f: _chart(f, rows_, cols, title), binary=True)
-    _atomic_write(out / "report.md", lambda f: f.write("\n".join(md)), binary=False)
-    _atomic_write(out / "metrics.json",
+    atomic_write(out / "metrics.png", lambda f: _chart(f, rows_, cols, title), binary=True)
+    atomic_write(out / "report.md", lambda f: f.write("\n".join(md)), binary=False)
+    atomic_write(out / "metrics.json",
                   lambda f: f.write(json.dumps(result, indent=2, ensure_ascii=False) + "\n"), binary=False)
     return result

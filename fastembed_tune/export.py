@@ -366,10 +366,10 @@ def _smoothed_copy(fp32: Path, dst: Path, stats: Dict[str, dict], skip: set) -> 
 
     m = onnx.load(str(fp32))
     inits = {i.name: i for i in m.graph.initializer}
+    quantised = {n.name for n in _weight_nodes(m)} - set(skip)  # node names are unique (_name_nodes)
     nodes = []
     for n in m.graph.node:
-        if n.op_type in ("MatMul", "Attention") and len(n.input) > 1 and n.input[1] in inits \
-                and n.name not in skip and n.input[0] in stats:
+        if n.name in quantised and n.input[0] in stats:
             w = numpy_helper.to_array(inits[n.input[1]])
             if w.ndim == 2:
                 s = _smooth_scales(stats[n.input[0]], w)

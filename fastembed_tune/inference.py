@@ -22,6 +22,7 @@ from typing import Dict, List, Optional, Sequence, Union
 
 import numpy as np
 
+from .atomic import atomic_write
 from .errors import UserError
 
 METADATA_FILE = "fastembed_tune_onnx.json"
@@ -308,24 +309,13 @@ def write_embeddings(path: Union[str, os.PathLike], ids: Sequence[str], emb: np.
     >>> write_embeddings(f, ["a"], np.ones((1, 2), np.float32)); np.load(f).shape
     (1, 2)
     """
-    import tempfile
-
     path = Path(path)
     if path.suffix not in (".npy", ".jsonl"):
         raise UserError(f"{path}: the output must end in .npy or .jsonl")
     if len(ids) != len(emb):
         raise ValueError(f"{len(ids)} ids for {len(emb)} embeddings")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            if path.suffix == ".npy":
-                np.save(f, np.ascontiguousarray(emb, dtype=np.float32))
-            else:
-                for i, row in zip(ids, emb):
-                    f.write((json.dumps({"id": i, "embedding": [float(x) for x in row]}) + "\n").encode())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    if path.suffix == ".npy":
+        atomic_write(path, lambda f: np.save(f, np.ascontiguousarray(emb, dtype=np.float32)), binary=True)
+    else:
+        atomic_write(path, lambda f: f.writelines(json.dumps({"id": i, "embedding": [float(x) for x in row]}) + "\n"
+                                                  for i, row in zip(ids, emb)))

@@ -14,7 +14,7 @@ from typing import Optional
 
 import numpy as np
 
-from .data import EvalSet, Pair, data_report, load_eval, read_corpus, read_pairs
+from .data import data_report, load_eval, read_pairs
 from .errors import UserError
 
 
@@ -154,6 +154,7 @@ def run_pipeline(output_dir: str, model: Optional[str] = None, train_path: Optio
                              f"{time.perf_counter() - t_exp:.0f} s")
             result["export"] = info
             students = [(f"{name}, ONNX fp32", out / "onnx"), (f"{name}, ONNX int8", out / "onnx" / INT8_FILE)]
+        ndcg = {}  # student label -> nDCG@10
         for label, path in students:
             if path is None:
                 embedder = EmbeddingModel.load(dsum["output"])
@@ -163,14 +164,15 @@ def run_pipeline(output_dir: str, model: Optional[str] = None, train_path: Optio
             m_s = evaluate(embedder, evalset, show_progress_bar=show_progress_bar)
             rows.append((label, m_s["metrics"]))
             result.setdefault("students", {})[label] = m_s
-            log(f"{label} nDCG@10 = {m_s['metrics']['ndcg@10']:.4f}")
+            ndcg[label] = m_s["metrics"]["ndcg@10"]
+            log(f"{label} nDCG@10 = {ndcg[label]:.4f}")
         teacher_ndcg = m_tuned["metrics"]["ndcg@10"]
         if teacher_ndcg > 0:
             run_lines.append("- student vs fine-tuned teacher, nDCG@10: " + ", ".join(
-                f"{label} {m['ndcg@10'] / teacher_ndcg:.2f}x" for label, m in rows[2:]))
+                f"{label} {v / teacher_ndcg:.2f}x" for label, v in ndcg.items()))
         if export:
-            d8 = rows[-1][1]["ndcg@10"] - rows[-2][1]["ndcg@10"]
-            run_lines.append(f"- int8 vs fp32 ONNX, nDCG@10: {d8:+.4f}")
+            fp32_ndcg, int8_ndcg = ndcg.values()
+            run_lines.append(f"- int8 vs fp32 ONNX, nDCG@10: {int8_ndcg - fp32_ndcg:+.4f}")
     extra_md = "\n".join([
         "## Run", "", f"- base model: `{model or 'built-in all-MiniLM-L6-v2'}`",
         f"- training pairs: {len(train_pairs)} (`{train_path}`); test queries: {len(evalset.qrels)}; "

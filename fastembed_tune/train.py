@@ -52,6 +52,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .atomic import write_json
 from .data import Pair, read_pairs
 from .distributed import barrier, gather_with_grad, init_from_env, shard
 from .errors import UserError
@@ -409,12 +410,6 @@ def make_optimizer(module: torch.nn.Module, lr: float, weight_decay: float) -> t
     return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr)
 
 
-def _write_json_atomic(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2))
-    os.replace(tmp, path)
-
-
 def _truncate_log(log_file: Path, step: int) -> None:
     """Keep the log lines of steps <= ``step`` (a killed run may have logged past its checkpoint)."""
     if not log_file.is_file():
@@ -431,7 +426,7 @@ def _truncate_log(log_file: Path, step: int) -> None:
     os.replace(tmp, log_file)
 
 
-def _distributed_step(ddp, model, loss_fn, batch: list[Pair], config: TrainConfig, device, use_bf16: bool,
+def _distributed_step(ddp, model, loss_fn, batch: list[Pair], config: TrainConfig, device, bf16: bool,
                       rank: int, wsize: int) -> torch.Tensor:
     """One global batch under torchrun: this rank embeds its contiguous shard in one DDP forward;
     for the contrastive loss every rank all-gathers all ranks' embeddings (its own slice keeps its
@@ -442,7 +437,7 @@ def _distributed_step(ddp, model, loss_fn, batch: list[Pair], config: TrainConfi
     local = batch[shard(len(batch), rank, wsize)]
     cols = batch_columns(local, n_neg)
     feats = {k: v.to(device) for k, v in model.tokenize([t for c in cols for t in c]).items()}
-    with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16):
+    with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16):
         emb = ddp(feats)["sentence_embedding"]
     parts = list(emb.float().split(len(local)))
     if isinstance(loss_fn, FusedMNRLoss):
@@ -637,6 +632,6 @@ def train(pairs: Sequence[Pair], config: TrainConfig, model: Optional[EmbeddingM
                "log_file": str(log_file), "resumed_from": start_step if loaded is not None else None,
                "replay_pairs_per_epoch": len(ep_pairs) - len(pairs), "device": str(device), "bf16": bf16}
     if rank == 0:
-        _write_json_atomic(out_dir / "train_summary.json", summary)
+        write_json(out_dir / "train_summary.json", summary)
     barrier()
     return summary
