@@ -1,6 +1,6 @@
 # Two commands do all the set-up on a fresh machine:
 #   make run    venv + install + native build, then the whole pipeline on the built-in sample
-#   make test   venv + install + native build, then the test suite
+#   make test   venv + install + native build, then ruff (pyflakes + import order) and the test suite
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
@@ -34,6 +34,7 @@ run: $(STAMP)
 	HF_HUB_OFFLINE=1 $(VENV)/bin/fastembed-tune run --output $(OUT)
 
 test: $(TSTAMP)
+	$(VENV)/bin/ruff check fastembed_tune tests benchmarks scripts
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q tests --doctest-modules fastembed_tune
 
 bench: $(TSTAMP)

@@ -14,8 +14,8 @@ import time
 
 import numpy as np
 import torch
-
 from _rss import PeakRSS
+
 from fastembed_tune.kernels import simd_name, topk_cosine
 
 

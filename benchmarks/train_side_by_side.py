@@ -31,8 +31,12 @@ def main() -> None:
     a = ap.parse_args()
 
     from datasets import Dataset
-    from sentence_transformers import (SentenceTransformer, SentenceTransformerTrainer,
-                                       SentenceTransformerTrainingArguments, losses)
+    from sentence_transformers import (
+        SentenceTransformer,
+        SentenceTransformerTrainer,
+        SentenceTransformerTrainingArguments,
+        losses,
+    )
     from sentence_transformers.training_args import BatchSamplers
 
     from fastembed_tune.data import load_eval, read_pairs

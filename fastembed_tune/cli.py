@@ -8,24 +8,40 @@ import argparse
 import json
 import os
 import sys
+from contextlib import nullcontext
 from typing import Optional, Sequence
 
-from .atomic import write_json
+from .atomic import check_output, output_lock, write_json
 from .errors import UserError
 
 
 def _cmd_mine(a: argparse.Namespace) -> int:
     from .data import read_corpus, read_pairs
-    from .mining import format_summary, mine_hard_negatives, write_pairs_jsonl
+    from .distributed import init_from_env
     from .model import EmbeddingModel
 
-    from .distributed import barrier, init_from_env
-    from .mining import merge_shards, merge_summaries
-
+    check_output(a.output, "file")
+    if a.summary:
+        check_output(a.summary, "file", "--summary")
     pairs = read_pairs(a.pairs)
     corpus = list(read_corpus(a.corpus).values()) if a.corpus else None
     model = EmbeddingModel.load(a.model)
     rank, wsize = init_from_env()
+    with output_lock(a.output) if rank == 0 else nullcontext():
+        return _mine_locked(a, pairs, corpus, model, rank, wsize)
+
+
+def _mine_locked(a: argparse.Namespace, pairs, corpus, model, rank: int, wsize: int) -> int:
+    from .distributed import barrier
+    from .mining import (
+        format_summary,
+        merge_shards,
+        merge_summaries,
+        mine_hard_negatives,
+        negatives_warning,
+        write_pairs_jsonl,
+    )
+
     shard_dir = f"{a.output}.shards" if wsize > 1 else None
     res = mine_hard_negatives(pairs, model, corpus, num_negatives=a.num_negatives, skip_top=a.skip_top,
                               max_ratio=a.max_ratio, batch_size=a.batch_size, threads=a.threads,
@@ -49,6 +65,9 @@ def _cmd_mine(a: argparse.Namespace) -> int:
     if a.summary:
         write_json(a.summary, summary)
     print(format_summary(summary))
+    warning = negatives_warning(summary)
+    if warning:
+        print(warning, file=sys.stderr)
     print(f"wrote {len(pairs)} rows to {a.output}")
     return 0
 
@@ -78,6 +97,7 @@ def _cmd_train(a: argparse.Namespace) -> int:
     from .data import read_pairs
     from .train import TrainConfig, train
 
+    check_output(a.output, "dir")
     pairs = read_pairs(a.pairs)
     cfg = TrainConfig(output_dir=a.output, model=a.model, epochs=a.epochs, max_steps=a.max_steps,
                       batch_size=a.batch_size, lr=a.lr, warmup_ratio=a.warmup_ratio, seed=a.seed, loss=a.loss,
@@ -92,13 +112,21 @@ def _cmd_train(a: argparse.Namespace) -> int:
 
 def _cmd_eval(a: argparse.Namespace) -> int:
     from .data import load_eval
-    from .evaluate import evaluate, format_table, write_report
     from .model import EmbeddingModel
 
+    if a.output:
+        check_output(a.output, "dir")
     evalset = load_eval(a.data, a.corpus)
+    models = [EmbeddingModel.load(path) for path in a.model or [None]]  # every model checked before any work
+    with output_lock(a.output) if a.output else nullcontext():
+        return _eval_locked(a, evalset, models)
+
+
+def _eval_locked(a: argparse.Namespace, evalset, models) -> int:
+    from .evaluate import evaluate, format_table, write_report
+
     rows = []
-    for path in a.model or [None]:
-        m = EmbeddingModel.load(path)
+    for path, m in zip(a.model or [None], models):
         res = evaluate(m, evalset, batch_size=a.batch_size, show_progress_bar=not a.quiet)
         rows.append((path or "built-in all-MiniLM-L6-v2", res["metrics"]))
     print(format_table(rows))
@@ -111,6 +139,7 @@ def _cmd_eval(a: argparse.Namespace) -> int:
 def _cmd_run(a: argparse.Namespace) -> int:
     from .pipeline import run_pipeline
 
+    check_output(a.output, "dir")
     run_pipeline(a.output, model=a.model, train_path=a.train, test_path=a.test, corpus_path=a.corpus,
                  epochs=a.epochs, max_steps=a.max_steps, batch_size=a.batch_size, lr=a.lr,
                  num_negatives=a.num_negatives, max_ratio=a.max_ratio, seed=a.seed,
@@ -125,6 +154,7 @@ def _cmd_distill(a: argparse.Namespace) -> int:
     from .data import read_corpus, read_pairs
     from .distill import distill
 
+    check_output(a.output, "dir")
     texts: list[str] = []
     for path in a.pairs or []:
         for p in read_pairs(path):
@@ -144,8 +174,9 @@ def _cmd_export(a: argparse.Namespace) -> int:
     from .export import export_onnx
     from .model import default_model_path
 
+    check_output(a.output, "dir")
     info = export_onnx(a.model or default_model_path(), a.output, quantize=a.quantize, opset=a.opset,
-                       optimize=not a.no_optimize)
+                       optimize=not a.no_optimize, allow_fp32_int8=a.allow_fp32_int8)
     par = info["parity"]
     line = f"fp32 min cosine {par['fp32']['min_cosine']:.5f}"
     if "int8" in par:
@@ -155,13 +186,17 @@ def _cmd_export(a: argparse.Namespace) -> int:
 
 
 def _cmd_embed(a: argparse.Namespace) -> int:
-    from .data import read_corpus
-    from .inference import embed_file_texts, write_embeddings
+    from .data import read_texts
+    from .inference import OUTPUT_SUFFIXES, embed_file_texts, write_embeddings
 
-    docs = read_corpus(a.input)
-    emb = embed_file_texts(a.model, list(docs.values()), batch_size=a.batch_size, threads=a.threads,
-                           int8=a.int8, show_progress_bar=not a.quiet)
-    write_embeddings(a.output, list(docs), emb)
+    check_output(a.output, "file")
+    if os.path.splitext(a.output)[1] not in OUTPUT_SUFFIXES:
+        raise UserError(f"--output {a.output}: must end in {' or '.join(OUTPUT_SUFFIXES)}")
+    docs = read_texts(a.input)
+    with output_lock(a.output):
+        emb = embed_file_texts(a.model, list(docs.values()), batch_size=a.batch_size, threads=a.threads,
+                               int8=a.int8, show_progress_bar=not a.quiet)
+        write_embeddings(a.output, list(docs), emb)
     print(f"wrote {emb.shape[0]} x {emb.shape[1]} embeddings to {a.output}")
     return 0
 
@@ -202,13 +237,16 @@ def _ratio(s: str) -> float:
     return v
 
 
-def _add_training_args(p: argparse.ArgumentParser, lr: float) -> None:
-    """The training flags ``train`` and ``run`` share (``lr`` is the command's default)."""
+def _add_training_args(p: argparse.ArgumentParser, lr: float, num_negatives: Optional[int]) -> None:
+    """The training flags ``train`` and ``run`` share (``lr`` and ``num_negatives``: the command's defaults)."""
     p.add_argument("--epochs", type=_positive_int, default=1)
     p.add_argument("--max-steps", type=_positive_int, default=None, help="overrides --epochs")
     p.add_argument("--batch-size", type=_positive_int, default=32)
     p.add_argument("--lr", type=float, default=lr)
-    p.add_argument("--num-negatives", type=_nonneg_int, default=1, help="hard-negative columns used per pair")
+    p.add_argument("--num-negatives", type=_nonneg_int, default=num_negatives,
+                   help="hard-negative columns used per pair" + (
+                       " (default: 1 where the pairs have negatives; asking for more than they have warns)"
+                       if num_negatives is None else ""))
     p.add_argument("--symmetric", action="store_true", help="add the document->query direction (CLIP/GTE)")
     add_precision_arg(p)
     p.add_argument("--seed", type=int, default=42)
@@ -240,7 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--pairs", required=True, help="training pairs (JSONL/CSV/Parquet/OpenAI JSONL/BEIR folder)")
     t.add_argument("--model", help="base or previously fine-tuned model directory (warm start)")
     t.add_argument("--output", "-o", required=True, help="output folder (model in OUTPUT/model, checkpoints beside)")
-    _add_training_args(t, lr=5e-5)
+    _add_training_args(t, lr=5e-5, num_negatives=None)
     t.add_argument("--warmup-ratio", type=float, default=0.1)
     t.add_argument("--loss", choices=["mnrl", "cached_mnrl", "triplet"], default="mnrl")
     t.add_argument("--scale", type=_ratio, default=20.0, help="logit scale (1 / temperature)")
@@ -286,6 +324,8 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--quantize", choices=["int8"], default=None, help="also write model_int8.onnx")
     x.add_argument("--opset", type=_positive_int, default=17)
     x.add_argument("--no-optimize", action="store_true", help="skip onnxruntime graph optimisation")
+    x.add_argument("--allow-fp32-int8", action="store_true",
+                   help="write model_int8.onnx even when no weight node could be quantised within the parity bound")
     x.set_defaults(func=_cmd_export)
 
     b = sub.add_parser("embed", help="embed texts with an ONNX export (or a sentence-transformers directory)")
@@ -304,7 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--train", help="training pairs (default: the built-in sample)")
     r.add_argument("--test", help="held-out test pairs or BEIR folder")
     r.add_argument("--corpus", help="corpus file")
-    _add_training_args(r, lr=2e-4)
+    _add_training_args(r, lr=2e-4, num_negatives=1)
     r.add_argument("--max-ratio", type=_ratio, default=0.95)
     r.add_argument("--max-seq-length", type=_positive_int, default=128, help="for embedding (eval, mining)")
     r.add_argument("--train-max-seq-length", type=_positive_int, default=64, help="for training steps")
@@ -332,11 +372,26 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         return int(args.func(args) or 0)
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return _fail(str(e), 2)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except OSError as e:  # the machine's fault: a full or read-only disk, a missing device
+        where = f"{e.filename}: " if e.filename else ""
+        return _fail(f"{where}{e.strerror or e}", 1)
+    except MemoryError:
+        return _fail("out of memory; lower --batch-size (or give the machine more memory)", 1)
+    except Exception as e:  # anything else is our bug: one line, the traceback on request
+        if os.environ.get("FASTEMBED_TUNE_DEBUG"):
+            raise
+        return _fail(f"{type(e).__name__}: {e} (internal error; run with FASTEMBED_TUNE_DEBUG=1 for the "
+                     f"traceback and report it)", 1)
+
+
+def _fail(message: str, code: int) -> int:
+    """Print ``error: message`` as one line on stderr and return the exit code."""
+    print("error: " + " ".join(str(message).split()), file=sys.stderr)
+    return code
 
 
 if __name__ == "__main__":

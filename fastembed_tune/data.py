@@ -8,8 +8,9 @@ Formats (see DESIGN.md, "Formats"):
 - IR evaluation data (:class:`EvalSet`): a BEIR folder, or a pairs file plus an optional corpus.
 
 Every mistake in the input raises :class:`~fastembed_tune.errors.UserError` with one sentence naming
-the file, the line (1-based; ``row`` for Parquet, counting a header as row 1, as a spreadsheet does)
-and the field. Line-oriented files are read as bytes and decoded line by line, so a bad byte reports
+the file, the line (1-based; ``row`` for Parquet, the first data row being row 1: a Parquet file has
+no header line) and the field. Text must be valid Unicode: a lone surrogate (``"\\ud800"`` in JSON)
+is refused where it is read, naming its field, rather than failing later in a tokenizer. Line-oriented files are read as bytes and decoded line by line, so a bad byte reports
 its own line. Text is never altered: whitespace-only text counts as empty, but is not stripped.
 """
 from __future__ import annotations
@@ -199,8 +200,8 @@ def _parquet_rows(path: str) -> Iterator[tuple[str, str, dict]]:
     except Exception as e:  # pyarrow raises several types for a bad file
         msg = " ".join(str(e).split())
         raise UserError(f"{path}: not a readable Parquet file ({msg})") from None
-    yield f"{path} row 1", "", {"__header__": list(table.column_names)}
-    for i, row in enumerate(table.to_pylist(), 2):
+    yield f"{path}", "", {"__header__": list(table.column_names)}
+    for i, row in enumerate(table.to_pylist(), 1):
         yield f"{path} row {i}", f"{path}:{i}", row
 
 
@@ -225,12 +226,22 @@ def _rows(path: str, exts: tuple[str, ...], what: str) -> tuple[bool, Iterator[t
 # field checks
 
 
+def _unicode(v: str, name: str, where: str) -> str:
+    """``v`` unchanged, or a UserError when it holds a lone surrogate (not encodable as UTF-8)."""
+    try:
+        v.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise UserError(f"{where}: field '{name}' holds a lone surrogate (U+{ord(v[e.start]):04X} at position "
+                        f"{e.start + 1}), which is not valid Unicode text") from None
+    return v
+
+
 def _text(v: Any, name: str, where: str) -> str:
     if not isinstance(v, str):
         raise UserError(f"{where}: field '{name}' must be a string, got {_typename(v)}")
     if not v.strip():
         raise UserError(f"{where}: field '{name}' is empty" + (" (only whitespace)" if v else ""))
-    return v
+    return _unicode(v, name, where)
 
 
 def _absent(v: Any, tabular: bool) -> bool:
@@ -265,7 +276,7 @@ def _negatives(row: dict, where: str, tabular: bool) -> list[str]:
                                 f"(item {j} is {_typename(s)})")
             if not s.strip():
                 raise UserError(f"{where}: field 'negatives' item {j} is empty")
-            out.append(s)
+            out.append(_unicode(s, "negatives", where))
     numbered = sorted((int(m.group(1)), k) for k in row if isinstance(k, str) and (m := _NEG_N.match(k)))
     for _, k in numbered:
         if not _absent(row[k], tabular):
@@ -384,6 +395,32 @@ def read_corpus(path: PathLike) -> dict[str, str]:
     return _read_docs(path, rows, tabular, True, "documents")
 
 
+def read_texts(path: PathLike) -> dict[str, str]:
+    """Texts to embed, one output row each, as ``{id: text}`` in file order: like
+    :func:`read_corpus`, except that a ``.txt`` file's lines map 1:1 to rows, so a blank line in
+    the middle is an error naming it (a trailing newline at the end of the file is fine).
+
+    >>> import tempfile, os
+    >>> d = tempfile.mkdtemp(); p = os.path.join(d, "texts.txt")
+    >>> _ = open(p, "w").write("a feline\\n\\na dog\\n")
+    >>> read_texts(p)
+    Traceback (most recent call last):
+    ...
+    fastembed_tune.errors.UserError: .../texts.txt line 2: blank line; every line is one output row, so each needs a text (remove the line, or use a .jsonl corpus with ids)
+    """
+    path = os.fspath(path)
+    if _ext(path) == ".txt" and not os.path.isdir(path):
+        data = _read_bytes(path)
+        lines = data.split(b"\n")
+        if lines and lines[-1] in (b"", b"\r"):
+            lines = lines[:-1]  # the newline that ends the last line
+        for i, raw in enumerate(lines, 1):
+            if not raw.strip():
+                raise UserError(f"{path} line {i}: blank line; every line is one output row, so each needs a text "
+                                f"(remove the line, or use a .jsonl corpus with ids)")
+    return read_corpus(path)
+
+
 def _beir(folder: PathLike, split: str) -> tuple[dict[str, str], dict[str, str], list[tuple[str, str, int, str]]]:
     """(queries, corpus, [(qid, doc id, score, "file:line")]) of a BEIR folder, every id checked."""
     folder = os.fspath(folder)
@@ -461,12 +498,30 @@ def pairs_from_beir(folder: PathLike, split: str = "train") -> list[Pair]:
     return [Pair(queries[q], corpus[d], [], src) for q, d, score, src in rels if score > 0]
 
 
-def pairs_to_evalset(pairs: list[Pair], corpus: Optional[dict[str, str]] = None) -> EvalSet:
+def describe_source(source: str) -> str:
+    """``Pair.source`` ("file:line") as the words an error uses: "file line N" ("row N" for Parquet).
+
+    >>> describe_source("t.jsonl:4"), describe_source("t.parquet:2"), describe_source("t.json:item3")
+    ('t.jsonl line 4', 't.parquet row 2', 't.json item 3')
+    """
+    path, _, pos = source.rpartition(":")
+    if not path:
+        return source
+    if pos.startswith("item"):
+        return f"{path} item {pos[4:]}"
+    return f"{path} {'row' if _ext(path) == '.parquet' else 'line'} {pos}"
+
+
+def pairs_to_evalset(pairs: list[Pair], corpus: Optional[dict[str, str]] = None, corpus_name: str = "the corpus",
+                     add_missing_positives: bool = False) -> EvalSet:
     """Turn pairs into an :class:`EvalSet`.
 
-    Queries are deduplicated by text (ids ``q0``, ``q1``... in order of first appearance); the corpus is
-    ``corpus`` (ids kept) plus every positive whose exact text is not already in it (ids ``p0``,
-    ``p1``...); each query's relevant documents are all its positives, relevance 1.
+    Queries are deduplicated by text (ids ``q0``, ``q1``... in order of first appearance); each
+    query's relevant documents are all its positives, relevance 1. Without ``corpus`` the corpus is
+    the positives (ids ``p0``, ``p1``...). With ``corpus`` (ids kept) every positive must be in it:
+    a missing one is a :class:`UserError` naming the pair's line, since retrieving from a corpus the
+    positives were silently added to would overstate every metric; ``add_missing_positives=True``
+    adds them instead (ids ``p0``, ``p1``... not already taken).
 
     >>> e = pairs_to_evalset([Pair("cat", "a feline"), Pair("cat", "a kitty"), Pair("dog", "a canine")])
     >>> e.queries, e.qrels
@@ -474,6 +529,15 @@ def pairs_to_evalset(pairs: list[Pair], corpus: Optional[dict[str, str]] = None)
     """
     if not pairs:
         raise UserError("no pairs to evaluate")
+    if corpus is not None and not add_missing_positives:
+        texts = set(corpus.values())
+        missing = [p for p in pairs if p.positive not in texts]
+        if missing:
+            n_pos = len({p.positive for p in pairs})
+            first = missing[0]
+            raise UserError(f"{describe_source(first.source) if first.source else repr(first.query)}: the positive "
+                            f"is not in the corpus {corpus_name} ({len({p.positive for p in missing})} of {n_pos} "
+                            f"positives are missing); add them to the corpus, or evaluate without a corpus")
     docs = dict(corpus) if corpus else {}
     by_text: dict[str, str] = {}
     for did, text in docs.items():
@@ -500,7 +564,8 @@ def pairs_to_evalset(pairs: list[Pair], corpus: Optional[dict[str, str]] = None)
 
 
 def load_eval(path: PathLike, corpus_path: Optional[PathLike] = None) -> EvalSet:
-    """Evaluation data from a BEIR folder (split "test") or a pairs file plus an optional corpus file.
+    """Evaluation data from a BEIR folder (split "test") or a pairs file plus an optional corpus file
+    (which must hold every positive; see :func:`pairs_to_evalset`).
 
     >>> import tempfile, os
     >>> d = tempfile.mkdtemp(); p = os.path.join(d, "test.jsonl")
@@ -514,7 +579,7 @@ def load_eval(path: PathLike, corpus_path: Optional[PathLike] = None) -> EvalSet
             raise UserError(f"{path}: a BEIR folder brings its own corpus.jsonl; give no separate corpus")
         return read_beir(path, "test")
     corpus = read_corpus(corpus_path) if corpus_path is not None else None
-    return pairs_to_evalset(read_pairs(path), corpus)
+    return pairs_to_evalset(read_pairs(path), corpus, corpus_name=os.fspath(corpus_path) if corpus_path else "")
 
 
 def data_report(train: list[Pair], eval_pairs: Optional[list[Pair]] = None) -> dict:

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .atomic import write_json
+from .atomic import check_output, clean_stale_inside, output_lock, write_json
 from .errors import UserError
 from .losses import MSELoss
 from .model import EmbeddingModel
@@ -52,26 +52,34 @@ _LAYER_PATHS = ("encoder.layer", "transformer.layer", "encoder.layers", "layers"
 
 
 def parse_layers(spec: Union[str, Sequence[int], None]) -> Optional[list[int]]:
-    """Layer indices from ``"0,2,4"`` (CLI style) or a list; ``None`` and ``""`` stay ``None``.
+    """Layer indices from ``"0,2,4"`` (CLI style) or a list; ``None`` stays ``None`` (the default
+    student). An empty string is refused rather than silently read as the default.
 
     >>> parse_layers("0, 2,4"), parse_layers([1, 3]), parse_layers(None)
     ([0, 2, 4], [1, 3], None)
+    >>> parse_layers("")
+    Traceback (most recent call last):
+    ...
+    fastembed_tune.errors.UserError: --layers is empty; give the teacher layers to keep, such as 0,2,5, or leave the flag out for the default
     >>> parse_layers("0,x")
     Traceback (most recent call last):
     ...
-    fastembed_tune.errors.UserError: layers must be comma-separated integers such as 0,2,4; got '0,x'
+    fastembed_tune.errors.UserError: --layers must be comma-separated integers such as 0,2,4; got '0,x'
     """
-    if spec is None or (isinstance(spec, str) and not spec.strip()):
+    if spec is None:
         return None
     if isinstance(spec, str):
+        if not spec.strip():
+            raise UserError("--layers is empty; give the teacher layers to keep, such as 0,2,5, or leave the flag "
+                            "out for the default")
         try:
             return [int(s) for s in spec.split(",")]
         except ValueError:
-            raise UserError(f"layers must be comma-separated integers such as 0,2,4; got {spec!r}") from None
+            raise UserError(f"--layers must be comma-separated integers such as 0,2,4; got {spec!r}") from None
     out = []
     for v in spec:
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
-            raise UserError(f"layers must be integers such as [0, 2, 4]; got {list(spec)!r}")
+            raise UserError(f"--layers must be integers such as [0, 2, 4]; got {list(spec)!r}")
         out.append(int(v))
     return out
 
@@ -108,7 +116,7 @@ def _layer_list(transformer: torch.nn.Module) -> tuple[torch.nn.Module, str, tor
 
 def prune_layers(model: EmbeddingModel, layers: Sequence[int]) -> EmbeddingModel:
     """A deep copy of ``model`` keeping the embeddings and only the transformer layers ``layers``
-    (in the given order); ``config.num_hidden_layers`` is updated, so the copy saves and loads as a
+    (strictly increasing: a student stacks the teacher's layers in the teacher's order); ``config.num_hidden_layers`` is updated, so the copy saves and loads as a
     sentence-transformers directory. The teacher is left untouched.
 
     >>> import transformers
@@ -135,6 +143,9 @@ def prune_layers(model: EmbeddingModel, layers: Sequence[int]) -> EmbeddingModel
     dupes = sorted({i for i in layers if layers.count(i) > 1})
     if dupes:
         raise UserError(f"layer {dupes[0]} is listed twice in {layers}; list each layer once ({valid})")
+    if layers != sorted(layers):
+        raise UserError(f"--layers must be in increasing order (the student keeps the teacher's order); got "
+                        f"{','.join(map(str, layers))}, did you mean {','.join(map(str, sorted(layers)))}?")
     student = copy.deepcopy(model)
     owner, name, old = _layer_list(student.transformer)
     kept = torch.nn.ModuleList([old[i] for i in layers])
@@ -369,8 +380,19 @@ def distill(teacher_dir: Optional[PathLike], texts: Sequence[str], output_dir: P
     if not texts:
         raise UserError("distillation needs at least one non-empty text")
 
-    out_dir = Path(output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = check_output(output_dir, "dir")
+    with output_lock(out_dir):
+        out_dir.mkdir(parents=True, exist_ok=True)
+        clean_stale_inside(out_dir)  # a killed run's half-written cache or model
+        return _distill_locked(teacher_dir, texts, out_dir, student_dir, layers, epochs, batch_size, lr, kl_weight,
+                               kl_temperature, seed, max_seq_length, show_progress_bar, warmup_ratio, weight_decay,
+                               max_grad_norm, logging_steps, length_window, device, precomputed, bf16, t_start)
+
+
+def _distill_locked(teacher_dir, texts, out_dir: Path, student_dir, layers, epochs, batch_size, lr, kl_weight,
+                    kl_temperature, seed, max_seq_length, show_progress_bar, warmup_ratio, weight_decay,
+                    max_grad_norm, logging_steps, length_window, device, precomputed, bf16, t_start) -> dict:
+    """:func:`distill` once ``out_dir`` is locked (arguments as there, already checked)."""
     log_file = out_dir / "distill_log.jsonl"
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
 

@@ -22,6 +22,15 @@ def world() -> tuple[int, int]:
     return 0, 1
 
 
+def launch_rank() -> int:
+    """This process's rank as torchrun set it (``RANK``), readable before the process group exists.
+
+    >>> launch_rank()  # not under torchrun
+    0
+    """
+    return int(os.environ.get("RANK", "0")) if int(os.environ.get("WORLD_SIZE", "1")) > 1 else 0
+
+
 def init_from_env(device: Optional[torch.device] = None) -> tuple[int, int]:
     """Join the process group torchrun describes (``WORLD_SIZE`` > 1); gloo on CPU, nccl on CUDA.
 

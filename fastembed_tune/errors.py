@@ -1,5 +1,8 @@
-"""The one error type a user sees: a clear sentence, exit code 2 from the CLI."""
+"""The one error type a user sees: a clear sentence, exit code 2 from the CLI; and the refusal of
+NaN/Inf embeddings, shared by the PyTorch and the ONNX paths."""
 from __future__ import annotations
+
+from typing import Sequence
 
 
 class UserError(ValueError):
@@ -8,3 +11,21 @@ class UserError(ValueError):
     >>> str(UserError("pairs.jsonl line 3: field 'query' is missing"))
     "pairs.jsonl line 3: field 'query' is missing"
     """
+
+
+def check_finite_rows(emb, texts: Sequence[str]) -> None:
+    """Refuse embeddings holding NaN/Inf (a damaged model, or one that overflows): never write them.
+
+    >>> import numpy as np
+    >>> check_finite_rows(np.array([[1.0], [np.nan]]), ["a", "b"])
+    Traceback (most recent call last):
+    ...
+    fastembed_tune.errors.UserError: the model produced NaN/Inf embeddings for 1 of 2 texts (first: text #1, 'b'); the model is damaged or overflows on these texts
+    """
+    import numpy as np
+
+    bad = ~np.isfinite(emb).all(axis=1)
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise UserError(f"the model produced NaN/Inf embeddings for {int(bad.sum())} of {len(emb)} texts "
+                        f"(first: text #{i}, {texts[i][:40]!r}); the model is damaged or overflows on these texts")

@@ -64,7 +64,7 @@ import json
 import logging
 import os
 import shutil
-import tempfile
+import sys
 import warnings
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Union
@@ -72,9 +72,10 @@ from typing import Dict, List, Optional, Sequence, Union
 import numpy as np
 import torch
 
+from .atomic import honour_umask, output_lock, replace_dir, temp_dir
 from .errors import UserError
 from .inference import INT8_FILE, METADATA_FILE, MODEL_FILE, OnnxEmbedder
-from .model import EmbeddingModel, _replace_dir, pool
+from .model import EmbeddingModel, pool
 
 FP32_MIN_COSINE = 0.9999
 INT8_MIN_COSINE = 0.99
@@ -265,12 +266,20 @@ def _check(onnx_file: Path, texts: List[str], cases: list, ref: np.ndarray) -> D
     emb = OnnxEmbedder(onnx_file)
     per_case, worst, worst_text = {}, 1.0, ""
     for name, idx, bs in cases:
-        got = emb.embed([texts[i] for i in idx], batch_size=bs)
+        got = emb.embed([texts[i] for i in idx], batch_size=bs, check_finite=False)
         c = _cosines(got, ref[idx])
+        c = np.where(np.isfinite(c), c, -np.inf)
         per_case[name] = round(float(c.min()), 6)
         if c.min() < worst:
             worst, worst_text = float(c.min()), texts[idx[int(c.argmin())]]
+    if not np.isfinite(worst):  # NaN/Inf in the graph's output: a refusal, never a pass
+        worst = float("nan")
     return {"min_cosine": round(worst, 6), "cases": per_case, "worst_text": worst_text[:60]}
+
+
+def _passes(parity: Optional[Dict], threshold: float) -> bool:
+    """True only for a finite min cosine >= threshold (NaN compares false: refused)."""
+    return parity is not None and bool(parity["min_cosine"] >= threshold)
 
 
 # ---- optimisation and quantisation ------------------------------------------------------------------
@@ -446,9 +455,9 @@ def _quantize_int8(fp32: Path, dst: Path, texts: List[str], cases: list, ref: np
         build(k)
         parity = _check(dst, texts, cases, ref)
         log.info("int8 with %d of %d weight nodes in fp32: min cosine %.5f", k, n, parity["min_cosine"])
-        if best is None or parity["min_cosine"] > best[0]["min_cosine"]:
+        if best is None or parity["min_cosine"] > best[0]["min_cosine"] or not _passes(best[0], -1.0):
             best = (parity, k)
-        if parity["min_cosine"] >= target:
+        if _passes(parity, target):
             return parity, ranked[:k], n
     parity, k = best
     if k != steps[-1]:  # the file on disk is the last try; rebuild the best one
@@ -459,12 +468,17 @@ def _quantize_int8(fp32: Path, dst: Path, texts: List[str], cases: list, ref: np
 # ---- the public entry point -----------------------------------------------------------------------
 def export_onnx(model_dir: Union[str, os.PathLike], out_dir: Union[str, os.PathLike],
                 quantize: Optional[str] = None, opset: int = 17, optimize: bool = True,
-                parity_texts: Optional[Sequence[str]] = None) -> Dict:
+                parity_texts: Optional[Sequence[str]] = None, allow_fp32_int8: bool = False,
+                warn=None) -> Dict:
     """Export ``model_dir`` to ``out_dir/model.onnx`` (+ ``model_int8.onnx`` with quantize="int8").
 
     Returns a summary: paths, dim, inputs, optimiser used, and the parity figures (min cosine to the
     PyTorch model per case). Raises ``UserError`` for bad input and ``ParityError`` (a UserError) when
-    a graph does not reproduce the model; ``out_dir`` is then left untouched.
+    a graph does not reproduce the model (a NaN/Inf output is a refusal too); ``out_dir`` is then left
+    untouched. When int8 parity is only reached by keeping every weight node in fp32, the "int8" file
+    would be the fp32 graph: refused unless ``allow_fp32_int8``. Nodes kept in fp32 are reported
+    through ``warn`` (a callable taking one line; default: stderr). ``out_dir`` is locked while it is
+    written, and what an earlier killed export left beside it is removed first.
 
     >>> from fastembed_tune.model import default_model_path
     >>> info = export_onnx(default_model_path(), "/tmp/minilm_onnx", quantize="int8")  # doctest: +SKIP
@@ -478,19 +492,27 @@ def export_onnx(model_dir: Union[str, os.PathLike], out_dir: Union[str, os.PathL
     src, out = Path(model_dir).resolve(), Path(out_dir).resolve()
     if out.exists():
         if not out.is_dir():
-            raise UserError(f"{out}: exists and is not a directory")
-        if any(out.iterdir()) and not (out / METADATA_FILE).is_file():
-            raise UserError(f"{out}: exists and is not an earlier ONNX export; choose an empty or new directory")
+            raise UserError(f"--output {out}: exists and is not a directory")
+        if any(p for p in out.iterdir() if not p.name.startswith(".")) and not (out / METADATA_FILE).is_file():
+            raise UserError(f"--output {out}: exists and is not an earlier ONNX export; choose an empty or new "
+                            f"directory")
     if out == src or src.is_relative_to(out):
-        raise UserError(f"{out}: the output directory would replace the model being exported")
+        raise UserError(f"--output {out}: the output directory would replace the model being exported")
+    with output_lock(out):
+        return _export_locked(src, out, quantize, opset, optimize, parity_texts, allow_fp32_int8,
+                              warn or (lambda line: print(line, file=sys.stderr)))
 
-    model = EmbeddingModel.load(src)  # UserError for a directory that is not a model
+
+def _export_locked(src: Path, out: Path, quantize: Optional[str], opset: int, optimize: bool,
+                   parity_texts: Optional[Sequence[str]], allow_fp32_int8: bool, warn) -> Dict:
+    """:func:`export_onnx` once the output is locked: trace, optimise, check, quantise, check, rename.
+    One function on purpose: every step writes into the same temp folder that the last line renames."""
+    model = EmbeddingModel.load(src)  # UserError for a directory that is not a model, or NaN weights
     input_names = ["input_ids", "attention_mask"] + (["token_type_ids"] if _uses_token_type_ids(model) else [])
     texts, cases = _parity_texts(model, parity_texts)
     ref = model.encode(texts, batch_size=64)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp", dir=out.parent))
+    tmp = temp_dir(out)
     try:
         pad_id = _write_tokenizer_files(model, tmp)
         meta = {"format": "fastembed_tune_onnx/1", "pooling": model.pooling, "normalize": model.normalize,
@@ -503,6 +525,8 @@ def export_onnx(model_dir: Union[str, os.PathLike], out_dir: Union[str, os.PathL
         raw = tmp / "_traced.onnx"
         try:
             _trace_to_onnx(model, raw, opset, input_names)
+        except OSError:
+            raise  # a full or read-only disk is the machine's fault, not the model's
         except Exception as e:  # an architecture the TorchScript exporter cannot trace
             first = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
             raise UserError(f"{src}: this model cannot be exported to ONNX ({first})") from e
@@ -514,12 +538,14 @@ def export_onnx(model_dir: Union[str, os.PathLike], out_dir: Union[str, os.PathL
         for name, fn in tries:
             try:
                 fn(raw, fp32, model)
+            except OSError:
+                raise
             except Exception as e:  # an optimiser that cannot handle this graph: try the next one
                 attempts[name] = f"failed: {str(e).splitlines()[0][:120] if str(e) else type(e).__name__}"
                 continue
             parity = _check(fp32, texts, cases, ref)
             attempts[name] = parity["min_cosine"]
-            if parity["min_cosine"] >= FP32_MIN_COSINE:
+            if _passes(parity, FP32_MIN_COSINE):
                 used = name
                 break
         if used is None:
@@ -534,18 +560,29 @@ def export_onnx(model_dir: Union[str, os.PathLike], out_dir: Union[str, os.PathL
 
         if quantize == "int8":
             q_parity, kept, n = _quantize_int8(fp32, tmp / INT8_FILE, texts, cases, ref)
-            if q_parity["min_cosine"] < INT8_MIN_COSINE:
+            if not _passes(q_parity, INT8_MIN_COSINE):
                 raise ParityError(f"ONNX export refused: int8 min cosine to the PyTorch model "
                                   f"{q_parity['min_cosine']} < {INT8_MIN_COSINE}")
+            if n == 0 or len(kept) == n:
+                msg = (f"int8: none of the {n} weight nodes could be quantised within the parity bound, so "
+                       f"{INT8_FILE} would be the fp32 graph")
+                if not allow_fp32_int8:
+                    raise ParityError(f"ONNX export refused: {msg}; export without --quantize, or pass "
+                                      f"--allow-fp32-int8 to write it anyway")
+                warn(f"warning: {msg} (written because --allow-fp32-int8 was given)")
+            elif kept:
+                warn(f"warning: int8: {len(kept)} of {n} weight nodes kept in fp32 to reach min cosine "
+                     f">= {INT8_MIN_COSINE} (listed in {METADATA_FILE})")
             meta["files"]["int8"] = INT8_FILE
             meta["parity"]["int8"] = q_parity
-            meta["int8"] = {"weight_nodes": n, "kept_fp32": kept,
+            meta["int8"] = {"weight_nodes": n, "kept_fp32": kept, "quantized": n - len(kept),
                             "scheme": f"SmoothQuant (alpha {SMOOTH_ALPHA}) + dynamic int8: QInt8 "
                                       f"per-channel weights, MatMul and Attention"}
             result.update(model_int8=str(out / INT8_FILE), int8_kept_fp32=kept, int8_weight_nodes=n)
             result["parity"]["int8"] = q_parity
         (tmp / METADATA_FILE).write_text(json.dumps(meta, indent=2))
-        _replace_dir(tmp, out)
+        honour_umask(tmp)
+        replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -23,11 +23,12 @@ from typing import Dict, List, Optional, Sequence, Union
 import numpy as np
 
 from .atomic import atomic_write
-from .errors import UserError
+from .errors import UserError, check_finite_rows
 
 METADATA_FILE = "fastembed_tune_onnx.json"
 MODEL_FILE = "model.onnx"
 INT8_FILE = "model_int8.onnx"
+OUTPUT_SUFFIXES = (".npy", ".jsonl")  # what write_embeddings writes
 KNOWN_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 _PASS_THROUGH = ("Cast", "Identity", "Reshape", "Unsqueeze", "Squeeze", "Flatten")
 
@@ -226,8 +227,11 @@ class OnnxEmbedder:
         feed = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
         return {k: feed[k] for k in self.input_names}
 
-    def embed(self, texts: Sequence[str], batch_size: int = 64, show_progress_bar: bool = False) -> np.ndarray:
+    def embed(self, texts: Sequence[str], batch_size: int = 64, show_progress_bar: bool = False,
+              check_finite: bool = True) -> np.ndarray:
         """Embed texts as float32 ``[n, dim]`` in input order (batches are sorted by token length).
+        A NaN/Inf row is refused with a ``UserError`` (``check_finite=False``: returned as is, for
+        the export's parity check, which refuses it itself).
 
         >>> OnnxEmbedder("/tmp/minilm_onnx").embed(["a", "b c"], batch_size=1).dtype  # doctest: +SKIP
         dtype('float32')
@@ -254,6 +258,8 @@ class OnnxEmbedder:
             if out is None:
                 out = np.empty((len(texts), emb.shape[1]), dtype=np.float32)
             out[idx] = emb
+        if check_finite:
+            check_finite_rows(out, texts)
         return out
 
     def encode(self, texts: Sequence[str], batch_size: int = 64, show_progress_bar: bool = False,
@@ -310,7 +316,7 @@ def write_embeddings(path: Union[str, os.PathLike], ids: Sequence[str], emb: np.
     (1, 2)
     """
     path = Path(path)
-    if path.suffix not in (".npy", ".jsonl"):
+    if path.suffix not in OUTPUT_SUFFIXES:
         raise UserError(f"{path}: the output must end in .npy or .jsonl")
     if len(ids) != len(emb):
         raise ValueError(f"{len(ids)} ids for {len(emb)} embeddings")

@@ -7,7 +7,6 @@ take a pure-torch path with the same maths and the same API.
 """
 from __future__ import annotations
 
-import os
 from typing import Any, Optional, Sequence, Union
 
 import numpy as np

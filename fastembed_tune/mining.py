@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import shutil
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
 import numpy as np
-
 from tqdm.auto import tqdm
 
+from .atomic import atomic_write
 from .data import Pair
 from .distributed import barrier, shard, world
 from .kernels import topk_cosine
@@ -61,7 +61,10 @@ def mine_hard_negatives(
         skip_top: skip the closest ``skip_top`` passing candidates (sentence-transformers' range_min).
         max_ratio: drop candidates scoring above ``max_ratio`` x the pair's positive score.
         embeddings: precomputed ``(query_embeddings[len(pairs)], corpus_embeddings)`` (rows
-            L2-normalised), skipping the model; the corpus order is ``corpus`` + missing positives.
+            L2-normalised), skipping the model. The corpus rows align with ``corpus`` exactly as
+            given, duplicate texts included, followed by the positives missing from it in order of
+            first appearance (``len(corpus) + missing`` rows; any other count is a ``ValueError``).
+            Duplicate texts are searched once, through the row of their first occurrence.
         shard_dir: under torchrun (several ranks), a folder shared by the ranks: the query and
             corpus embeddings are computed once, each rank filling its share of the batches of
             one memory-mapped file there, and this rank mines only its contiguous shard of the
@@ -81,13 +84,21 @@ def mine_hard_negatives(
         raise ValueError(f"num_negatives must be >= 1, got {num_negatives}")
     if not pairs:
         raise ValueError("no pairs to mine negatives for")
-    docs: list[str] = list(dict.fromkeys(corpus)) if corpus is not None else []
-    doc_index = {t: i for i, t in enumerate(docs)}
+    given = list(corpus) if corpus is not None else []
+    docs: list[str] = []  # distinct texts; rows[i] is the row of docs[i] in the corpus as given
+    rows_of: list[int] = []
+    doc_index: dict[str, int] = {}
+    for r, t in enumerate(given):
+        if t not in doc_index:
+            doc_index[t] = len(docs)
+            docs.append(t)
+            rows_of.append(r)
     added = 0
     for p in pairs:
         if p.positive not in doc_index:
             doc_index[p.positive] = len(docs)
             docs.append(p.positive)
+            rows_of.append(len(given) + added)
             added += 1
     # Each query excludes every positive it has anywhere in the data (and its own text).
     positives_of: dict[str, set[int]] = {}
@@ -117,7 +128,12 @@ def mine_hard_negatives(
             demb = _encode(model, docs, batch_size, show_progress_bar, "embed corpus")
         qemb = np.ascontiguousarray(qemb_u[[qpos[p.query] for p in pairs[rows]]])
     else:
-        qemb, demb = embeddings
+        qemb, cemb = embeddings
+        if len(qemb) != len(pairs) or len(cemb) != len(given) + added:
+            raise ValueError(f"embeddings must hold {len(pairs)} query rows (one per pair) and "
+                             f"{len(given) + added} corpus rows (the corpus as given, {len(given)} rows, then "
+                             f"the {added} positives missing from it); got {len(qemb)} and {len(cemb)}")
+        demb = cemb if len(docs) == len(cemb) else np.ascontiguousarray(np.asarray(cemb)[rows_of])
     pairs, exclude = list(pairs)[rows], exclude[rows]
     pos_ids = np.array([doc_index[p.positive] for p in pairs])
     pos_scores = np.einsum("ij,ij->i", qemb.astype(np.float64), demb[pos_ids].astype(np.float64))
@@ -161,6 +177,29 @@ def mine_hard_negatives(
     return MiningResult(out, summary)
 
 
+def negatives_warning(summary: dict) -> Optional[str]:
+    """A plain-words warning when mining left pairs without (enough) negatives, else None.
+
+    >>> print(negatives_warning({"pairs": 4, "pairs_with_no_negative": 4, "pairs_with_fewer_negatives": 4,
+    ...     "num_negatives": 1, "corpus_size": 3, "skip_top": 5, "max_ratio": None}))
+    warning: 4 of 4 pairs got no negative (the corpus has 3 documents and --skip-top 5 skips the closest 5 of each query's candidates); lower --skip-top, raise --max-ratio or give a bigger --corpus
+    """
+    none, fewer, n = summary["pairs_with_no_negative"], summary["pairs_with_fewer_negatives"], summary["pairs"]
+    if not fewer:
+        return None
+    why = [f"the corpus has {summary['corpus_size']} documents"]
+    if summary.get("skip_top"):
+        why.append(f"--skip-top {summary['skip_top']} skips the closest {summary['skip_top']} of each query's "
+                   f"candidates")
+    if summary.get("max_ratio") is not None:
+        why.append(f"--max-ratio {summary['max_ratio']} drops candidates scoring above that share of the "
+                   f"positive's score")
+    head = (f"{none} of {n} pairs got no negative" if none else
+            f"{fewer} of {n} pairs got fewer than {summary['num_negatives']} negatives")
+    return (f"warning: {head} ({' and '.join(why)}); lower --skip-top, raise --max-ratio or give a bigger "
+            f"--corpus")
+
+
 def encode_sharded(model, texts: list[str], path: str, batch_size: int = 64, progress: bool = False) -> np.ndarray:
     """Embed ``texts`` once across all ranks into one memory-mapped ``.npy`` at ``path``.
 
@@ -201,12 +240,12 @@ def merge_shards(parts: Sequence[str], path: str) -> None:
     >>> merge_shards([f"{d}/0", f"{d}/1"], d + "/all.jsonl"); open(d + "/all.jsonl").read()
     '0\\n1\\n'
     """
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path), dir=os.path.dirname(os.path.abspath(path)))
-    with os.fdopen(fd, "wb") as f:
+    def write(f) -> None:
         for p in parts:
             with open(p, "rb") as src:
-                f.write(src.read())
-    os.replace(tmp, path)
+                shutil.copyfileobj(src, f)
+
+    atomic_write(path, write, binary=True)
     for p in parts:
         os.unlink(p)
 
@@ -254,19 +293,9 @@ def write_pairs_jsonl(pairs: Sequence[Pair], path: str) -> None:
     >>> write_pairs_jsonl([Pair("q", "p", ["n"])], d + "/o.jsonl"); open(d + "/o.jsonl").read()
     '{"query": "q", "positive": "p", "negatives": ["n"]}\\n'
     """
-    path = os.path.abspath(path)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path), dir=os.path.dirname(path))
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for p in pairs:
-                f.write(json.dumps({"query": p.query, "positive": p.positive, "negatives": list(p.negatives)},
-                                   ensure_ascii=False) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, lambda f: f.writelines(
+        json.dumps({"query": p.query, "positive": p.positive, "negatives": list(p.negatives)},
+                   ensure_ascii=False) + "\n" for p in pairs))
 
 
 def format_summary(summary: dict) -> str:

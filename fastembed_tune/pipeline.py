@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 
+from .atomic import check_output, output_lock
 from .data import data_report, load_eval, read_pairs
 from .errors import UserError
 
@@ -52,11 +54,6 @@ def run_pipeline(output_dir: str, model: Optional[str] = None, train_path: Optio
     Example (the built-in sample; takes minutes, so not run as a doctest):
         >>> run_pipeline("runs/sample")  # doctest: +SKIP
     """
-    from .evaluate import embed_evalset, evaluate, format_table, write_report
-    from .mining import format_summary, mine_hard_negatives, write_pairs_jsonl
-    from .model import EmbeddingModel
-    from .train import TrainConfig, train
-
     t_start = time.perf_counter()
     use_sample = train_path is None and test_path is None
     if use_sample:
@@ -64,8 +61,25 @@ def run_pipeline(output_dir: str, model: Optional[str] = None, train_path: Optio
         train_path, test_path, corpus_path = paths["train"], paths["test"], corpus_path or paths["corpus"]
     if train_path is None or test_path is None:
         raise UserError("give both --train and --test (or neither, for the built-in sample)")
-    out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = check_output(output_dir, "dir")
+    with output_lock(out):
+        out.mkdir(parents=True, exist_ok=True)
+        return _run_locked(out, model, train_path, test_path, corpus_path, epochs, max_steps, batch_size, lr,
+                           num_negatives, max_ratio, skip_top, max_seq_length, train_max_seq_length, symmetric, seed,
+                           distill, distill_layers, distill_epochs, distill_lr, distill_kl_weight, export, bf16,
+                           show_progress_bar, log, t_start)
+
+
+def _run_locked(out: Path, model, train_path, test_path, corpus_path, epochs, max_steps, batch_size, lr,
+                num_negatives, max_ratio, skip_top, max_seq_length, train_max_seq_length, symmetric, seed,
+                distill, distill_layers, distill_epochs, distill_lr, distill_kl_weight, export, bf16,
+                show_progress_bar, log, t_start) -> dict:
+    """:func:`run_pipeline` once the output folder is checked and locked (arguments as there)."""
+    from .evaluate import embed_evalset, evaluate, format_table, write_report
+    from .mining import format_summary, mine_hard_negatives, negatives_warning, write_pairs_jsonl
+    from .model import EmbeddingModel
+    from .train import TrainConfig, train
+
 
     train_pairs = read_pairs(train_path)
     evalset = load_eval(test_path, corpus_path)
@@ -86,10 +100,10 @@ def run_pipeline(output_dir: str, model: Optional[str] = None, train_path: Optio
     m_base = evaluate(base, evalset, query_embeddings=qemb, corpus_embeddings=cemb)
     log(f"base nDCG@10 = {m_base['metrics']['ndcg@10']:.4f}")
 
-    # 2. mining against the corpus minus every test-relevant document (no test leakage)
-    test_docs = {d for rel in evalset.qrels.values() for d in rel}
+    # 2. mining against the corpus minus every test-relevant text, under whatever id (no test leakage)
+    test_texts = {evalset.corpus[d] for rel in evalset.qrels.values() for d in rel}
     doc_ids = list(evalset.corpus)
-    keep = [i for i, d in enumerate(doc_ids) if d not in test_docs]
+    keep = [i for i, d in enumerate(doc_ids) if evalset.corpus[d] not in test_texts]
     mine_docs = [evalset.corpus[doc_ids[i]] for i in keep]
     known = {t: i for i, t in enumerate(mine_docs)}
     missing = list(dict.fromkeys(p.positive for p in train_pairs if p.positive not in known))
@@ -105,6 +119,13 @@ def run_pipeline(output_dir: str, model: Optional[str] = None, train_path: Optio
                     np.ascontiguousarray(np.concatenate([cemb[keep], extra]), dtype=np.float32)))
     write_pairs_jsonl(mined.pairs, str(out / "mined.jsonl"))
     log(format_summary(mined.summary))
+    if num_negatives > 0 and mined.summary["negatives_mined"] == 0:
+        raise UserError(f"mining found no negative for any of the {len(train_pairs)} training pairs (corpus of "
+                        f"{mined.summary['corpus_size']} documents, --max-ratio {max_ratio}); give a bigger "
+                        f"--corpus, raise --max-ratio, or train without hard negatives (--num-negatives 0)")
+    warning = negatives_warning(mined.summary)
+    if warning:
+        print(warning, file=sys.stderr)
 
     # 3. fine-tune
     cfg = TrainConfig(output_dir=str(out / "train"), epochs=epochs, max_steps=max_steps, batch_size=batch_size,

@@ -42,8 +42,8 @@ import random
 import re
 import shutil
 import sys
-import tempfile
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
@@ -52,16 +52,24 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .atomic import write_json
+from .atomic import (
+    atomic_write,
+    check_output,
+    clean_stale_inside,
+    output_lock,
+    remove_dir,
+    replace_dir,
+    temp_dir,
+    write_json,
+)
 from .data import Pair, read_pairs
-from .distributed import barrier, gather_with_grad, init_from_env, shard
+from .distributed import barrier, gather_with_grad, init_from_env, launch_rank, shard
 from .errors import UserError
 from .losses import CachedFusedMNRLoss, FusedMNRLoss, TripletLoss, text_keys
 from .model import EmbeddingModel
 
 LOSSES = ("mnrl", "cached_mnrl", "triplet")
 CHECKPOINT_PREFIX = "checkpoint-"
-_TMP_PREFIX = ".tmp-checkpoint-"
 _STATE_FILE = "training_state.pt"
 _JSON_FILE = "trainer_state.json"
 _CKPT_RE = re.compile(r"^checkpoint-(\d+)$")
@@ -97,7 +105,7 @@ class TrainConfig:
     symmetric: bool = False
     mini_batch_size: int = 32
     triplet_margin: float = 0.25
-    num_negatives: int = 1
+    num_negatives: Optional[int] = None
     checkpoint_every: Optional[int] = None
     keep_checkpoints: Optional[int] = 2
     resume: bool = False
@@ -138,9 +146,9 @@ class TrainConfig:
             v = getattr(self, name)
             if v is not None and (not isinstance(v, int) or v < (0 if name == "max_steps" else 1)):
                 raise UserError(f"{name} must be a positive integer or None; got {v!r}")
-        if not isinstance(self.num_negatives, int) or self.num_negatives < 0:
-            raise UserError(f"num_negatives must be an integer >= 0; got {self.num_negatives!r}")
-        if self.loss == "triplet" and self.num_negatives < 1:
+        if self.num_negatives is not None and (not isinstance(self.num_negatives, int) or self.num_negatives < 0):
+            raise UserError(f"num_negatives must be an integer >= 0 or None; got {self.num_negatives!r}")
+        if self.loss == "triplet" and self.num_negatives is not None and self.num_negatives < 1:
             raise UserError("the triplet loss needs num_negatives >= 1")
         if not (self.lr >= 0 and math.isfinite(self.lr)):
             raise UserError(f"lr must be a finite number >= 0; got {self.lr!r}")
@@ -275,6 +283,26 @@ def batch_columns(pairs: Sequence[Pair], num_negatives: int) -> list[list[str]]:
     return cols
 
 
+def negatives_shortfall(pairs: Sequence[Pair], num_negatives: int) -> Optional[str]:
+    """A plain-words warning when pairs hold fewer hard negatives than ``num_negatives`` asks for
+    (a batch uses as many negative columns as its poorest pair has), else None.
+
+    >>> print(negatives_shortfall([Pair("q", "d"), Pair("r", "e", ["n"])], 1))
+    warning: --num-negatives 1 asks for 1 hard negative per pair, but 1 of 2 pairs have no negatives; batches holding such a pair train on in-batch negatives only; mine them first (fastembed-tune mine)
+    """
+    if num_negatives < 1:
+        return None
+    none = sum(not p.negatives for p in pairs)
+    fewer = sum(len(p.negatives) < num_negatives for p in pairs)
+    if not fewer:
+        return None
+    what = (f"{none} of {len(pairs)} pairs have no negatives" if none else
+            f"{fewer} of {len(pairs)} pairs have fewer than {num_negatives}")
+    return (f"warning: --num-negatives {num_negatives} asks for {num_negatives} hard negative"
+            f"{'s' if num_negatives > 1 else ''} per pair, but {what}; batches holding such a pair train on "
+            f"{'in-batch negatives only' if none else 'fewer negative columns'}; mine them first (fastembed-tune mine)")
+
+
 def build_loss(model: torch.nn.Module, config: TrainConfig) -> torch.nn.Module:
     """The loss module named by ``config.loss``.
 
@@ -359,23 +387,23 @@ def _set_rng_states(st: dict) -> None:
 
 def _save_checkpoint(output_dir: Path, step: int, model, optimizer, scheduler, position: dict,
                      keep: Optional[int]) -> Path:
-    """Write checkpoint-{step} atomically (temp dir + rename), then keep only the newest ``keep``."""
-    tmp = Path(tempfile.mkdtemp(prefix=_TMP_PREFIX, dir=output_dir))
+    """Write checkpoint-{step} atomically (temp dir + rename), then keep only the newest ``keep``;
+    an old checkpoint is renamed to a hidden name before it is deleted, so a kill while pruning
+    never leaves a half-deleted ``checkpoint-N`` (the hidden leftover is cleaned by the next run)."""
+    final = output_dir / f"{CHECKPOINT_PREFIX}{step}"
+    tmp = temp_dir(final)
     try:
         state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                  "scheduler": scheduler.state_dict(), "rng": _rng_states()}
         _fsync_write(tmp / _STATE_FILE, lambda f: torch.save(state, f))
         _fsync_write(tmp / _JSON_FILE, lambda f: f.write(json.dumps(position, indent=2).encode()))
-        final = output_dir / f"{CHECKPOINT_PREFIX}{step}"
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+        replace_dir(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     if keep:
         for old in list_checkpoints(output_dir)[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
+            remove_dir(old)
     return final
 
 
@@ -421,9 +449,7 @@ def _truncate_log(log_file: Path, step: int) -> None:
                 keep.append(line)
         except (ValueError, KeyError, TypeError):
             continue
-    tmp = log_file.with_name(f".{log_file.name}.tmp{os.getpid()}")
-    tmp.write_text("".join(line + "\n" for line in keep))
-    os.replace(tmp, log_file)
+    atomic_write(log_file, lambda f: f.writelines(line + "\n" for line in keep))
 
 
 def _distributed_step(ddp, model, loss_fn, batch: list[Pair], config: TrainConfig, device, bf16: bool,
@@ -482,10 +508,24 @@ def train(pairs: Sequence[Pair], config: TrainConfig, model: Optional[EmbeddingM
     replay = read_pairs(config.replay) if config.replay and config.replay_ratio > 0 else []
     if len(pairs) < 2:
         raise UserError(f"training needs at least 2 pairs; got {len(pairs)}")
-    out_dir = Path(config.output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for stale in out_dir.glob(_TMP_PREFIX + "*"):  # left by a killed run
-        shutil.rmtree(stale, ignore_errors=True)
+    if config.num_negatives is None:  # not asked for: up to 1 where the pairs have one, silently
+        config = dataclasses.replace(config, num_negatives=1)
+    elif config.loss != "triplet" and launch_rank() == 0:
+        warning = negatives_shortfall(pairs, config.num_negatives)
+        if warning:
+            print(warning, file=sys.stderr)
+    out_dir = check_output(config.output_dir, "dir")
+    rank = launch_rank()  # one lock for the whole torchrun job, held by rank 0
+    with output_lock(out_dir) if rank == 0 else nullcontext():
+        if rank == 0:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            clean_stale_inside(out_dir)  # what a killed run left: temp checkpoints, half-saved models
+        return _train_locked(pairs, replay, config, model, out_dir, t_start)
+
+
+def _train_locked(pairs: list[Pair], replay: list[Pair], config: TrainConfig, model: Optional[EmbeddingModel],
+                  out_dir: Path, t_start: float) -> dict:
+    """The training run once ``out_dir`` is locked: set-up, resume, the loop, the final save."""
     log_file = Path(config.resolved_log_file())
     log_file.parent.mkdir(parents=True, exist_ok=True)
 
@@ -568,6 +608,8 @@ def train(pairs: Sequence[Pair], config: TrainConfig, model: Optional[EmbeddingM
                disable=not config.show_progress_bar or rank != 0)
     t_loop = time.perf_counter()
     win_loss, win_steps, win_pairs, t_win = 0.0, 0, 0, time.perf_counter()
+    if loaded is not None and "log_window" in loaded[1]:  # the resumed log reads as one run
+        win_loss, win_steps, win_pairs = (loaded[1]["log_window"][k] for k in ("loss", "steps", "pairs"))
     pairs_done, last_loss = 0, float("nan")
     start_step = step
     barrier()
@@ -612,6 +654,7 @@ def train(pairs: Sequence[Pair], config: TrainConfig, model: Optional[EmbeddingM
                             "batch_order_digest": _digest(batches), "num_batches": len(batches),
                             "data_digest": data_digest, "total_steps": total_steps,
                             "elapsed": elapsed0 + time.perf_counter() - t_loop,
+                            "log_window": {"loss": win_loss, "steps": win_steps, "pairs": win_pairs},
                             "config": dataclasses.asdict(config)}
                 if rank == 0:  # one writer; the others wait so nobody runs ahead of a checkpoint
                     _save_checkpoint(out_dir, step, model, optimizer, scheduler, position, config.keep_checkpoints)

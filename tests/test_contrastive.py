@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 import torch
-from hypothesis import settings
-from hypothesis import given, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fastembed_tune import kernels
 from fastembed_tune._torch_ref import contrastive_torch

@@ -5,10 +5,20 @@ import json
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
-from fastembed_tune.data import (EvalSet, Pair, data_report, load_eval, pairs_from_beir, pairs_to_evalset,
-                                 read_beir, read_corpus, read_pairs)
+from fastembed_tune.data import (
+    EvalSet,
+    Pair,
+    data_report,
+    load_eval,
+    pairs_from_beir,
+    pairs_to_evalset,
+    read_beir,
+    read_corpus,
+    read_pairs,
+)
 from fastembed_tune.errors import UserError
 
 ROWS = [
@@ -94,7 +104,7 @@ def test_parquet_round_trip(tmp_path):
     pq.write_table(pa.Table.from_pylist(ROWS), p)
     pairs = read_pairs(p)
     assert _tuples(pairs) == EXPECTED
-    assert pairs[0].source == f"{p}:2"
+    assert pairs[0].source == f"{p}:1"  # the first data row is row 1
 
 
 def test_parquet_optional_nulls(tmp_path):
@@ -169,9 +179,16 @@ def test_pairs_to_evalset_dedup_and_multi_positive():
     assert e.qrels == {"q0": {"p0": 1, "p2": 1}, "q1": {"p1": 1}}
 
 
+def test_pairs_to_evalset_refuses_positives_missing_from_the_corpus():
+    corpus = {"d7": "a canine"}
+    pairs = [Pair("dog", "a canine", [], "t.jsonl:1"), Pair("cat", "a feline", [], "t.jsonl:2")]
+    with pytest.raises(UserError, match=r"t.jsonl line 2: the positive is not in the corpus c.jsonl \(1 of 2"):
+        pairs_to_evalset(pairs, corpus, corpus_name="c.jsonl")
+
+
 def test_pairs_to_evalset_adds_positives_to_corpus():
     corpus = {"d7": "a canine", "p0": "distractor"}
-    e = pairs_to_evalset([Pair("cat", "a feline"), Pair("dog", "a canine")], corpus)
+    e = pairs_to_evalset([Pair("cat", "a feline"), Pair("dog", "a canine")], corpus, add_missing_positives=True)
     assert e.corpus == {"d7": "a canine", "p0": "distractor", "p1": "a feline"}  # p0 taken: no clobbering
     assert e.qrels == {"q0": {"p1": 1}, "q1": {"d7": 1}}
     assert corpus == {"d7": "a canine", "p0": "distractor"}  # caller's dict untouched
@@ -285,7 +302,7 @@ def test_csv_empty_cell(tmp_path):
 def test_parquet_null_required(tmp_path):
     p = tmp_path / "pairs.parquet"
     pq.write_table(pa.table({"query": ["a", None], "positive": ["x", "y"]}), p)
-    assert "pairs.parquet row 3: field 'query' must be a string, got null" in _err(read_pairs, p)
+    assert "pairs.parquet row 2: field 'query' must be a string, got null" in _err(read_pairs, p)
 
 
 def test_unknown_qrels_query_id(tmp_path):

@@ -11,8 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from fastembed_tune.distill import (default_layers, distill, in_batch_kl, parse_layers, prune_layers,
-                                    teacher_embeddings)
+from fastembed_tune.distill import default_layers, distill, in_batch_kl, parse_layers, prune_layers, teacher_embeddings
 from fastembed_tune.errors import UserError
 from fastembed_tune.model import EmbeddingModel, default_model_path
 
@@ -63,11 +62,11 @@ def small_student_dir(tmp_path_factory) -> str:
 def test_prune_keeps_exactly_the_requested_layers(teacher_dir):
     teacher = EmbeddingModel.load(teacher_dir)
     before = {k: v.clone() for k, v in teacher.state_dict().items()}
-    student = prune_layers(teacher, [3, 1])
+    student = prune_layers(teacher, [1, 3])
     assert student.transformer.config.num_hidden_layers == 2
     assert len(student.transformer.encoder.layer) == 2
     t_sd, s_sd = teacher.state_dict(), student.state_dict()
-    for new, old in enumerate([3, 1]):  # in the given order
+    for new, old in enumerate([1, 3]):
         prefix_s, prefix_t = f"transformer.encoder.layer.{new}.", f"transformer.encoder.layer.{old}."
         names = [k for k in t_sd if k.startswith(prefix_t)]
         assert names
@@ -91,6 +90,7 @@ def test_prune_keeps_exactly_the_requested_layers(teacher_dir):
 @pytest.mark.parametrize("layers, match", [
     ([0, 4], "between 0 and 3"), ([-1], "between 0 and 3"), ([1, 1], "listed twice.*between 0 and 3"),
     ([], "at least one layer.*between 0 and 3"), ("0,a", "comma-separated integers"),
+    ([3, 1], "increasing order.*did you mean 1,3"), ("", "--layers is empty"), (" ", "--layers is empty"),
 ])
 def test_bad_layer_lists_raise_user_error(teacher_dir, layers, match):
     teacher = EmbeddingModel.load(teacher_dir)
@@ -100,7 +100,6 @@ def test_bad_layer_lists_raise_user_error(teacher_dir, layers, match):
 
 def test_parse_and_default_layers():
     assert parse_layers("0,2,4") == [0, 2, 4]
-    assert parse_layers(" ") is None
     assert default_layers(6) == [0, 2, 5] and default_layers(3) == [0, 2] and default_layers(4) == [0, 3]
     assert default_layers(2) == [1]  # the last layer (pooling reads it) is always kept
     with pytest.raises(UserError):

@@ -8,7 +8,7 @@ import textwrap
 import pytest
 import torch
 
-from fastembed_tune.model import EmbeddingModel, default_model_path
+from fastembed_tune.model import EmbeddingModel
 
 SCRIPT = textwrap.dedent("""
     import json, os, sys, torch

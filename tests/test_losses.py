@@ -71,8 +71,11 @@ def test_triplet_and_mse(model):
 
 def test_fused_loss_trains_minilm_in_sentence_transformers_trainer(tmp_path):
     from datasets import Dataset
-    from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer
-    from sentence_transformers import SentenceTransformerTrainingArguments
+    from sentence_transformers import (
+        SentenceTransformer,
+        SentenceTransformerTrainer,
+        SentenceTransformerTrainingArguments,
+    )
 
     st = SentenceTransformer(default_model_path(), device="cpu")
     ds = Dataset.from_dict({"anchor": QUERIES * 2, "positive": DOCS * 2})

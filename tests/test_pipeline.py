@@ -1,12 +1,10 @@
 """`fastembed-tune run` end to end on a tiny model and tiny data (the real sample is `make run`)."""
 import json
-import os
 
 import pytest
-import torch
 
 from fastembed_tune.cli import main
-from fastembed_tune.model import EmbeddingModel, default_model_path
+from fastembed_tune.model import EmbeddingModel
 
 
 def write_jsonl(path, rows):

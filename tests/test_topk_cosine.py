@@ -2,7 +2,8 @@
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 from fastembed_tune import kernels
 from fastembed_tune._torch_ref import topk_cosine_torch

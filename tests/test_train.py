@@ -22,9 +22,16 @@ from safetensors.torch import load_file
 
 from fastembed_tune.data import Pair
 from fastembed_tune.errors import UserError
-from fastembed_tune.model import EmbeddingModel, default_model_path
-from fastembed_tune.train import (TrainConfig, batch_columns, epoch_batches, list_checkpoints, mix_replay,
-                                  no_duplicate_batches, train)
+from fastembed_tune.model import EmbeddingModel
+from fastembed_tune.train import (
+    TrainConfig,
+    batch_columns,
+    epoch_batches,
+    list_checkpoints,
+    mix_replay,
+    no_duplicate_batches,
+    train,
+)
 
 WORDS = ["apple", "river", "engine", "violin", "planet", "bread", "tiger", "castle", "rocket", "garden",
          "pencil", "ocean", "candle", "mirror", "forest", "silver", "window", "dragon", "coffee", "saddle"]
