@@ -231,6 +231,8 @@ def output_lock(path: PathLike, flag: str = "--output") -> Iterator[Path]:
     ``flock``-ed, removed on release). A second command on the same output fails at once with a
     :class:`UserError`; the kernel drops the lock when a process dies, so a killed run never
     leaves the output locked. Stale temporary entries beside ``path`` are cleaned once locked.
+    When the command fails and ``path`` is an empty folder that did not exist before, it is
+    removed: a refused command leaves nothing behind (what a failed command completed is kept).
 
     >>> import tempfile; out = os.path.join(tempfile.mkdtemp(), "model")
     >>> with output_lock(out):
@@ -264,11 +266,20 @@ def output_lock(path: PathLike, flag: str = "--output") -> Iterator[Path]:
         except FileNotFoundError:
             pass
         os.close(fd)
+    existed = p.exists()
     try:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         clean_stale(p)
         yield p
+    except BaseException:
+        if not existed and p.is_dir() and not p.is_symlink():
+            clean_stale_inside(p)
+            try:
+                p.rmdir()  # only when empty
+            except OSError:
+                pass
+        raise
     finally:
         try:
             os.unlink(lock)

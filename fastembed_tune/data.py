@@ -314,6 +314,7 @@ def _doc(row: dict, where: str, tabular: bool, with_title: bool = True) -> tuple
     if not _absent(title, tabular):
         if not isinstance(title, str):
             raise UserError(f"{where}: field 'title' must be a string, got {_typename(title)}")
+        _unicode(title, "title", where)
         if title.strip():
             text = f"{title} {text}" if text.strip() else title
     return i, _text(text, "text", where)

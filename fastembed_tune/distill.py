@@ -130,19 +130,19 @@ def prune_layers(model: EmbeddingModel, layers: Sequence[int]) -> EmbeddingModel
     >>> prune_layers(EmbeddingModel(bert, tok), [0, 4])
     Traceback (most recent call last):
     ...
-    fastembed_tune.errors.UserError: layer 4 does not exist: this model has 4 layers, so layer indices must be between 0 and 3
+    fastembed_tune.errors.UserError: --layers: layer 4 does not exist: this model has 4 layers, so layer indices must be between 0 and 3
     """
     n = len(_layer_list(model.transformer)[2])
     layers = parse_layers(layers)
     valid = f"this model has {n} layers, so layer indices must be between 0 and {n - 1}"
     if not layers:
-        raise UserError(f"the student needs at least one layer; {valid}")
+        raise UserError(f"--layers: the student needs at least one layer; {valid}")
     for i in layers:
         if not 0 <= i < n:
-            raise UserError(f"layer {i} does not exist: {valid}")
+            raise UserError(f"--layers: layer {i} does not exist: {valid}")
     dupes = sorted({i for i in layers if layers.count(i) > 1})
     if dupes:
-        raise UserError(f"layer {dupes[0]} is listed twice in {layers}; list each layer once ({valid})")
+        raise UserError(f"--layers: layer {dupes[0]} is listed twice in {layers}; list each layer once ({valid})")
     if layers != sorted(layers):
         raise UserError(f"--layers must be in increasing order (the student keeps the teacher's order); got "
                         f"{','.join(map(str, layers))}, did you mean {','.join(map(str, sorted(layers)))}?")

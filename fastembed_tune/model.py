@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Sequence, Union
@@ -246,8 +247,11 @@ class EmbeddingModel(torch.nn.Module):
                  "similarity_fn_name": "cosine"}, indent=2))
             honour_umask(tmp)
             replace_dir(tmp, path)
-        except BaseException:
+        except BaseException as e:
             shutil.rmtree(tmp, ignore_errors=True)
+            code = re.search(r"os error (\d+)", str(e)) if not isinstance(e, OSError) else None
+            if code:  # safetensors reports a full or read-only disk as its own error type
+                raise OSError(int(code.group(1)), os.strerror(int(code.group(1))), str(path)) from e
             raise
 
 

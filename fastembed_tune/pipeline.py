@@ -117,12 +117,12 @@ def _run_locked(out: Path, model, train_path, test_path, corpus_path, epochs, ma
         max_ratio=max_ratio, show_progress_bar=show_progress_bar,
         embeddings=(uq_emb[[qpos[p.query] for p in train_pairs]],
                     np.ascontiguousarray(np.concatenate([cemb[keep], extra]), dtype=np.float32)))
-    write_pairs_jsonl(mined.pairs, str(out / "mined.jsonl"))
     log(format_summary(mined.summary))
     if num_negatives > 0 and mined.summary["negatives_mined"] == 0:
         raise UserError(f"mining found no negative for any of the {len(train_pairs)} training pairs (corpus of "
                         f"{mined.summary['corpus_size']} documents, --max-ratio {max_ratio}); give a bigger "
                         f"--corpus, raise --max-ratio, or train without hard negatives (--num-negatives 0)")
+    write_pairs_jsonl(mined.pairs, str(out / "mined.jsonl"))
     warning = negatives_warning(mined.summary)
     if warning:
         print(warning, file=sys.stderr)

@@ -63,3 +63,45 @@ def test_run_no_distill(tmp_path, tiny_model_dir):
 def test_run_needs_both_train_and_test(tmp_path, capsys):
     assert main(["run", "--train", "x.jsonl", "-o", str(tmp_path)]) == 2
     assert "give both --train and --test" in capsys.readouterr().err
+
+
+def test_run_with_duplicate_corpus_texts_mines_aligned_negatives(tmp_path, tiny_model_dir):
+    """Real corpora hold the same text under several ids: every mined negative must be the text
+    whose embedding scored, never a query's own positive (numpy recomputation of the top-1)."""
+
+    train = [{"query": f"term {i}", "positive": f"definition {i}: words about term {i}"} for i in range(24)]
+    test = [{"query": f"held out {i}", "positive": f"held out definition {i}"} for i in range(6)]
+    texts = [r["positive"] for r in train + test] + [f"distractor text number {i}" for i in range(12)]
+    corpus, n = [], 0
+    for i, t in enumerate(texts):  # every third text appears twice, under two ids, interleaved
+        corpus.append({"id": f"d{n}", "text": t})
+        n += 1
+        if i % 3 == 0:
+            corpus.insert(max(0, len(corpus) - 4), {"id": f"d{n}", "text": t})
+            n += 1
+    for name, rows in (("train", train), ("test", test), ("corpus", corpus)):
+        write_jsonl(tmp_path / f"{name}.jsonl", rows)
+    out = tmp_path / "run"
+    assert main(["run", "--model", tiny_model_dir, "--train", str(tmp_path / "train.jsonl"), "--test",
+                 str(tmp_path / "test.jsonl"), "--corpus", str(tmp_path / "corpus.jsonl"), "-o", str(out),
+                 "--max-steps", "1", "--batch-size", "8", "--quiet", "--no-distill"]) == 0
+    mined = [json.loads(x) for x in (out / "mined.jsonl").read_text().splitlines()]
+    model = EmbeddingModel.load(tiny_model_dir)
+    model.max_seq_length = min(model.max_seq_length, 128)
+    test_texts = {r["positive"] for r in test}
+    cand = list(dict.fromkeys(t for t in texts if t not in test_texts))
+    c = model.encode(cand)
+    assert sum(bool(m["negatives"]) for m in mined) >= len(mined) // 2
+    for m in mined:
+        assert m["positive"] not in m["negatives"]
+        q = model.encode([m["query"]])[0]
+        s = c @ q
+        pos = float(s[cand.index(m["positive"])])
+        ok = [j for j, t in enumerate(cand) if t != m["positive"] and s[j] <= 0.95 * pos - 1e-6]
+        if not m["negatives"]:  # the max_ratio filter (0.95 x the positive's score) left no candidate
+            assert not ok
+            continue
+        best = max(float(s[j]) for j in ok)
+        got = float(s[cand.index(m["negatives"][0])])
+        assert got == pytest.approx(best, abs=1e-5), (m["query"], m["negatives"][0])
+        assert not set(m["negatives"]) & test_texts
