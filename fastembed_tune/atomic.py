@@ -180,6 +180,12 @@ def check_output(path: PathLike, kind: str = "file", flag: str = "--output") -> 
         raise UserError(f"{flag} {p}: cannot write in {parent} (permission denied)")
     if p.exists() and not os.access(p, os.W_OK):
         raise UserError(f"{flag} {p}: is read-only (permission denied)")
+    try:  # os.access says yes to root even on a read-only file system: try a real (empty) file
+        fd, probe = tempfile.mkstemp(dir=parent, prefix=f".{p.name}.", suffix=".tmp")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise UserError(f"{flag} {p}: cannot write in {parent} ({e.strerror})") from None
     return p
 
 
