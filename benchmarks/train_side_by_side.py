@@ -41,9 +41,10 @@ def main() -> None:
 
     from fastembed_tune.data import load_eval, read_pairs
     from fastembed_tune.evaluate import evaluate
+    from fastembed_tune.loop import use_bf16
     from fastembed_tune.model import EmbeddingModel, default_model_path
     from fastembed_tune.pipeline import sample_paths
-    from fastembed_tune.train import TrainConfig, train, use_bf16
+    from fastembed_tune.train import TrainConfig, train
 
     p = sample_paths()
     pairs = read_pairs(p["train"])[: a.pairs]

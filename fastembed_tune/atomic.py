@@ -140,6 +140,29 @@ def atomic_write(path: PathLike, write: Callable[[Any], None], binary: bool = Fa
         raise
 
 
+@contextmanager
+def temp_path(path: PathLike) -> Iterator[Path]:
+    """A temporary name beside ``path`` (``.{name}.tmp{pid}``) for writers that need a path, not a
+    file object (``np.lib.format.open_memmap``, ``onnx.save``): renamed to ``path`` when the block
+    ends, with the umask's mode; removed when it raises.
+
+    >>> import tempfile; p = Path(tempfile.mkdtemp()) / "a.bin"
+    >>> with temp_path(p) as t: _ = t.write_bytes(b"x")
+    >>> p.read_bytes(), os.listdir(p.parent)
+    (b'x', ['a.bin'])
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        yield tmp
+        os.chmod(tmp, 0o666 & ~umask())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def write_json(path: PathLike, obj: Any) -> None:
     """Write ``obj`` as indented JSON, atomically (see :func:`atomic_write`).
 

@@ -23,6 +23,7 @@ import json
 import math
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
@@ -30,11 +31,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .atomic import check_output, clean_stale_inside, output_lock, write_json
+from .atomic import check_output, clean_stale_inside, output_lock, temp_path, write_json
 from .errors import UserError
+from .loop import WindowLog, make_optimizer, make_scheduler, optimizer_step, set_seed, shuffled_batches, use_bf16
 from .losses import MSELoss
 from .model import EmbeddingModel
-from .train import linear_schedule, make_optimizer, set_seed, use_bf16
 
 __all__ = ["parse_layers", "default_layers", "prune_layers", "teacher_embeddings", "in_batch_kl", "distill"]
 
@@ -215,7 +216,7 @@ def _open_cached(cache_path: Path, key: dict) -> Optional[np.memmap]:
 
 def teacher_embeddings(teacher: EmbeddingModel, texts: Sequence[str], cache_path: PathLike,
                        batch_size: int = 64, show_progress_bar: bool = False,
-                       precomputed: Optional[dict] = None) -> np.memmap:
+                       precomputed: Optional[dict] = None, key: Optional[dict] = None) -> np.memmap:
     """The teacher's float32 embeddings of ``texts`` (``[len(texts), dim]``, rows in ``texts`` order)
     as a read-only memory-mapped ``.npy`` at ``cache_path``.
 
@@ -241,14 +242,13 @@ def teacher_embeddings(teacher: EmbeddingModel, texts: Sequence[str], cache_path
     texts = list(texts)
     cache_path = Path(cache_path)
     cache_path.parent.mkdir(parents=True, exist_ok=True)
-    key = _cache_key(teacher, texts)
+    key = key or _cache_key(teacher, texts)  # hashing every weight is not free: callers may pass it
     cached = _open_cached(cache_path, key)
     if cached is not None:
         return cached
     meta = _meta_path(cache_path)
     meta.unlink(missing_ok=True)  # first: a key must never describe another file
-    tmp = cache_path.with_name(f".{cache_path.name}.tmp{os.getpid()}")
-    try:
+    with temp_path(cache_path) as tmp:
         out = np.lib.format.open_memmap(str(tmp), mode="w+", dtype=np.float32,
                                         shape=(len(texts), int(teacher.dim)))
         known = precomputed or {}
@@ -265,14 +265,7 @@ def teacher_embeddings(teacher: EmbeddingModel, texts: Sequence[str], cache_path
                 bar.update(len(idx))
         out.flush()
         del out
-        os.replace(tmp, cache_path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    meta_tmp = meta.with_name(f".{meta.name}.tmp{os.getpid()}")
-    meta_tmp.write_text(json.dumps({"key": key, "shape": [len(texts), int(teacher.dim)],
-                                    "dtype": "float32"}, indent=2))
-    os.replace(meta_tmp, meta)
+    write_json(meta, {"key": key, "shape": [len(texts), int(teacher.dim)], "dtype": "float32"})
     return np.lib.format.open_memmap(str(cache_path), mode="r")
 
 
@@ -305,19 +298,6 @@ def in_batch_kl(teacher_emb: torch.Tensor, student_emb: torch.Tensor, temperatur
     return (lt.exp() * (lt - ls)).sum(1).mean()
 
 
-def _batches(lengths: Sequence[int], batch_size: int, seed: int, epoch: int, length_window: int) -> list[np.ndarray]:
-    """The epoch's batches: seeded shuffle, sorted by length within windows of ``length_window``
-    batches (little padding), batch order shuffled. A pure function of its arguments."""
-    rng = np.random.default_rng([seed, epoch])
-    order = rng.permutation(len(lengths))
-    if length_window > 0:
-        w = length_window * batch_size
-        key = np.asarray(lengths)
-        order = np.concatenate([o[np.argsort(key[o], kind="stable")] for o in np.split(order, range(w, len(order), w))])
-    batches = [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
-    return [batches[i] for i in rng.permutation(len(batches))]
-
-
 def _check(name: str, ok: bool, v: Any, what: str) -> None:
     if not ok:
         raise UserError(f"{name} must be {what}; got {v!r}")
@@ -344,7 +324,7 @@ def distill(teacher_dir: Optional[PathLike], texts: Sequence[str], output_dir: P
     used by both models while distilling, and the student is saved with the teacher's own.
     Logs to ``output_dir/distill_log.jsonl``. ``precomputed`` (``{text: row}``,
     made by this teacher at this ``max_seq_length``) spares the teacher those texts. ``bf16``: autocast
-    the student's steps (None: where the hardware does bf16 natively, see :func:`~fastembed_tune.train.use_bf16`).
+    the student's steps (None: where the hardware does bf16 natively, see :func:`~fastembed_tune.loop.use_bf16`).
 
     Returns a summary: steps, seconds, final_loss, student_layers (teacher layer indices kept, or
     ``None`` for ``student_dir``), student_num_layers, dims, projection, texts, cache_reused, output.
@@ -380,124 +360,134 @@ def distill(teacher_dir: Optional[PathLike], texts: Sequence[str], output_dir: P
     if not texts:
         raise UserError("distillation needs at least one non-empty text")
 
+    settings = _Settings(teacher_dir, student_dir, layers, epochs, batch_size, lr, kl_weight, kl_temperature, seed,
+                         max_seq_length, show_progress_bar, warmup_ratio, weight_decay, max_grad_norm, logging_steps,
+                         length_window, device, precomputed, bf16)
     out_dir = check_output(output_dir, "dir")
     with output_lock(out_dir):
         out_dir.mkdir(parents=True, exist_ok=True)
         clean_stale_inside(out_dir)  # a killed run's half-written cache or model
-        return _distill_locked(teacher_dir, texts, out_dir, student_dir, layers, epochs, batch_size, lr, kl_weight,
-                               kl_temperature, seed, max_seq_length, show_progress_bar, warmup_ratio, weight_decay,
-                               max_grad_norm, logging_steps, length_window, device, precomputed, bf16, t_start)
+        return _distill_locked(settings, texts, out_dir, t_start)
 
 
-def _distill_locked(teacher_dir, texts, out_dir: Path, student_dir, layers, epochs, batch_size, lr, kl_weight,
-                    kl_temperature, seed, max_seq_length, show_progress_bar, warmup_ratio, weight_decay,
-                    max_grad_norm, logging_steps, length_window, device, precomputed, bf16, t_start) -> dict:
-    """:func:`distill` once ``out_dir`` is locked (arguments as there, already checked)."""
-    log_file = out_dir / "distill_log.jsonl"
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+@dataclass
+class _Settings:
+    """:func:`distill`'s arguments, checked, passed on to its steps below."""
+    teacher_dir: Optional[PathLike]
+    student_dir: Optional[PathLike]
+    layers: Optional[list[int]]
+    epochs: int
+    batch_size: int
+    lr: float
+    kl_weight: float
+    kl_temperature: float
+    seed: int
+    max_seq_length: Optional[int]
+    show_progress_bar: bool
+    warmup_ratio: float
+    weight_decay: float
+    max_grad_norm: Optional[float]
+    logging_steps: int
+    length_window: int
+    device: Optional[str]
+    precomputed: Optional[dict]
+    bf16: Optional[bool]
 
-    teacher = EmbeddingModel.load(teacher_dir, device=str(dev))
-    saved_max_len = teacher.max_seq_length  # the student is saved with the teacher's own (as train does)
-    if max_seq_length:
-        teacher.max_seq_length = max_seq_length
+
+def _models(s: _Settings, dev: torch.device) -> tuple[EmbeddingModel, EmbeddingModel, Optional[list[int]], int, int]:
+    """(teacher at the distillation length, student, teacher layers kept, teacher's layer count,
+    the teacher's own max_seq_length, which the student is saved with, as train does)."""
+    teacher = EmbeddingModel.load(s.teacher_dir, device=str(dev))
+    saved_max_len = teacher.max_seq_length
+    if s.max_seq_length:
+        teacher.max_seq_length = s.max_seq_length
     _cap_length(teacher)
     teacher_layers = len(_layer_list(teacher.transformer)[2])
-    if student_dir is not None:
-        student = EmbeddingModel.load(student_dir, device=str(dev))
-        kept = None
+    if s.student_dir is not None:
+        student, kept = EmbeddingModel.load(s.student_dir, device=str(dev)), None
     else:
-        kept = layers if layers is not None else default_layers(teacher_layers)
+        kept = s.layers if s.layers is not None else default_layers(teacher_layers)
         student = prune_layers(teacher, kept)
     student.max_seq_length = teacher.max_seq_length
     _cap_length(student)
+    return teacher, student, kept, teacher_layers, saved_max_len
 
-    cache = out_dir / CACHE_FILE
-    key = _cache_key(teacher, texts)
-    cache_reused = _open_cached(cache, key) is not None
-    targets = teacher_embeddings(teacher, texts, cache, batch_size=batch_size, show_progress_bar=show_progress_bar,
-                                 precomputed=precomputed)
-    teacher_dim = teacher.dim
-    del teacher  # only its cached embeddings are needed from here on
-    if dev.type == "cuda":
-        torch.cuda.empty_cache()
 
-    loss_fn = MSELoss(student, teacher_dim=teacher_dim).to(dev)
-    lengths = [len(t) for t in texts]
-    n_batches = math.ceil(len(texts) / batch_size)
-    total_steps = epochs * n_batches
-    optimizer = make_optimizer(loss_fn, lr, weight_decay)  # the student and the projection
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, linear_schedule(math.ceil(warmup_ratio * total_steps), total_steps))
-    bf16 = use_bf16(dev, bf16)
-
+def _distill_loop(s: _Settings, loss_fn: MSELoss, targets: np.ndarray, texts: list[str], dev: torch.device,
+                  bf16: bool, log_file: Path) -> tuple[int, float, int, float]:
+    """The epochs of MSE (+ in-batch KL) steps; returns (steps, last loss, texts seen, seconds)."""
+    student = loss_fn.model
+    total_steps = s.epochs * math.ceil(len(texts) / s.batch_size)
+    optimizer = make_optimizer(loss_fn, s.lr, s.weight_decay)  # the student and the projection
+    scheduler = make_scheduler(optimizer, s.warmup_ratio, total_steps)
     captured: dict[str, torch.Tensor] = {}
     hook = student.register_forward_hook(lambda m, i, o: captured.__setitem__("emb", o["sentence_embedding"]))
-    set_seed(seed)
+    set_seed(s.seed)
     loss_fn.train()
-    step, last_loss, texts_done = 0, float("nan"), 0
-    win = {"loss": 0.0, "mse": 0.0, "kl": 0.0, "steps": 0, "texts": 0}
-    bar = tqdm(total=total_steps, desc="distill", unit="step", disable=not show_progress_bar)
-    t_loop = t_win = time.perf_counter()
+    step, last_loss, texts_done, t_loop = 0, float("nan"), 0, time.perf_counter()
+    bar = tqdm(total=total_steps, desc="distill", unit="step", disable=not s.show_progress_bar)
     try:
-        with open(log_file, "w", encoding="utf-8") as log:
-            for epoch in range(epochs):
-                for bidx, idx in enumerate(_batches(lengths, batch_size, seed, epoch, length_window)):
+        with open(log_file, "w", encoding="utf-8") as f:
+            log = WindowLog(f, s.logging_steps, "texts_per_s")
+            for epoch in range(s.epochs):
+                batches = shuffled_batches([len(t) for t in texts], s.batch_size, s.seed, epoch, s.length_window)
+                for bidx, idx in enumerate(batches):
                     idx = np.sort(idx)  # sequential reads from the memory map
                     labels = torch.from_numpy(np.asarray(targets[idx], dtype=np.float32)).to(dev)
                     feats = {k: v.to(dev) for k, v in student.tokenize([texts[i] for i in idx]).items()}
                     lr_now = scheduler.get_last_lr()[0]
                     with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=bf16):
                         mse = loss_fn([feats], labels)
-                        kl = in_batch_kl(labels, captured.pop("emb"), kl_temperature) if kl_weight > 0 else None
-                    loss = mse + kl_weight * kl if kl is not None else mse
+                        kl = in_batch_kl(labels, captured.pop("emb"), s.kl_temperature) if s.kl_weight > 0 else None
+                    loss = mse + s.kl_weight * kl if kl is not None else mse
                     loss.backward()
-                    if max_grad_norm:
-                        torch.nn.utils.clip_grad_norm_(loss_fn.parameters(), max_grad_norm)
-                    optimizer.step()
-                    scheduler.step()
-                    optimizer.zero_grad(set_to_none=True)
-                    step += 1
-                    last_loss = float(loss.detach())
+                    optimizer_step(loss_fn.parameters(), optimizer, scheduler, s.max_grad_norm)
+                    step, last_loss, texts_done = step + 1, float(loss.detach()), texts_done + len(idx)
                     if not math.isfinite(last_loss):
                         raise UserError(f"the distillation loss became {last_loss} at step {step}; lower lr "
-                                        f"(now {lr}) or kl_weight (now {kl_weight})")
-                    texts_done += len(idx)
-                    win["loss"] += last_loss
-                    win["mse"] += float(mse.detach())
-                    win["kl"] += float(kl.detach()) if kl is not None else 0.0
-                    win["steps"] += 1
-                    win["texts"] += len(idx)
-                    if step % logging_steps == 0 or step == total_steps:
-                        now = time.perf_counter()
-                        k = win["steps"]
-                        rec = {"step": step, "epoch": round(epoch + (bidx + 1) / n_batches, 4),
-                               "loss": win["loss"] / k, "mse": win["mse"] / k,
-                               "kl": win["kl"] / k if kl_weight > 0 else None, "lr": lr_now,
-                               "texts_per_s": round(win["texts"] / max(now - t_win, 1e-9), 2),
-                               "elapsed": round(now - t_loop, 3)}
-                        log.write(json.dumps(rec) + "\n")
-                        log.flush()
+                                        f"(now {s.lr}) or kl_weight (now {s.kl_weight})")
+                    rec = log.add(step, epoch + (bidx + 1) / len(batches), lr_now, len(idx), total_steps,
+                                  loss=last_loss, mse=float(mse.detach()),
+                                  kl=float(kl.detach()) if kl is not None else None)
+                    if rec:
                         bar.set_postfix(loss=f"{rec['loss']:.5f}")
-                        win = {"loss": 0.0, "mse": 0.0, "kl": 0.0, "steps": 0, "texts": 0}
-                        t_win = now
                     bar.update(1)
     finally:
         bar.close()
         hook.remove()
-    loop_s = time.perf_counter() - t_loop
+    return step, last_loss, texts_done, time.perf_counter() - t_loop
+
+
+def _distill_locked(s: _Settings, texts: list[str], out_dir: Path, t_start: float) -> dict:
+    """:func:`distill` once ``out_dir`` is locked: models, the teacher's cached targets, the loop, the save."""
+    dev = torch.device(s.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    teacher, student, kept, teacher_layers, saved_max_len = _models(s, dev)
+    cache = out_dir / CACHE_FILE
+    key = _cache_key(teacher, texts)
+    cache_reused = _open_cached(cache, key) is not None
+    targets = teacher_embeddings(teacher, texts, cache, batch_size=s.batch_size,
+                                 show_progress_bar=s.show_progress_bar, precomputed=s.precomputed, key=key)
+    teacher_dim = teacher.dim
+    del teacher  # only its cached embeddings are needed from here on
+    if dev.type == "cuda":
+        torch.cuda.empty_cache()
+    loss_fn = MSELoss(student, teacher_dim=teacher_dim).to(dev)
+    bf16 = use_bf16(dev, s.bf16)
+    log_file = out_dir / "distill_log.jsonl"
+    step, last_loss, texts_done, loop_s = _distill_loop(s, loss_fn, targets, texts, dev, bf16, log_file)
     student.eval()
     final = out_dir / "model"
     distill_len = student.max_seq_length
     student.max_seq_length = saved_max_len
     _cap_length(student)
     student.save(final)
-    summary = {"steps": step, "epochs": epochs, "seconds": round(time.perf_counter() - t_start, 3),
+    summary = {"steps": step, "epochs": s.epochs, "seconds": round(time.perf_counter() - t_start, 3),
                "train_seconds": round(loop_s, 3), "final_loss": last_loss,
                "texts": len(texts), "texts_per_s": round(texts_done / max(loop_s, 1e-9), 2),
                "student_layers": kept, "student_num_layers": len(_layer_list(student.transformer)[2]),
                "teacher_num_layers": teacher_layers, "student_dim": student.dim, "teacher_dim": teacher_dim,
-               "projection": loss_fn.projection is not None, "kl_weight": kl_weight,
-               "kl_temperature": kl_temperature, "max_seq_length": distill_len,
+               "projection": loss_fn.projection is not None, "kl_weight": s.kl_weight,
+               "kl_temperature": s.kl_temperature, "max_seq_length": distill_len,
                "cache": str(cache), "cache_reused": cache_reused, "output": str(final),
                "log_file": str(log_file), "device": str(dev), "bf16": bf16}
     write_json(out_dir / "distill_summary.json", summary)

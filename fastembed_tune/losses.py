@@ -163,7 +163,17 @@ class TripletLoss(nn.Module):
         feats = list(sentence_features)
         if len(feats) < 3:
             raise ValueError("TripletLoss needs (anchor, positive, negative) columns; mine negatives first")
-        a, p, n = (nn.functional.normalize(_embed(self.model, f), dim=1) for f in feats[:3])
+        return self.loss_from_embeddings([_embed(self.model, f) for f in feats[:3]])
+
+    def loss_from_embeddings(self, embs: list[torch.Tensor]) -> torch.Tensor:
+        """The loss of (anchor, positive, negative) embedding columns; the single-process and the
+        DDP paths both end here.
+
+        >>> t = TripletLoss(None, margin=0.25); a = torch.tensor([[1.0, 0.0]])
+        >>> float(t.loss_from_embeddings([a, a, a]))  # d(a,p) = d(a,n): the margin is the loss
+        0.25
+        """
+        a, p, n = (nn.functional.normalize(e.float(), dim=1) for e in embs[:3])
         d_ap = 1 - (a * p).sum(1)
         d_an = 1 - (a * n).sum(1)
         return torch.relu(d_ap - d_an + self.margin).mean()

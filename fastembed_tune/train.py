@@ -65,6 +65,7 @@ from .atomic import (
 from .data import Pair, read_pairs
 from .distributed import barrier, gather_with_grad, init_from_env, launch_rank, shard
 from .errors import UserError
+from .loop import WindowLog, length_grouped, make_optimizer, make_scheduler, optimizer_step, set_seed, use_bf16
 from .losses import CachedFusedMNRLoss, FusedMNRLoss, TripletLoss, text_keys
 from .model import EmbeddingModel
 
@@ -168,37 +169,6 @@ class TrainConfig:
 # data: replay mixing, batches, columns
 
 
-def use_bf16(device: Union[str, torch.device], requested: Optional[bool] = None) -> bool:
-    """Whether to autocast to bfloat16: ``requested`` when given, else True on CUDA and on CPUs
-    whose oneDNN has native bf16 (AVX512-BF16 or AMX; emulated bf16 would be slower than float32).
-
-    >>> use_bf16("cpu", False)
-    False
-    """
-    if requested is not None:
-        return bool(requested)
-    device = torch.device(device)
-    if device.type == "cuda":
-        return True
-    if device.type != "cpu":
-        return False
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
-
-
-def set_seed(seed: int) -> None:
-    """Seed python's ``random``, numpy's global generator and torch (CPU and CUDA).
-
-    >>> set_seed(1); a = torch.rand(1); set_seed(1); bool(torch.rand(1) == a)
-    True
-    """
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
 def mix_replay(pairs: Sequence[Pair], replay: Sequence[Pair], ratio: float, seed: int, epoch: int) -> list[Pair]:
     """The epoch's training set: ``pairs`` plus ``round(ratio * len(pairs))`` pairs sampled from
     ``replay`` with ``default_rng([seed, epoch, 1])`` (without replacement when replay is big enough).
@@ -260,11 +230,8 @@ def epoch_batches(pairs: Sequence[Pair], batch_size: int, seed: int, epoch: int,
     True
     """
     rng = np.random.default_rng([seed, epoch])
-    order = rng.permutation(len(pairs)).tolist()
-    if length_window > 0:
-        w = length_window * batch_size
-        key = [len(p.query) + len(p.positive) for p in pairs]
-        order = [i for s in range(0, len(order), w) for i in sorted(order[s:s + w], key=key.__getitem__)]
+    order = length_grouped(rng.permutation(len(pairs)), [len(p.query) + len(p.positive) for p in pairs],
+                           batch_size, length_window)
     texts = [_pair_texts(p, num_negatives) for p in pairs]
     batches = [b for b in no_duplicate_batches(order, texts, batch_size) if len(b) >= min(2, batch_size)]
     return [batches[i] for i in rng.permutation(len(batches))]
@@ -318,19 +285,6 @@ def build_loss(model: torch.nn.Module, config: TrainConfig) -> torch.nn.Module:
     if config.loss == "triplet":
         return TripletLoss(model, margin=config.triplet_margin)
     raise UserError(f"loss must be one of {', '.join(LOSSES)}; got {config.loss!r}")
-
-
-def linear_schedule(warmup_steps: int, total_steps: int):
-    """The LR multiplier: linear warmup from 0 over ``warmup_steps``, then linear decay to 0.
-
-    >>> f = linear_schedule(2, 10); [round(f(s), 3) for s in (0, 1, 2, 6, 10)]
-    [0.0, 0.5, 1.0, 0.5, 0.0]
-    """
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return step / max(1, warmup_steps)
-        return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
-    return factor
 
 
 # ----------------------------------------------------------------------------------------------
@@ -423,21 +377,6 @@ def _load_latest_checkpoint(output_dir: Path) -> Optional[tuple[Path, dict, dict
 # the loop
 
 
-def make_optimizer(module: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
-    """AdamW over the trainable parameters, with no weight decay on biases and LayerNorm (ndim < 2).
-
-    >>> opt = make_optimizer(torch.nn.Linear(2, 2), 1e-3, 0.01)
-    >>> [g["weight_decay"] for g in opt.param_groups]
-    [0.01, 0.0]
-    """
-    decay, no_decay = [], []
-    for p in module.parameters():
-        if p.requires_grad:
-            (decay if p.ndim >= 2 else no_decay).append(p)
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr)
-
-
 def _truncate_log(log_file: Path, step: int) -> None:
     """Keep the log lines of steps <= ``step`` (a killed run may have logged past its checkpoint)."""
     if not log_file.is_file():
@@ -473,8 +412,7 @@ def _distributed_step(ddp, model, loss_fn, batch: list[Pair], config: TrainConfi
         loss = loss_fn.loss_from_embeddings([gather_with_grad(p) for p in parts], doc_keys=keys)
         (loss * wsize).backward()
         return loss
-    a, p, n = (torch.nn.functional.normalize(x, dim=1) for x in parts[:3])
-    loss = torch.relu((1 - (a * p).sum(1)) - (1 - (a * n).sum(1)) + config.triplet_margin).mean()
+    loss = loss_fn.loss_from_embeddings(parts)
     loss.backward()
     shown = loss.detach().clone()
     torch.distributed.all_reduce(shown)
@@ -523,16 +461,58 @@ def train(pairs: Sequence[Pair], config: TrainConfig, model: Optional[EmbeddingM
         return _train_locked(pairs, replay, config, model, out_dir, t_start)
 
 
-def _train_locked(pairs: list[Pair], replay: list[Pair], config: TrainConfig, model: Optional[EmbeddingModel],
-                  out_dir: Path, t_start: float) -> dict:
-    """The training run once ``out_dir`` is locked: set-up, resume, the loop, the final save."""
-    log_file = Path(config.resolved_log_file())
-    log_file.parent.mkdir(parents=True, exist_ok=True)
+@dataclass
+class _Run:
+    """One training run's parts, shared by the set-up, resume, loop and finish steps below."""
+    config: TrainConfig
+    model: EmbeddingModel
+    loss_fn: torch.nn.Module
+    device: torch.device
+    rank: int
+    wsize: int
+    bf16: bool
+    epochs: "_EpochData"
+    total_steps: int
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    data_digest: str
+    out_dir: Path
+    log_file: Path
+    saved_max_len: int
+    ddp: Any = None
+    step: int = 0
+    epoch: int = 0
+    bidx: int = 0
+    elapsed0: float = 0.0
+    log_window: Optional[dict] = None
 
+
+class _EpochData:
+    """The epochs' data and batches, a pure function of (data, seed, epoch); the last one is kept."""
+
+    def __init__(self, pairs: list[Pair], replay: list[Pair], config: TrainConfig):
+        self.pairs, self.replay, self.config = pairs, replay, config
+        self.cache: dict[int, tuple[list[Pair], list[list[int]]]] = {}
+
+    def __call__(self, e: int) -> tuple[list[Pair], list[list[int]]]:
+        c = self.config
+        if e not in self.cache:
+            self.cache.clear()
+            ep = mix_replay(self.pairs, self.replay, c.replay_ratio, c.seed, e)
+            bs = epoch_batches(ep, c.batch_size, c.seed, e, c.num_negatives, c.length_window)
+            if not bs:
+                raise UserError("no batch of 2 or more pairs without a repeated text can be formed from this data")
+            self.cache[e] = (ep, bs)
+        return self.cache[e]
+
+
+def _prepare(pairs: list[Pair], replay: list[Pair], config: TrainConfig, model: Optional[EmbeddingModel],
+             out_dir: Path) -> _Run:
+    """Device and process group, the model (training may truncate harder than the saved model's own
+    max_seq_length), the loss, the epochs' batches, the optimizer and the schedule."""
     if not config.resume and list_checkpoints(out_dir):
         raise UserError(f"{out_dir} holds checkpoints of an earlier run: resume it (resume=True / --resume), "
                         f"or remove them, or choose another output_dir")
-
     device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     rank, wsize = init_from_env(device)
     if device.type == "cuda" and wsize > 1:
@@ -542,139 +522,134 @@ def _train_locked(pairs: list[Pair], replay: list[Pair], config: TrainConfig, mo
                         "negatives already) or triplet")
     if model is None:
         model = EmbeddingModel.load(config.model)
-    saved_max_len = model.max_seq_length  # training may truncate harder; the saved model keeps its own
+    saved_max_len = model.max_seq_length
     if config.max_seq_length:
         model.max_seq_length = config.max_seq_length
     model.to(device)
-    loss_fn = build_loss(model, config).to(device)
-    bf16 = use_bf16(device, config.bf16)
-
-    # the epochs' data and batches (a pure function of data, seed and epoch)
-    cache: dict[int, tuple[list[Pair], list[list[int]]]] = {}
-
-    def epoch_data(e: int) -> tuple[list[Pair], list[list[int]]]:
-        if e not in cache:
-            cache.clear()
-            ep = mix_replay(pairs, replay, config.replay_ratio, config.seed, e)
-            bs = epoch_batches(ep, config.batch_size, config.seed, e, config.num_negatives, config.length_window)
-            if not bs:
-                raise UserError("no batch of 2 or more pairs without a repeated text can be formed from this data")
-            cache[e] = (ep, bs)
-        return cache[e]
-
-    if config.max_steps is not None:
-        total_steps = config.max_steps
-    else:
-        total_steps = sum(len(epoch_data(e)[1]) for e in range(config.epochs))
-    warmup_steps = math.ceil(config.warmup_ratio * total_steps)
+    epochs = _EpochData(pairs, replay, config)
+    total = config.max_steps if config.max_steps is not None else sum(len(epochs(e)[1]) for e in range(config.epochs))
     optimizer = make_optimizer(model, config.lr, config.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_schedule(warmup_steps, total_steps))
-    data_digest = _data_digest(pairs) + ":" + _data_digest(replay)
+    log_file = Path(config.resolved_log_file())
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    return _Run(config, model, build_loss(model, config).to(device), device, rank, wsize, use_bf16(device, config.bf16),
+                epochs, total, optimizer, make_scheduler(optimizer, config.warmup_ratio, total),
+                _data_digest(pairs) + ":" + _data_digest(replay), out_dir, log_file, saved_max_len)
 
-    step, epoch, bidx, elapsed0 = 0, 0, 0, 0.0
-    loaded = _load_latest_checkpoint(out_dir) if config.resume else None
-    if loaded is not None:
-        ckpt, position, state = loaded
-        if position.get("data_digest") != data_digest:
-            raise UserError(f"{ckpt} was written for other training data; resume with the same pairs "
-                            f"(and replay file), or choose another output_dir")
-        step, epoch, bidx = int(position["step"]), int(position["epoch"]), int(position["batch_index"])
-        elapsed0 = float(position.get("elapsed", 0.0))
-        if _digest(epoch_data(epoch)[1]) != position["batch_order_digest"]:
-            raise UserError(f"{ckpt} was written with other batch settings (seed, batch_size, num_negatives, "
-                            f"length_window); resume with the same ones, or choose another output_dir")
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        if rank == 0:
-            _truncate_log(log_file, step)
-        rng_state = state["rng"]
+
+def _resume(run: _Run) -> bool:
+    """Continue from the newest checkpoint that loads (``config.resume``): weights, optimizer,
+    schedule, data position, the log's open window, the RNG states (set last, so nothing before
+    the loop changes what it draws). A fresh run starts a new log. Returns whether it resumed."""
+    loaded = _load_latest_checkpoint(run.out_dir) if run.config.resume else None
+    if loaded is None:
+        if run.log_file.exists() and run.rank == 0:
+            run.log_file.unlink()
+        set_seed(run.config.seed)
+        return False
+    ckpt, position, state = loaded
+    if position.get("data_digest") != run.data_digest:
+        raise UserError(f"{ckpt} was written for other training data; resume with the same pairs "
+                        f"(and replay file), or choose another output_dir")
+    run.step, run.epoch, run.bidx = int(position["step"]), int(position["epoch"]), int(position["batch_index"])
+    run.elapsed0 = float(position.get("elapsed", 0.0))
+    run.log_window = position.get("log_window") if "sums" in position.get("log_window", {}) else None
+    if _digest(run.epochs(run.epoch)[1]) != position["batch_order_digest"]:
+        raise UserError(f"{ckpt} was written with other batch settings (seed, batch_size, num_negatives, "
+                        f"length_window); resume with the same ones, or choose another output_dir")
+    run.model.load_state_dict(state["model"])
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.scheduler.load_state_dict(state["scheduler"])
+    if run.rank == 0:
+        _truncate_log(run.log_file, run.step)
+    _set_rng_states(state["rng"])
+    return True
+
+
+def _step(run: _Run, batch: list[Pair]) -> float:
+    """One optimizer step on ``batch`` (single process, or this rank's share under torchrun)."""
+    if run.ddp is not None:
+        loss = _distributed_step(run.ddp, run.model, run.loss_fn, batch, run.config, run.device, run.bf16,
+                                 run.rank, run.wsize)
     else:
-        if log_file.exists() and rank == 0:
-            log_file.unlink()
-        rng_state = None
+        cols = batch_columns(batch, run.config.num_negatives)
+        feats = [{k: v.to(run.device) for k, v in run.model.tokenize(c).items()} for c in cols]
+        with torch.autocast(device_type=run.device.type, dtype=torch.bfloat16, enabled=run.bf16):
+            loss = run.loss_fn(feats, None)
+        loss.backward()
+    optimizer_step(run.model.parameters(), run.optimizer, run.scheduler, run.config.max_grad_norm)
+    return float(loss.detach())
 
-    model.train()
-    if rng_state is not None:
-        _set_rng_states(rng_state)  # last, so nothing above changes what the loop draws
-    else:
-        set_seed(config.seed)
 
-    ddp = None
-    if wsize > 1:
-        ddp = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True)
-    bar = tqdm(total=total_steps, initial=step, desc="train", unit="step",
-               disable=not config.show_progress_bar or rank != 0)
-    t_loop = time.perf_counter()
-    win_loss, win_steps, win_pairs, t_win = 0.0, 0, 0, time.perf_counter()
-    if loaded is not None and "log_window" in loaded[1]:  # the resumed log reads as one run
-        win_loss, win_steps, win_pairs = (loaded[1]["log_window"][k] for k in ("loss", "steps", "pairs"))
-    pairs_done, last_loss = 0, float("nan")
-    start_step = step
+def _checkpoint(run: _Run, batches: list[list[int]], log: WindowLog) -> None:
+    """Save checkpoint-{step} (rank 0 writes; the others wait so nobody runs ahead of it)."""
+    c = run.config
+    position = {"step": run.step, "epoch": run.epoch, "batch_index": run.bidx, "seed": c.seed,
+                "batch_order_digest": _digest(batches), "num_batches": len(batches),
+                "data_digest": run.data_digest, "total_steps": run.total_steps,
+                "elapsed": run.elapsed0 + time.perf_counter() - log.t0, "log_window": log.state(),
+                "config": dataclasses.asdict(c)}
+    if run.rank == 0:
+        _save_checkpoint(run.out_dir, run.step, run.model, run.optimizer, run.scheduler, position,
+                         c.keep_checkpoints)
     barrier()
-    with open(log_file if rank == 0 else os.devnull, "a", encoding="utf-8") as log:
-        while step < total_steps:
-            ep_pairs, batches = epoch_data(epoch)
-            if bidx >= len(batches):
-                epoch, bidx = epoch + 1, 0
+
+
+def _loop(run: _Run) -> tuple[int, float, float]:
+    """Steps until ``total_steps``, logging and checkpointing; returns (pairs, last loss, seconds)."""
+    c = run.config
+    bar = tqdm(total=run.total_steps, initial=run.step, desc="train", unit="step",
+               disable=not c.show_progress_bar or run.rank != 0)
+    pairs_done, last_loss, t_loop = 0, float("nan"), time.perf_counter()
+    barrier()
+    with open(run.log_file if run.rank == 0 else os.devnull, "a", encoding="utf-8") as f:
+        log = WindowLog(f, c.logging_steps, "pairs_per_s", run.elapsed0, run.log_window)
+        while run.step < run.total_steps:
+            ep_pairs, batches = run.epochs(run.epoch)
+            if run.bidx >= len(batches):
+                run.epoch, run.bidx = run.epoch + 1, 0
                 continue
-            batch = [ep_pairs[i] for i in batches[bidx]]
-            lr = scheduler.get_last_lr()[0]
-            if ddp is not None:
-                loss = _distributed_step(ddp, model, loss_fn, batch, config, device, bf16, rank, wsize)
-            else:
-                cols = batch_columns(batch, config.num_negatives)
-                feats = [{k: v.to(device) for k, v in model.tokenize(c).items()} for c in cols]
-                with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16):
-                    loss = loss_fn(feats, None)
-                loss.backward()
-            if config.max_grad_norm:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            step, bidx = step + 1, bidx + 1
-            last_loss = float(loss.detach())
-            win_loss, win_steps, win_pairs = win_loss + last_loss, win_steps + 1, win_pairs + len(batch)
+            batch = [ep_pairs[i] for i in batches[run.bidx]]
+            lr = run.scheduler.get_last_lr()[0]
+            last_loss = _step(run, batch)
+            run.step, run.bidx = run.step + 1, run.bidx + 1
             pairs_done += len(batch)
-            if step % config.logging_steps == 0 or step == total_steps:
-                now = time.perf_counter()
-                pps = win_pairs / max(now - t_win, 1e-9)
-                rec = {"step": step, "epoch": round(epoch + bidx / len(batches), 4),
-                       "loss": win_loss / win_steps, "lr": lr, "pairs_per_s": round(pps, 2),
-                       "elapsed": round(elapsed0 + now - t_loop, 3)}
-                log.write(json.dumps(rec) + "\n")
-                log.flush()
-                bar.set_postfix(loss=f"{rec['loss']:.4f}", pairs_s=f"{pps:.1f}")
-                win_loss, win_steps, win_pairs, t_win = 0.0, 0, 0, now
+            rec = log.add(run.step, run.epoch + run.bidx / len(batches), lr, len(batch), run.total_steps,
+                          loss=last_loss)
+            if rec:
+                bar.set_postfix(loss=f"{rec['loss']:.4f}", pairs_s=f"{rec['pairs_per_s']:.1f}")
             bar.update(1)
-            if config.checkpoint_every and step % config.checkpoint_every == 0:
-                position = {"step": step, "epoch": epoch, "batch_index": bidx, "seed": config.seed,
-                            "batch_order_digest": _digest(batches), "num_batches": len(batches),
-                            "data_digest": data_digest, "total_steps": total_steps,
-                            "elapsed": elapsed0 + time.perf_counter() - t_loop,
-                            "log_window": {"loss": win_loss, "steps": win_steps, "pairs": win_pairs},
-                            "config": dataclasses.asdict(config)}
-                if rank == 0:  # one writer; the others wait so nobody runs ahead of a checkpoint
-                    _save_checkpoint(out_dir, step, model, optimizer, scheduler, position, config.keep_checkpoints)
-                barrier()
+            if c.checkpoint_every and run.step % c.checkpoint_every == 0:
+                _checkpoint(run, batches, log)
     bar.close()
-    loop_s = time.perf_counter() - t_loop
-    model.eval()
+    return pairs_done, last_loss, time.perf_counter() - t_loop
+
+
+def _train_locked(pairs: list[Pair], replay: list[Pair], config: TrainConfig, model: Optional[EmbeddingModel],
+                  out_dir: Path, t_start: float) -> dict:
+    """The training run once ``out_dir`` is locked: set-up, resume, the loop, the final save."""
+    run = _prepare(pairs, replay, config, model, out_dir)
+    resumed = _resume(run)
+    start_step = run.step
+    run.model.train()
+    if run.wsize > 1:
+        run.ddp = torch.nn.parallel.DistributedDataParallel(
+            run.model, device_ids=[run.device.index] if run.device.type == "cuda" else None,
+            find_unused_parameters=True)
+    pairs_done, last_loss, loop_s = _loop(run)
+    run.model.eval()
     final = out_dir / "model"
-    model.max_seq_length = saved_max_len
-    if rank == 0:
-        model.save(final)
-    ep_pairs, batches = epoch_data(epoch)
-    summary = {"steps": step, "steps_this_run": step - start_step,
-               "epochs": round(epoch + bidx / len(batches), 4),
-               "final_loss": last_loss if step > start_step else None,
+    run.model.max_seq_length = run.saved_max_len
+    if run.rank == 0:
+        run.model.save(final)
+    ep_pairs, batches = run.epochs(run.epoch)
+    summary = {"steps": run.step, "steps_this_run": run.step - start_step,
+               "epochs": round(run.epoch + run.bidx / len(batches), 4),
+               "final_loss": last_loss if run.step > start_step else None,
                "pairs_per_s": round(pairs_done / max(loop_s, 1e-9), 2),
                "seconds": round(time.perf_counter() - t_start, 3), "output": str(final),
-               "log_file": str(log_file), "resumed_from": start_step if loaded is not None else None,
-               "replay_pairs_per_epoch": len(ep_pairs) - len(pairs), "device": str(device), "bf16": bf16}
-    if rank == 0:
+               "log_file": str(run.log_file), "resumed_from": start_step if resumed else None,
+               "replay_pairs_per_epoch": len(ep_pairs) - len(pairs), "device": str(run.device), "bf16": run.bf16}
+    if run.rank == 0:
         write_json(out_dir / "train_summary.json", summary)
     barrier()
     return summary

@@ -281,7 +281,7 @@ def test_triplet_needs_negatives(tmp_path, tiny_model_dir):
 def test_bf16_autocast_learns_like_fp32(tmp_path, tiny_model_dir):
     """bf16 autocast (the default where the CPU has native bf16) learns as fp32 does, to bf16 precision;
     the weights and the saved model stay float32."""
-    from fastembed_tune.train import use_bf16
+    from fastembed_tune.loop import use_bf16
 
     assert use_bf16("cpu", True) and not use_bf16("cpu", False)
     runs = {}
