@@ -11,13 +11,14 @@ import sys
 from contextlib import nullcontext
 from typing import Optional, Sequence
 
-from .atomic import check_output, output_lock, write_json
+from .atomic import check_output, output_lock
 from .errors import UserError
 
 
 def _cmd_mine(a: argparse.Namespace) -> int:
     from .data import read_corpus, read_pairs
-    from .distributed import init_from_env
+    from .distributed import init_from_env, launch_rank
+    from .mining import format_summary, mine_to_file, negatives_warning
     from .model import EmbeddingModel
 
     check_output(a.output, "file")
@@ -26,44 +27,13 @@ def _cmd_mine(a: argparse.Namespace) -> int:
     pairs = read_pairs(a.pairs)
     corpus = list(read_corpus(a.corpus).values()) if a.corpus else None
     model = EmbeddingModel.load(a.model)
-    rank, wsize = init_from_env()
-    with output_lock(a.output) if rank == 0 else nullcontext():
-        return _mine_locked(a, pairs, corpus, model, rank, wsize)
-
-
-def _mine_locked(a: argparse.Namespace, pairs, corpus, model, rank: int, wsize: int) -> int:
-    from .distributed import barrier
-    from .mining import (
-        format_summary,
-        merge_shards,
-        merge_summaries,
-        mine_hard_negatives,
-        negatives_warning,
-        write_pairs_jsonl,
-    )
-
-    shard_dir = f"{a.output}.shards" if wsize > 1 else None
-    res = mine_hard_negatives(pairs, model, corpus, num_negatives=a.num_negatives, skip_top=a.skip_top,
-                              max_ratio=a.max_ratio, batch_size=a.batch_size, threads=a.threads,
-                              show_progress_bar=not a.quiet and rank == 0, shard_dir=shard_dir)
-    summary = res.summary
-    if wsize > 1:  # each rank wrote its shard; rank 0 merges them in the original order
-        write_pairs_jsonl(res.pairs, os.path.join(shard_dir, f"part-{rank}.jsonl"))
-        write_json(os.path.join(shard_dir, f"summary-{rank}.json"), res.summary)
-        barrier()
-        if rank == 0:
-            merge_shards([os.path.join(shard_dir, f"part-{r}.jsonl") for r in range(wsize)], a.output)
-            parts = [json.load(open(os.path.join(shard_dir, f"summary-{r}.json"))) for r in range(wsize)]
-            summary = merge_summaries(parts)
-            import shutil
-            shutil.rmtree(shard_dir, ignore_errors=True)
-        barrier()
-        if rank != 0:
-            return 0
-    else:
-        write_pairs_jsonl(res.pairs, a.output)
-    if a.summary:
-        write_json(a.summary, summary)
+    with output_lock(a.output) if launch_rank() == 0 else nullcontext():
+        init_from_env()
+        summary = mine_to_file(pairs, a.output, model, corpus, summary_path=a.summary,
+                               num_negatives=a.num_negatives, skip_top=a.skip_top, max_ratio=a.max_ratio,
+                               batch_size=a.batch_size, threads=a.threads, show_progress_bar=not a.quiet)
+    if summary is None:  # another rank of a torchrun job: rank 0 reports
+        return 0
     print(format_summary(summary))
     warning = negatives_warning(summary)
     if warning:

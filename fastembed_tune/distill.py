@@ -298,6 +298,17 @@ def in_batch_kl(teacher_emb: torch.Tensor, student_emb: torch.Tensor, temperatur
     return (lt.exp() * (lt - ls)).sum(1).mean()
 
 
+def distillation_texts(pairs: Sequence, corpus: Sequence[str]) -> list[str]:
+    """The texts a student learns from: the training queries, the corpus, the training positives
+    (distinct, in that order); never a test query when ``corpus`` holds no test document.
+
+    >>> from fastembed_tune.data import Pair
+    >>> distillation_texts([Pair("cat", "a feline")], ["a dog", "a feline"])
+    ['cat', 'a dog', 'a feline']
+    """
+    return list(dict.fromkeys([p.query for p in pairs] + list(corpus) + [p.positive for p in pairs]))
+
+
 def _check(name: str, ok: bool, v: Any, what: str) -> None:
     if not ok:
         raise UserError(f"{name} must be {what}; got {v!r}")

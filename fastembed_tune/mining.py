@@ -18,7 +18,7 @@ from typing import Optional, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from .atomic import atomic_write
+from .atomic import atomic_write, write_json
 from .data import Pair
 from .distributed import barrier, shard, world
 from .kernels import topk_cosine
@@ -177,6 +177,57 @@ def mine_hard_negatives(
     return MiningResult(out, summary)
 
 
+def leakfree_corpus(evalset) -> list[str]:
+    """The texts of ``evalset``'s corpus minus every text relevant to one of its queries (under
+    whatever id it appears): what ``run`` mines training negatives from, so no test document ever
+    becomes a training negative.
+
+    >>> from fastembed_tune.data import EvalSet
+    >>> leakfree_corpus(EvalSet({"q": "cat"}, {"a": "feline", "b": "dog", "c": "feline"}, {"q": {"a": 1}}))
+    ['dog']
+    """
+    test_texts = {evalset.corpus[d] for rel in evalset.qrels.values() for d in rel}
+    return [t for t in evalset.corpus.values() if t not in test_texts]
+
+
+def mine_to_file(pairs: Sequence[Pair], output: str, model=None, corpus: Optional[Sequence[str]] = None,
+                 summary_path: Optional[str] = None, **kwargs) -> Optional[dict]:
+    """:func:`mine_hard_negatives` written to ``output`` (JSONL, atomically), and its summary to
+    ``summary_path``. Under torchrun each rank mines its shard of the pairs into ``output.shards/``
+    and rank 0 merges them in order; returns the summary on rank 0, ``None`` on the others.
+
+    >>> import tempfile, json
+    >>> out = tempfile.mkdtemp() + "/mined.jsonl"
+    >>> mine_to_file([Pair("cat", "a feline"), Pair("car", "a vehicle")], out, num_negatives=1,
+    ...              show_progress_bar=False)["pairs"]
+    2
+    >>> json.loads(open(out).readline())["negatives"]
+    ['a vehicle']
+    """
+    rank, wsize = world()
+    if wsize == 1:
+        res = mine_hard_negatives(pairs, model, corpus, **kwargs)
+        write_pairs_jsonl(res.pairs, output)
+        summary = res.summary
+    else:
+        shard_dir = f"{output}.shards"
+        res = mine_hard_negatives(pairs, model, corpus, shard_dir=shard_dir,
+                                  **{**kwargs, "show_progress_bar": kwargs.get("show_progress_bar", True) and rank == 0})
+        write_pairs_jsonl(res.pairs, os.path.join(shard_dir, f"part-{rank}.jsonl"))
+        write_json(os.path.join(shard_dir, f"summary-{rank}.json"), res.summary)
+        barrier()
+        summary = None
+        if rank == 0:
+            merge_shards([os.path.join(shard_dir, f"part-{r}.jsonl") for r in range(wsize)], output)
+            summary = merge_summaries([json.loads(open(os.path.join(shard_dir, f"summary-{r}.json")).read())
+                                       for r in range(wsize)])
+            shutil.rmtree(shard_dir, ignore_errors=True)
+        barrier()
+    if summary is not None and summary_path:
+        write_json(summary_path, summary)
+    return summary
+
+
 def negatives_warning(summary: dict) -> Optional[str]:
     """A plain-words warning when mining left pairs without (enough) negatives, else None.
 
@@ -274,13 +325,11 @@ def merge_summaries(parts: Sequence[dict]) -> dict:
 
 
 def _encode(model, texts: list[str], batch_size: int, progress: bool, desc: str) -> np.ndarray:
-    from .model import EmbeddingModel
-
-    if isinstance(model, EmbeddingModel):
-        emb = model.encode(texts, batch_size=batch_size, show_progress_bar=progress, desc=desc)
-    else:  # a SentenceTransformer
+    if type(model).__module__.startswith("sentence_transformers"):
         emb = model.encode(texts, batch_size=batch_size, show_progress_bar=progress,
                            convert_to_numpy=True, normalize_embeddings=True)
+    else:  # EmbeddingModel, EmbeddingCache, OnnxEmbedder: our encode signature
+        emb = model.encode(texts, batch_size=batch_size, show_progress_bar=progress, desc=desc)
     emb = np.ascontiguousarray(emb, dtype=np.float32)
     norms = np.linalg.norm(emb, axis=1, keepdims=True)
     return np.ascontiguousarray(emb / np.maximum(norms, 1e-12), dtype=np.float32)
