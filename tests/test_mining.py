@@ -43,7 +43,8 @@ def test_matches_brute_force(skip, ratio):
     upper = None if ratio is None else (ratio * pos_score).astype(np.float32)
     want = brute(qemb, demb, excl, 4, skip, upper)
     assert len(res.pairs) == len(pairs)  # never drops a pair
-    for p, got, w in zip(res.pairs, res.pairs, want):
+    for p, got, w in zip(pairs, res.pairs, want):
+        assert (got.query, got.positive) == (p.query, p.positive)
         assert got.negatives == [docs[j] for j in w]
         assert not set(got.negatives) & {docs[j] for j in pos_ids[p.query]}
     assert res.summary["pairs"] == 40

@@ -264,11 +264,32 @@ def test_saved_model_loads_in_sentence_transformers(trained):
 
 # ---- (f) the other losses ---------------------------------------------------------------------
 
-@pytest.mark.parametrize("loss", ["triplet", "cached_mnrl"])
-def test_other_losses_run(tmp_path, tiny_model_dir, loss):
-    out = train(_pairs(8, negatives=2), _cfg(tmp_path, tiny_model_dir, loss=loss, max_steps=2,
-                                               num_negatives=2, mini_batch_size=2))
-    assert out["steps"] == 2 and np.isfinite(out["final_loss"])
+@pytest.fixture(scope="module")
+def no_dropout_model(tmp_path_factory) -> str:
+    from conftest import make_tiny_model
+
+    return make_tiny_model(tmp_path_factory.mktemp("nodrop") / "model", dropout=0.0)
+
+
+@pytest.mark.parametrize("loss", ["mnrl", "cached_mnrl", "triplet"])
+def test_each_loss_logs_the_value_torch_computes(tmp_path, no_dropout_model, loss):
+    """The first step's logged loss equals the loss computed here in plain torch from the model's own
+    embeddings (one batch holding every pair; lr 0, no dropout, so the step changes nothing)."""
+    pairs = [Pair(f"{w} query", f"a text about {w}", [f"a note {i} one", f"a note {i} two"], f"t:{i}")
+             for i, w in enumerate(WORDS[:8])]
+    out = train(pairs, _cfg(tmp_path, no_dropout_model, loss=loss, max_steps=1, batch_size=8, lr=0.0,
+                            num_negatives=2, mini_batch_size=3))
+    logged = json.loads(open(out["log_file"]).readline())["loss"]
+    m = EmbeddingModel.load(no_dropout_model)
+    q, p = (torch.from_numpy(m.encode([getattr(x, f) for x in pairs])) for f in ("query", "positive"))
+    n1, n2 = (torch.from_numpy(m.encode([x.negatives[j] for x in pairs])) for j in (0, 1))
+    if loss == "triplet":
+        d_ap, d_an = 1 - (q * p).sum(1), 1 - (q * n1).sum(1)
+        want = torch.relu(d_ap - d_an + 0.25).mean()
+    else:  # InfoNCE over positives and both negative columns, scale 20
+        logits = 20.0 * q @ torch.cat([p, n1, n2]).T
+        want = torch.nn.functional.cross_entropy(logits, torch.arange(8))
+    assert logged == pytest.approx(float(want), abs=2e-4)
 
 
 def test_triplet_needs_negatives(tmp_path, tiny_model_dir):
