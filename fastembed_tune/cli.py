@@ -24,10 +24,10 @@ def _cmd_mine(a: argparse.Namespace) -> int:
     check_output(a.output, "file")
     if a.summary:
         check_output(a.summary, "file", "--summary")
-    pairs = read_pairs(a.pairs)
-    corpus = list(read_corpus(a.corpus).values()) if a.corpus else None
-    model = EmbeddingModel.load(a.model)
     with output_lock(a.output) if launch_rank() == 0 else nullcontext():
+        pairs = read_pairs(a.pairs)
+        corpus = list(read_corpus(a.corpus).values()) if a.corpus else None
+        model = EmbeddingModel.load(a.model)
         init_from_env()
         summary = mine_to_file(pairs, a.output, model, corpus, summary_path=a.summary,
                                num_negatives=a.num_negatives, skip_top=a.skip_top, max_ratio=a.max_ratio,
@@ -223,11 +223,8 @@ def _add_training_args(p: argparse.ArgumentParser, lr: float, num_negatives: Opt
     p.add_argument("--quiet", action="store_true")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="fastembed-tune",
-                                description="Fine-tune, distill and ship text-embedding models for one domain.")
-    sub = p.add_subparsers(dest="command", required=True)
-
+def _mine_parser(sub) -> None:
+    """The ``mine`` subcommand's flags."""
     m = sub.add_parser("mine", help="mine hard negatives for (query, positive) pairs")
     m.add_argument("--pairs", required=True, help="training pairs: JSONL/CSV/Parquet/OpenAI JSONL or a BEIR folder")
     m.add_argument("--corpus", help="candidate documents (JSONL id/text, TXT, CSV, Parquet); default: all positives")
@@ -244,6 +241,9 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--nproc", type=_positive_int, default=None, help="shortcut: run under torchrun with N processes")
     m.set_defaults(func=_cmd_mine)
 
+
+def _train_parser(sub) -> None:
+    """The ``train`` subcommand's flags."""
     t = sub.add_parser("train", help="fine-tune a model on (query, positive[, negatives]) pairs")
     t.add_argument("--pairs", required=True, help="training pairs (JSONL/CSV/Parquet/OpenAI JSONL/BEIR folder)")
     t.add_argument("--model", help="base or previously fine-tuned model directory (warm start)")
@@ -262,6 +262,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--nproc", type=_positive_int, default=None, help="shortcut: run under torchrun with N processes")
     t.set_defaults(func=_cmd_train)
 
+
+def _eval_parser(sub) -> None:
+    """The ``eval`` subcommand's flags."""
     e = sub.add_parser("eval", help="nDCG@10, recall@k, MRR@10, MAP@100 of one or more models")
     e.add_argument("--data", required=True, help="test pairs file or BEIR folder")
     e.add_argument("--corpus", help="corpus file (for a pairs file)")
@@ -271,6 +274,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--quiet", action="store_true")
     e.set_defaults(func=_cmd_eval)
 
+
+def _distill_parser(sub) -> None:
+    """The ``distill`` subcommand's flags."""
     d = sub.add_parser("distill", help="distil a (fine-tuned) teacher into a smaller student")
     d.add_argument("--teacher", help="teacher model directory (default: built-in all-MiniLM-L6-v2)")
     d.add_argument("--student", help="student model directory (default: a layer-pruned copy of the teacher)")
@@ -288,6 +294,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--quiet", action="store_true")
     d.set_defaults(func=_cmd_distill)
 
+
+def _export_parser(sub) -> None:
+    """The ``export`` subcommand's flags."""
     x = sub.add_parser("export", help="export a model to ONNX (fp32, optionally int8) with a parity check")
     x.add_argument("--model", help="sentence-transformers directory (default: built-in all-MiniLM-L6-v2)")
     x.add_argument("--output", "-o", required=True, help="output directory (model.onnx + tokenizer files)")
@@ -298,6 +307,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write model_int8.onnx even when no weight node could be quantised within the parity bound")
     x.set_defaults(func=_cmd_export)
 
+
+def _embed_parser(sub) -> None:
+    """The ``embed`` subcommand's flags."""
     b = sub.add_parser("embed", help="embed texts with an ONNX export (or a sentence-transformers directory)")
     b.add_argument("--model", required=True, help="ONNX export directory, .onnx file, or model directory")
     b.add_argument("--input", "-i", required=True, help="texts: TXT (one a line), JSONL/CSV/TSV/Parquet id+text")
@@ -308,6 +320,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--quiet", action="store_true")
     b.set_defaults(func=_cmd_embed)
 
+
+def _run_parser(sub) -> None:
+    """The ``run`` subcommand's flags."""
     r = sub.add_parser("run", help="base eval -> mining -> training -> eval -> report (default: built-in sample)")
     r.add_argument("--output", "-o", default="runs/sample")
     r.add_argument("--model", help="base model directory (default: built-in all-MiniLM-L6-v2)")
@@ -325,6 +340,24 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--no-distill", action="store_true", help="stop after the fine-tuned model (no student, no ONNX)")
     r.add_argument("--no-export", action="store_true", help="distil but do not export the student to ONNX")
     r.set_defaults(func=_cmd_run)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``fastembed-tune`` parser: one subparser per stage, each built by its own function.
+
+    >>> build_parser().parse_args(["mine", "--pairs", "p.jsonl", "-o", "m.jsonl"]).num_negatives
+    5
+    """
+    p = argparse.ArgumentParser(prog="fastembed-tune",
+                                description="Fine-tune, distill and ship text-embedding models for one domain.")
+    sub = p.add_subparsers(dest="command", required=True)
+    _mine_parser(sub)
+    _train_parser(sub)
+    _eval_parser(sub)
+    _distill_parser(sub)
+    _export_parser(sub)
+    _embed_parser(sub)
+    _run_parser(sub)
     return p
 
 

@@ -100,26 +100,7 @@ def ir_metrics(run_ids: Run, qrels: Qrels, ks: Sequence[int] = (1, 10, 100), *, 
     sums = {f"ndcg@{ndcg_k}": 0.0, **{f"recall@{k}": 0.0 for k in ks},
             f"mrr@{mrr_k}": 0.0, f"map@{map_k}": 0.0}
     for s in range(0, len(judged), _CHUNK):
-        chunk = judged[s:s + _CHUNK]
-        n = len(chunk)
-        gain = np.zeros((n, L))  # relevance of the doc at each rank
-        ideal = np.zeros((n, L))  # relevances of the qrels, best first
-        nrel = np.zeros(n)
-        for i, q in enumerate(chunk):
-            rel = {d: r for d, r in qrels[q].items() if r > 0}
-            nrel[i] = len(rel)
-            best = sorted(rel.values(), reverse=True)[:L]
-            ideal[i, :len(best)] = best
-            seen: set = set()
-            j = 0
-            for d in run_of(q) or ():
-                if j >= L:
-                    break
-                if d in seen:
-                    continue
-                seen.add(d)
-                gain[i, j] = rel.get(d, 0)
-                j += 1
+        gain, ideal, nrel = _gains(judged[s:s + _CHUNK], qrels, run_of, L)
         hits = gain > 0
         k = ndcg_k
         sums[f"ndcg@{k}"] += float(np.sum((gain[:, :k] @ disc[:k]) / (ideal[:, :k] @ disc[:k])))
@@ -133,6 +114,28 @@ def ir_metrics(run_ids: Run, qrels: Qrels, ks: Sequence[int] = (1, 10, 100), *, 
         prec = np.cumsum(hits[:, :k], axis=1) / ranks[:k]
         sums[f"map@{k}"] += float(np.sum((prec * hits[:, :k]).sum(1) / nrel))
     return {m: v / len(judged) for m, v in sums.items()}
+
+
+def _gains(chunk: Sequence[str], qrels: Qrels, run_of, L: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For each query of ``chunk``: the relevance of the doc at each of the first ``L`` ranks (a
+    repeated doc counts at its first rank only), its qrels' relevances best first, its relevant count."""
+    gain, ideal, nrel = np.zeros((len(chunk), L)), np.zeros((len(chunk), L)), np.zeros(len(chunk))
+    for i, q in enumerate(chunk):
+        rel = {d: r for d, r in qrels[q].items() if r > 0}
+        nrel[i] = len(rel)
+        best = sorted(rel.values(), reverse=True)[:L]
+        ideal[i, :len(best)] = best
+        seen: set = set()
+        j = 0
+        for d in run_of(q) or ():
+            if j >= L:
+                break
+            if d in seen:
+                continue
+            seen.add(d)
+            gain[i, j] = rel.get(d, 0)
+            j += 1
+    return gain, ideal, nrel
 
 
 # ----------------------------------------------------------------------------------------------

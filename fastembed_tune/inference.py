@@ -46,6 +46,17 @@ def _resolve(path: Union[str, os.PathLike]) -> tuple:
     raise UserError(f"{p}: not an ONNX export directory or .onnx file")
 
 
+def _text_list(texts: Sequence[str], what: str) -> List[str]:
+    """``texts`` as a list of strings, or a UserError naming the first that is not one."""
+    if isinstance(texts, str):
+        raise UserError(f"{what}() takes a list of texts, not a single string; wrap it: [text]")
+    texts = list(texts)
+    bad = next((i for i, t in enumerate(texts) if not isinstance(t, str)), None)
+    if bad is not None:
+        raise UserError(f"text #{bad} is a {type(texts[bad]).__name__}, not a string")
+    return texts
+
+
 def embedding_rows(model) -> Optional[int]:
     """Rows of the word-embedding matrix that ``input_ids`` indexes, or None when not found.
 
@@ -214,7 +225,17 @@ class OnnxEmbedder:
         self.vocab_rows = rows
 
     # ---- inference ---------------------------------------------------------------------------
-    def _feed(self, encodings: List) -> Dict[str, np.ndarray]:
+    def feed(self, encodings: Sequence) -> Dict[str, np.ndarray]:
+        """The graph's input dict for tokenizer ``encodings`` (one batch, padded to its longest with
+        the tokenizer's padding id; only the inputs this graph takes).
+
+        >>> e = OnnxEmbedder("/tmp/minilm_onnx")                                 # doctest: +SKIP
+        >>> e.feed(e.tokenizer.encode_batch(["a", "b c"]))["attention_mask"]     # doctest: +SKIP
+        array([[1, 1, 1, 0],
+               [1, 1, 1, 1]])
+        """
+        if not len(encodings):
+            raise UserError("feed() needs at least one encoding")
         n, t = len(encodings), max(len(e.ids) for e in encodings)
         ids = np.full((n, t), self.pad_id, dtype=np.int64)
         mask = np.zeros((n, t), dtype=np.int64)
@@ -227,6 +248,18 @@ class OnnxEmbedder:
         feed = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
         return {k: feed[k] for k in self.input_names}
 
+    def tokenize(self, texts: Sequence[str]) -> Dict[str, np.ndarray]:
+        """Tokenise ``texts`` (truncated to ``max_seq_length``) into ONE padded batch, in input order:
+        the dict ``self.session.run`` takes (no length sorting, no batching; see :meth:`embed`).
+
+        >>> OnnxEmbedder("/tmp/minilm_onnx").tokenize(["a", "b c"])["input_ids"].shape  # doctest: +SKIP
+        (2, 4)
+        """
+        texts = _text_list(texts, "tokenize")
+        if not texts:
+            raise UserError("tokenize() needs at least one text")
+        return self.feed(self.tokenizer.encode_batch(texts, add_special_tokens=True))
+
     def embed(self, texts: Sequence[str], batch_size: int = 64, show_progress_bar: bool = False,
               check_finite: bool = True) -> np.ndarray:
         """Embed texts as float32 ``[n, dim]`` in input order (batches are sorted by token length).
@@ -236,12 +269,7 @@ class OnnxEmbedder:
         >>> OnnxEmbedder("/tmp/minilm_onnx").embed(["a", "b c"], batch_size=1).dtype  # doctest: +SKIP
         dtype('float32')
         """
-        if isinstance(texts, str):
-            raise UserError("embed() takes a list of texts, not a single string; wrap it: [text]")
-        texts = list(texts)
-        bad = next((i for i, t in enumerate(texts) if not isinstance(t, str)), None)
-        if bad is not None:
-            raise UserError(f"text #{bad} is a {type(texts[bad]).__name__}, not a string")
+        texts = _text_list(texts, "embed")
         if not isinstance(batch_size, int) or batch_size < 1:
             raise UserError(f"batch_size must be a positive integer, got {batch_size!r}")
         if not texts:
@@ -254,7 +282,7 @@ class OnnxEmbedder:
         for s in tqdm(range(0, len(texts), batch_size), desc="embed (onnx)", unit="batch",
                       disable=not show_progress_bar):
             idx = order[s:s + batch_size]
-            emb = self.session.run([self.output_name], self._feed([encodings[i] for i in idx]))[0]
+            emb = self.session.run([self.output_name], self.feed([encodings[i] for i in idx]))[0]
             if out is None:
                 out = np.empty((len(texts), emb.shape[1]), dtype=np.float32)
             out[idx] = emb

@@ -84,60 +84,17 @@ def mine_hard_negatives(
         raise ValueError(f"num_negatives must be >= 1, got {num_negatives}")
     if not pairs:
         raise ValueError("no pairs to mine negatives for")
-    given = list(corpus) if corpus is not None else []
-    docs: list[str] = []  # distinct texts; rows[i] is the row of docs[i] in the corpus as given
-    rows_of: list[int] = []
-    doc_index: dict[str, int] = {}
-    for r, t in enumerate(given):
-        if t not in doc_index:
-            doc_index[t] = len(docs)
-            docs.append(t)
-            rows_of.append(r)
-    added = 0
-    for p in pairs:
-        if p.positive not in doc_index:
-            doc_index[p.positive] = len(docs)
-            docs.append(p.positive)
-            rows_of.append(len(given) + added)
-            added += 1
-    # Each query excludes every positive it has anywhere in the data (and its own text).
-    positives_of: dict[str, set[int]] = {}
-    for p in pairs:
-        positives_of.setdefault(p.query, set()).add(doc_index[p.positive])
-    for q, s in positives_of.items():
-        if q in doc_index:
-            s.add(doc_index[q])
-    exclude = [sorted(positives_of[p.query]) for p in pairs]
-    k = min(num_negatives, len(docs))
+    ix = _CorpusIndex(list(corpus) if corpus is not None else [], pairs)
+    k = min(num_negatives, len(ix.docs))
     rank, wsize = world()
     rows = shard(len(pairs), rank, wsize) if (wsize > 1 and embeddings is None) else slice(0, len(pairs))
-
     if embeddings is None:
-        if model is None:
-            from .model import EmbeddingModel
-            model = EmbeddingModel.load()
-        uq = list(dict.fromkeys(p.query for p in pairs))
-        qpos = {q: i for i, q in enumerate(uq)}
-        if wsize > 1:
-            if shard_dir is None:
-                raise ValueError("mining under torchrun needs shard_dir, a folder shared by the ranks")
-            qemb_u = encode_sharded(model, uq, os.path.join(shard_dir, "queries.npy"), batch_size, show_progress_bar)
-            demb = encode_sharded(model, docs, os.path.join(shard_dir, "corpus.npy"), batch_size, show_progress_bar)
-        else:
-            qemb_u = _encode(model, uq, batch_size, show_progress_bar, "embed queries")
-            demb = _encode(model, docs, batch_size, show_progress_bar, "embed corpus")
-        qemb = np.ascontiguousarray(qemb_u[[qpos[p.query] for p in pairs[rows]]])
+        qemb, demb = _embed(pairs, ix.docs, model, rows, batch_size, show_progress_bar, shard_dir)
     else:
-        qemb, cemb = embeddings
-        if len(qemb) != len(pairs) or len(cemb) != len(given) + added:
-            raise ValueError(f"embeddings must hold {len(pairs)} query rows (one per pair) and "
-                             f"{len(given) + added} corpus rows (the corpus as given, {len(given)} rows, then "
-                             f"the {added} positives missing from it); got {len(qemb)} and {len(cemb)}")
-        demb = cemb if len(docs) == len(cemb) else np.ascontiguousarray(np.asarray(cemb)[rows_of])
-    pairs, exclude = list(pairs)[rows], exclude[rows]
-    pos_ids = np.array([doc_index[p.positive] for p in pairs])
+        qemb, demb = ix.rows_for(pairs, *embeddings)
+    pairs, exclude = list(pairs)[rows], ix.exclusions(pairs)[rows]
+    pos_ids = np.array([ix.index[p.positive] for p in pairs])
     pos_scores = np.einsum("ij,ij->i", qemb.astype(np.float64), demb[pos_ids].astype(np.float64))
-
     scores, ids = topk_cosine(qemb, demb, k, exclude=exclude, skip_top=skip_top,
                               max_ratio=max_ratio, positive_scores=pos_scores if max_ratio else None,
                               threads=threads)
@@ -147,19 +104,22 @@ def mine_hard_negatives(
         s2, _ = topk_cosine(qemb, demb, k, exclude=exclude, skip_top=skip_top, threads=threads)
         over = (s2 > (max_ratio * pos_scores)[:, None]) & np.isfinite(s2)
         dropped, pairs_hit = int(over.sum()), int(over.any(1).sum())
+    out = [Pair(p.query, p.positive, list(dict.fromkeys(list(p.negatives) + [ix.docs[j] for j in ids[r] if j >= 0])),
+                p.source) for r, p in enumerate(pairs)]
+    summary = _summary(scores, ids, pos_scores, len(ix.docs), ix.added if corpus is not None else 0, num_negatives,
+                       skip_top, max_ratio, dropped, pairs_hit)
+    return MiningResult(out, summary)
 
-    out: list[Pair] = []
-    got = np.zeros(len(pairs), dtype=np.int64)
-    for r, p in enumerate(pairs):
-        mined = [docs[j] for j in ids[r] if j >= 0]
-        got[r] = len(mined)
-        negs = list(dict.fromkeys(list(p.negatives) + mined))
-        out.append(Pair(p.query, p.positive, negs, p.source))
+
+def _summary(scores: np.ndarray, ids: np.ndarray, pos_scores: np.ndarray, corpus_size: int, added: int,
+             num_negatives: int, skip_top: int, max_ratio: Optional[float], dropped: int, pairs_hit: int) -> dict:
+    """The mining summary: counts, means and score histograms (see :func:`format_summary`)."""
     valid = ids >= 0
-    summary = {
-        "pairs": len(pairs),
-        "corpus_size": len(docs),
-        "positives_added_to_corpus": added if corpus is not None else 0,
+    got = valid.sum(1)
+    return {
+        "pairs": len(ids),
+        "corpus_size": corpus_size,
+        "positives_added_to_corpus": added,
         "num_negatives": num_negatives,
         "skip_top": skip_top,
         "max_ratio": max_ratio,
@@ -174,7 +134,68 @@ def mine_hard_negatives(
         "positive_score_histogram": _histogram(pos_scores),
         "negative_score_histogram": _histogram(scores[valid]),
     }
-    return MiningResult(out, summary)
+
+
+class _CorpusIndex:
+    """The distinct candidate texts: the corpus as given (a duplicate text once, through its first
+    row), then the positives missing from it, in order of first appearance."""
+
+    def __init__(self, given: list[str], pairs: Sequence[Pair]):
+        self.given = given
+        self.docs: list[str] = []
+        self.rows_of: list[int] = []  # row of docs[i] in (the corpus as given + missing positives)
+        self.index: dict[str, int] = {}
+        for r, t in enumerate(given):
+            if t not in self.index:
+                self._add(t, r)
+        self.added = 0
+        for p in pairs:
+            if p.positive not in self.index:
+                self._add(p.positive, len(given) + self.added)
+                self.added += 1
+
+    def _add(self, text: str, row: int) -> None:
+        self.index[text] = len(self.docs)
+        self.docs.append(text)
+        self.rows_of.append(row)
+
+    def exclusions(self, pairs: Sequence[Pair]) -> list[list[int]]:
+        """Each query excludes every positive it has anywhere in the data (and its own text)."""
+        positives_of: dict[str, set[int]] = {}
+        for p in pairs:
+            positives_of.setdefault(p.query, set()).add(self.index[p.positive])
+        for q, s in positives_of.items():
+            if q in self.index:
+                s.add(self.index[q])
+        return [sorted(positives_of[p.query]) for p in pairs]
+
+    def rows_for(self, pairs: Sequence[Pair], qemb: np.ndarray, cemb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(query rows, distinct-document rows) from precomputed embeddings aligned with the corpus as given."""
+        if len(qemb) != len(pairs) or len(cemb) != len(self.given) + self.added:
+            raise ValueError(f"embeddings must hold {len(pairs)} query rows (one per pair) and "
+                             f"{len(self.given) + self.added} corpus rows (the corpus as given, {len(self.given)} "
+                             f"rows, then the {self.added} positives missing from it); got {len(qemb)} and {len(cemb)}")
+        return qemb, cemb if len(self.docs) == len(cemb) else np.ascontiguousarray(np.asarray(cemb)[self.rows_of])
+
+
+def _embed(pairs: Sequence[Pair], docs: list[str], model, rows: slice, batch_size: int, progress: bool,
+           shard_dir: Optional[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(query rows of ``pairs[rows]``, rows of ``docs``), each distinct text embedded once; under
+    torchrun the ranks share the work through memory-mapped files in ``shard_dir``."""
+    if model is None:
+        from .model import EmbeddingModel
+        model = EmbeddingModel.load()
+    uq = list(dict.fromkeys(p.query for p in pairs))
+    qpos = {q: i for i, q in enumerate(uq)}
+    if world()[1] > 1:
+        if shard_dir is None:
+            raise ValueError("mining under torchrun needs shard_dir, a folder shared by the ranks")
+        qemb_u = encode_sharded(model, uq, os.path.join(shard_dir, "queries.npy"), batch_size, progress)
+        demb = encode_sharded(model, docs, os.path.join(shard_dir, "corpus.npy"), batch_size, progress)
+    else:
+        qemb_u = _encode(model, uq, batch_size, progress, "embed queries")
+        demb = _encode(model, docs, batch_size, progress, "embed corpus")
+    return np.ascontiguousarray(qemb_u[[qpos[p.query] for p in list(pairs)[rows]]]), demb
 
 
 def leakfree_corpus(evalset) -> list[str]:

@@ -12,10 +12,12 @@ import pytest
 import torch
 
 from fastembed_tune import export as export_mod
+from fastembed_tune import quantize as quantize_mod
 from fastembed_tune.errors import UserError
 from fastembed_tune.export import ParityError, export_onnx
 from fastembed_tune.inference import OnnxEmbedder
 from fastembed_tune.model import EmbeddingModel, default_model_path
+from fastembed_tune.parity import check_parity, passes
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
@@ -109,8 +111,10 @@ def test_dynamic_axes_padding_and_lengths(fp32, minilm):
 
 def test_graph_reads_the_attention_mask(exported, fp32):
     """A graph whose mask was dropped or constant-folded at trace time ignores this change."""
-    enc = fp32.tokenizer.encode_batch(["ok", "a considerably longer sentence that forces padding"])
-    feed = fp32._feed(enc)
+    texts = ["ok", "a considerably longer sentence that forces padding"]
+    feed = fp32.tokenize(texts)
+    same = fp32.feed(fp32.tokenizer.encode_batch(texts))
+    assert all(np.array_equal(feed[k], same[k]) for k in feed) and set(feed) == set(fp32.input_names)
     right = fp32.session.run(None, feed)[0]
     feed["attention_mask"] = np.ones_like(feed["attention_mask"])
     wrong = fp32.session.run(None, feed)[0]
@@ -310,3 +314,86 @@ def test_cli_export_embed_bad_input(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("error: ") == 4 and "Traceback" not in err
     assert not (tmp_path / "e.npy").exists() and not (tmp_path / "e.csv").exists()
+
+
+# ---- int8 calibration on the user's own texts -------------------------------------------------------------
+def _spy_stats(monkeypatch):
+    """Record the calibration feeds and channel statistics of every int8 export."""
+    seen = []
+    real = quantize_mod.activation_stats
+
+    def spy(fp32, feeds):
+        stats = real(fp32, feeds)
+        seen.append((feeds, stats))
+        return stats
+
+    monkeypatch.setattr(quantize_mod, "activation_stats", spy)
+    return seen
+
+
+def test_calibration_texts_are_used(tmp_path, monkeypatch):
+    src = tiny_model(tmp_path / "tiny")
+    seen = _spy_stats(monkeypatch)
+    default = export_onnx(src, tmp_path / "default", quantize="int8", optimize=False)
+    mine = corpus(150)  # the start of the corpus: the bundled calibration sample is its end
+    info = export_onnx(src, tmp_path / "mine", quantize="int8", optimize=False, calibration_texts=mine)
+    assert default["int8_calibration"] == {"source": "bundled_sample", "texts": 128}
+    assert info["int8_calibration"] == {"source": "calibration_texts", "texts": 128}  # at most 128 of 150
+    meta = json.loads((tmp_path / "mine" / "fastembed_tune_onnx.json").read_text())
+    assert meta["int8"]["calibration"] == {"source": "calibration_texts", "texts": 128}
+    assert passes(info["parity"]["int8"], 0.99)
+
+    (feeds0, stats0), (feeds1, stats1) = seen
+    assert sum(len(f["input_ids"]) for f in feeds1) == 33 + 128
+    picked, source = quantize_mod.calibration_set(mine)
+    assert source == "calibration_texts" and picked[0] == mine[0] and len(set(picked)) == 128
+    want = OnnxEmbedder(tmp_path / "mine").tokenize(picked[-16:])  # the last calibration batch
+    assert np.array_equal(feeds1[-1]["input_ids"], want["input_ids"])
+    assert stats0.keys() == stats1.keys()
+    assert any(not np.allclose(stats0[k]["max"], stats1[k]["max"]) for k in stats0)
+
+
+@pytest.mark.parametrize("bad,match", [
+    ([], "calibration_texts is empty"),
+    (["a text", 3], "item 1 is a int, not a string"),
+    (["a text", "   "], "item 1 is empty"),
+    ("one text", "not a single string"),
+    ({"d1": "a text"}, "not a mapping"),
+    (5, "got int"),
+])
+def test_bad_calibration_texts(tmp_path, bad, match):
+    out = tmp_path / "out"
+    with pytest.raises(UserError, match=match) as e:
+        export_onnx(default_model_path(), out, quantize="int8", calibration_texts=bad)
+    assert "\n" not in str(e.value) and not isinstance(e.value, ParityError)
+    assert not out.exists() and os.listdir(tmp_path) == []
+
+
+def test_calibration_texts_need_int8(tmp_path):
+    with pytest.raises(UserError, match="only calibrate the int8 graph"):
+        export_onnx(default_model_path(), tmp_path / "out", calibration_texts=["a text"])
+    assert os.listdir(tmp_path) == []
+
+
+def test_nan_calibration_statistics_are_refused(tmp_path, monkeypatch):
+    src = tiny_model(tmp_path / "tiny")
+    real = quantize_mod.activation_stats
+
+    def nan_stats(fp32, feeds):
+        stats = real(fp32, feeds)
+        next(iter(stats.values()))["max"][0] = np.nan
+        return stats
+
+    monkeypatch.setattr(quantize_mod, "activation_stats", nan_stats)
+    with pytest.raises(ParityError, match="NaN/Inf"):
+        export_onnx(src, tmp_path / "out", quantize="int8", optimize=False, calibration_texts=["a text"])
+    assert sorted(os.listdir(tmp_path)) == ["tiny"]
+
+
+def test_parity_refuses_nan():
+    ref = np.eye(2, dtype=np.float32)
+    nan = check_parity(lambda batch, bs: np.full((len(batch), 2), np.nan, np.float32), ["a", "b"],
+                       [("both", [0, 1], 2)], ref)
+    assert np.isnan(nan["min_cosine"]) and not passes(nan, -1.0)
+    ok = check_parity(lambda batch, bs: ref[[0, 1]], ["a", "b"], [("both", [0, 1], 2)], ref)
+    assert ok["min_cosine"] == 1.0 and passes(ok, export_mod.FP32_MIN_COSINE)
