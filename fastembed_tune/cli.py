@@ -141,12 +141,14 @@ def _cmd_distill(a: argparse.Namespace) -> int:
 
 
 def _cmd_export(a: argparse.Namespace) -> int:
+    from .data import read_texts
     from .export import export_onnx
     from .model import default_model_path
 
     check_output(a.output, "dir")
+    calibration = list(read_texts(a.calibration_texts).values()) if a.calibration_texts else None
     info = export_onnx(a.model or default_model_path(), a.output, quantize=a.quantize, opset=a.opset,
-                       optimize=not a.no_optimize, allow_fp32_int8=a.allow_fp32_int8)
+                       optimize=not a.no_optimize, allow_fp32_int8=a.allow_fp32_int8, calibration_texts=calibration)
     par = info["parity"]
     line = f"fp32 min cosine {par['fp32']['min_cosine']:.5f}"
     if "int8" in par:
@@ -303,6 +305,8 @@ def _export_parser(sub) -> None:
     x.add_argument("--quantize", choices=["int8"], default=None, help="also write model_int8.onnx")
     x.add_argument("--opset", type=_positive_int, default=17)
     x.add_argument("--no-optimize", action="store_true", help="skip onnxruntime graph optimisation")
+    x.add_argument("--calibration-texts", help="int8: calibrate on these texts (any corpus format; the texts you "
+                                                "will embed, e.g. your corpus); default: the bundled sample")
     x.add_argument("--allow-fp32-int8", action="store_true",
                    help="write model_int8.onnx even when no weight node could be quantised within the parity bound")
     x.set_defaults(func=_cmd_export)

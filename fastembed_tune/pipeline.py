@@ -194,7 +194,7 @@ def _student_stages(c: RunConfig, out: Path, train_pairs, evalset, tuned, tuned_
              f"texts, {dsum['steps']} steps, lr {c.distill_lr}, {dsum['seconds']:.0f} s"]
     students = {name: _embedder(dsum["output"], c.max_seq_length)[1]}
     if c.export:
-        students, line = _export_student(out, dsum["output"], name, result)
+        students, line = _export_student(out, dsum["output"], name, result, leakfree_corpus(evalset))
         lines.append(line)
     ndcg = {}
     for label, embedder in students.items():
@@ -213,13 +213,15 @@ def _student_stages(c: RunConfig, out: Path, train_pairs, evalset, tuned, tuned_
     return lines
 
 
-def _export_student(out: Path, student_dir: str, name: str, result: dict) -> tuple[dict, str]:
-    """Export the student (fp32 + int8); ({label: embedder}, the report line)."""
+def _export_student(out: Path, student_dir: str, name: str, result: dict,
+                    corpus: list[str]) -> tuple[dict, str]:
+    """Export the student (fp32 + int8 calibrated on the user's corpus, never a test document);
+    ({label: embedder}, the report line)."""
     from .export import export_onnx
     from .inference import INT8_FILE, OnnxEmbedder
 
     t0 = time.perf_counter()
-    info = export_onnx(student_dir, out / "onnx", quantize="int8")
+    info = export_onnx(student_dir, out / "onnx", quantize="int8", calibration_texts=corpus)
     result["export"] = info
     par = info["parity"]
     line = (f"- ONNX export of the student: `{out / 'onnx'}`, min cosine to PyTorch fp32 "

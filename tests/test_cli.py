@@ -47,3 +47,16 @@ def test_bad_numbers_are_usage_errors(tmp_path):
     with pytest.raises(SystemExit) as e:
         main(["mine", "--pairs", "x", "-o", "y", "--max-ratio", "nan"])
     assert e.value.code == 2
+
+
+def test_export_calibrates_on_the_users_texts(tmp_path, tiny_model_dir, capsys):
+    texts = tmp_path / "texts.txt"
+    texts.write_text("".join(f"a domain sentence number {i} about widgets\n" for i in range(40)))
+    out = tmp_path / "onnx"
+    assert main(["export", "--model", tiny_model_dir, "-o", str(out), "--quantize", "int8",
+                 "--calibration-texts", str(texts)]) == 0
+    meta = json.loads((out / "fastembed_tune_onnx.json").read_text())
+    assert meta["int8"]["calibration"] == {"source": "calibration_texts", "texts": 40}
+    assert main(["export", "--model", tiny_model_dir, "-o", str(tmp_path / "x"),
+                 "--calibration-texts", str(texts)]) == 2  # calibration without int8 is refused
+    assert "int8" in capsys.readouterr().err.splitlines()[-1]
