@@ -1,9 +1,11 @@
 // contrastive: logits S = scale * q @ docs^T are produced one (MR rows x nc docs) tile at a
-// time by the same register-blocked micro-kernel as topk_cosine and consumed at once:
+// time by the same tile loop and register-blocked micro-kernel as topk_cosine (stream_tiles in
+// simd.h) and consumed at once:
 //   forward  : online log-sum-exp per row (flash-attention's running max and sum);
 //   backward : pass 1 (threads own query rows)  G = softmax - onehot, dq += G @ docs_tile;
 //              pass 2 (threads own doc rows)    G^T recomputed,     ddocs += G^T @ q_tile.
 // Owning rows in each pass means no atomics and no per-thread copies of the gradients.
+// The plain reference loops are contrastive_reference.cpp.
 #include "contrastive.h"
 
 #include <algorithm>
@@ -52,22 +54,17 @@ struct KeyGroups {
 };
 
 struct Geometry {
-  int mr, nr, kc, npanels, nc;  // doc tiles for S = q @ docs^T
-  int dpanels, dpad;            // output panels over d for the gradient products
-  int kc_nc;                    // depth chunk when K = nc (the products)
+  TileGeometry t;      // doc tiles for S = q @ docs^T (and, in the backward, docs @ q^T)
+  int dpanels, dpad;   // output panels over d for the gradient products
+  int kc_nc;           // depth chunk when K = nc (the products)
 };
 
 Geometry geometry(const SimdKernels& kern, int d) {
   Geometry g;
-  g.mr = kern.mr;
-  g.nr = kern.nr;
-  g.kc = chunk_depth(kern, d);
-  const int64_t target = (256 * 1024) / (4 * (int64_t)d);
-  g.npanels = (int)std::max<int64_t>(1, std::min<int64_t>(target / g.nr, 512 / g.nr));
-  g.nc = g.npanels * g.nr;
-  g.dpanels = (d + g.nr - 1) / g.nr;
-  g.dpad = g.dpanels * g.nr;
-  g.kc_nc = std::min(g.nc, kern.kc);
+  g.t = tile_geometry(kern, d, 256 * 1024, 512);
+  g.dpanels = (d + g.t.nr - 1) / g.t.nr;
+  g.dpad = g.dpanels * g.t.nr;
+  g.kc_nc = std::min(g.t.nc, kern.kc);
   return g;
 }
 
@@ -76,20 +73,14 @@ int64_t packed_size(int K, int kc, int npanels, int nr) {
   return (int64_t)nch * kc * npanels * nr;
 }
 
-// Row pointers for rows [r0, r0 + mr) of a [rows, d] matrix; missing rows point at zeros.
-void row_ptrs(const float* x, int64_t rows, int64_t ld, int64_t r0, int mr, const float* zeros, const float** out) {
-  for (int i = 0; i < mr; ++i) out[i] = r0 + i < rows ? x + (r0 + i) * ld : zeros;
-}
-
 // Per-thread scratch of the backward passes.
 struct Scratch {
   std::vector<float> pk, pn, S;
-  const float* rp[64];
   const float* gp[64];
-  explicit Scratch(const Geometry& g, int d)
-      : pk(packed_size(d, g.kc, g.npanels, g.nr)),          // K = d, N = tile
-        pn(packed_size(g.nc, g.kc_nc, g.dpanels, g.nr)),    // K = tile, N = d
-        S((size_t)g.mr * g.nc) {}
+  explicit Scratch(const Geometry& g)
+      : pk(g.t.packed_floats),                                    // K = d, N = tile
+        pn(packed_size(g.t.nc, g.kc_nc, g.dpanels, g.t.nr)),      // K = tile, N = d
+        S((size_t)g.t.mr * g.t.nc) {}
 };
 
 // One backward pass, called inside the parallel region: threads own rows of `own` ([nown, d]) and
@@ -101,38 +92,38 @@ template <class Fix>
 void gradient_pass(const Geometry& g, const SimdKernels& kern, const ContrastiveArgs& a, int T, Scratch& w,
                    const float* zeros, const float* own, int64_t nown, const float* other, int64_t nother,
                    const float* shift, const float* mult, bool per_col, Fix fix, float* out) {
-  const int64_t blocks = (nown + g.mr - 1) / g.mr;
+  const TileGeometry& t = g.t;
+  const int64_t blocks = (nown + t.mr - 1) / t.mr;
   const int64_t per = std::max<int64_t>(1, std::min<int64_t>(64, (blocks + 2 * T - 1) / (2 * T)));
   const int64_t nitems = (blocks + per - 1) / per;
-  const int64_t rows_per_item = per * g.mr;
+  const int64_t rows_per_item = per * t.mr;
   std::vector<float> acc((size_t)rows_per_item * g.dpad);
 #pragma omp for schedule(dynamic, 1)
   for (int64_t item = 0; item < nitems; ++item) {
     const int64_t r0 = item * rows_per_item, r1 = std::min(nown, r0 + rows_per_item);
     std::fill(acc.begin(), acc.end(), 0.f);
-    for (int64_t t0 = 0; t0 < nother; t0 += g.nc) {
-      const int n = (int)std::min<int64_t>(g.nc, nother - t0);
-      pack_panels(other + t0 * a.d, a.d, n, a.d, g.kc, g.nr, g.npanels, 0, g.npanels, w.pk.data());
-      pack_panels_kn(other + t0 * a.d, a.d, n, a.d, g.nc, g.kc_nc, g.nr, g.dpanels, w.pn.data());
-      for (int64_t b0 = r0; b0 < r1; b0 += g.mr) {
-        row_ptrs(own, nown, a.d, b0, g.mr, zeros, w.rp);
-        kern.tile_scores(w.rp, w.pk.data(), a.d, g.kc, g.npanels, w.S.data(), g.nc, false);
-        for (int i = 0; i < g.mr; ++i) {
-          float* srow = w.S.data() + (size_t)i * g.nc;
-          const int64_t r = b0 + i;
-          if (r >= r1) {
-            std::fill(srow, srow + g.nc, 0.f);
-            continue;
+    stream_tiles(
+        kern, t, a.d, own, r0, r1, other, 0, nother, zeros, w.pk.data(), w.S.data(),
+        [&](int64_t t0, int n) {  // the same tile as the K x N operand of the product
+          pack_panels_kn(other + t0 * a.d, a.d, n, a.d, t.nc, g.kc_nc, t.nr, g.dpanels, w.pn.data());
+        },
+        [&](int64_t t0, int n, int64_t b0, float* S) {
+          for (int i = 0; i < t.mr; ++i) {
+            float* srow = S + (size_t)i * t.nc;
+            const int64_t r = b0 + i;
+            if (r >= r1) {
+              std::fill(srow, srow + t.nc, 0.f);
+              continue;
+            }
+            const int64_t at = per_col ? t0 : r;
+            kern.exp_scale(srow, n, a.scale, shift + at, mult + at, per_col);
+            std::fill(srow + n, srow + t.nc, 0.f);
+            fix(r, t0, n, srow);
           }
-          const int64_t at = per_col ? t0 : r;
-          kern.exp_scale(srow, n, a.scale, shift + at, mult + at, per_col);
-          std::fill(srow + n, srow + g.nc, 0.f);
-          fix(r, t0, n, srow);
-        }
-        for (int i = 0; i < g.mr; ++i) w.gp[i] = w.S.data() + (size_t)i * g.nc;
-        kern.tile_scores(w.gp, w.pn.data(), g.nc, g.kc_nc, g.dpanels, acc.data() + (b0 - r0) * g.dpad, g.dpad, true);
-      }
-    }
+          for (int i = 0; i < t.mr; ++i) w.gp[i] = S + (size_t)i * t.nc;
+          kern.tile_scores(w.gp, w.pn.data(), t.nc, g.kc_nc, g.dpanels, acc.data() + (b0 - r0) * g.dpad, g.dpad,
+                           true);
+        });
     for (int64_t r = r0; r < r1; ++r)
       std::copy(acc.data() + (r - r0) * g.dpad, acc.data() + (r - r0) * g.dpad + a.d, out + r * a.d);
   }
@@ -142,10 +133,12 @@ void gradient_pass(const Geometry& g, const SimdKernels& kern, const Contrastive
 
 
 double contrastive_forward(const ContrastiveArgs& a, const SimdKernels& kern, float* m_out, float* s_out) {
+  if (kern.reference) return contrastive_forward_reference(a, m_out, s_out);
   const Geometry g = geometry(kern, a.d);
+  const TileGeometry& t = g.t;
   const KeyGroups kg(a);
   const int T = n_threads(a.threads);
-  const int64_t nblocks = (a.B + g.mr - 1) / g.mr;
+  const int64_t nblocks = (a.B + t.mr - 1) / t.mr;
   // Row blocks big enough that re-packing the docs per block is cheap, small enough to balance.
   const int64_t per = std::max<int64_t>(1, std::min<int64_t>(64, (nblocks + 2 * T - 1) / (2 * T)));
   const int64_t nitems = (nblocks + per - 1) / per;
@@ -154,40 +147,35 @@ double contrastive_forward(const ContrastiveArgs& a, const SimdKernels& kern, fl
 
 #pragma omp parallel num_threads(T)
   {
-    std::vector<float> packed(packed_size(a.d, g.kc, g.npanels, g.nr));
-    std::vector<float> S((size_t)g.mr * g.nc);
-    const int64_t rows_per_item = per * g.mr;
+    std::vector<float> packed(t.packed_floats);
+    std::vector<float> S((size_t)t.mr * t.nc);
+    const int64_t rows_per_item = per * t.mr;
     std::vector<float> m(rows_per_item), s(rows_per_item), pl(rows_per_item);
-    const float* rp[64];
 #pragma omp for schedule(dynamic, 1)
     for (int64_t item = 0; item < nitems; ++item) {
       const int64_t r0 = item * rows_per_item, r1 = std::min(a.B, r0 + rows_per_item);
       std::fill(m.begin(), m.end(), kNegInf);
       std::fill(s.begin(), s.end(), 0.f);
       std::fill(pl.begin(), pl.end(), 0.f);
-      for (int64_t t0 = 0; t0 < a.M; t0 += g.nc) {
-        const int n = (int)std::min<int64_t>(g.nc, a.M - t0);
-        pack_panels(a.docs + t0 * a.d, a.d, n, a.d, g.kc, g.nr, g.npanels, 0, g.npanels, packed.data());
-        for (int64_t b0 = r0; b0 < r1; b0 += g.mr) {
-          row_ptrs(a.q, a.B, a.d, b0, g.mr, zeros.data(), rp);
-          kern.tile_scores(rp, packed.data(), a.d, g.kc, g.npanels, S.data(), g.nc, false);
-          for (int i = 0; i < g.mr && b0 + i < r1; ++i) {
-            const int64_t row = b0 + i, li = row - r0;
-            float* srow = S.data() + (size_t)i * g.nc;
-            const int64_t p = a.pos[row];
-            if (p >= t0 && p < t0 + n) pl[li] = srow[p - t0] * a.scale;
-            if (const auto* grp = kg.of_row(a, row))
-              for (int64_t j : *grp)
-                if (j != p && j >= t0 && j < t0 + n) srow[j - t0] = kNegInf;
-            const float tmax = kern.row_max(srow, n) * a.scale;
-            if (tmax == kNegInf) continue;
-            const float mnew = std::max(m[li], tmax);
-            s[li] = (m[li] == kNegInf ? 0.f : s[li] * std::exp(m[li] - mnew)) +
-                    kern.sum_exp(srow, n, a.scale, mnew);
-            m[li] = mnew;
-          }
-        }
-      }
+      stream_tiles(kern, t, a.d, a.q, r0, r1, a.docs, 0, a.M, zeros.data(), packed.data(), S.data(),
+                   [](int64_t, int) {},
+                   [&](int64_t t0, int n, int64_t b0, float* c) {
+                     for (int i = 0; i < t.mr && b0 + i < r1; ++i) {
+                       const int64_t row = b0 + i, li = row - r0;
+                       float* srow = c + (size_t)i * t.nc;
+                       const int64_t p = a.pos[row];
+                       if (p >= t0 && p < t0 + n) pl[li] = srow[p - t0] * a.scale;
+                       if (const auto* grp = kg.of_row(a, row))
+                         for (int64_t j : *grp)
+                           if (j != p && j >= t0 && j < t0 + n) srow[j - t0] = kNegInf;
+                       const float tmax = kern.row_max(srow, n) * a.scale;
+                       if (tmax == kNegInf) continue;
+                       const float mnew = std::max(m[li], tmax);
+                       s[li] = (m[li] == kNegInf ? 0.f : s[li] * std::exp(m[li] - mnew)) +
+                               kern.sum_exp(srow, n, a.scale, mnew);
+                       m[li] = mnew;
+                     }
+                   });
       for (int64_t row = r0; row < r1; ++row) {
         const int64_t li = row - r0;
         m_out[row] = m[li];
@@ -203,11 +191,12 @@ double contrastive_forward(const ContrastiveArgs& a, const SimdKernels& kern, fl
 
 void contrastive_backward(const ContrastiveArgs& a, const SimdKernels& kern, const float* rmax, const float* rsum,
                           float grad_out, float* dq, float* ddocs) {
+  if (kern.reference) return contrastive_backward_reference(a, rmax, rsum, grad_out, dq, ddocs);
   const Geometry g = geometry(kern, a.d);
   const KeyGroups kg(a);
   const int T = n_threads(a.threads);
   const float coef = grad_out / (float)a.B * a.scale;  // d loss / d (q.doc) = scale * G / B
-  std::vector<float> zeros(std::max<int64_t>(std::max<int64_t>(a.d, g.nc), 1), 0.f);
+  std::vector<float> zeros(std::max(a.d, 1), 0.f);
   // rows_of_doc: CSR inverse of pos (which rows have doc j as their positive)
   std::vector<int64_t> rptr(a.M + 1, 0), rows_of(a.B);
   for (int64_t i = 0; i < a.B; ++i) ++rptr[a.pos[i] + 1];
@@ -243,7 +232,7 @@ void contrastive_backward(const ContrastiveArgs& a, const SimdKernels& kern, con
 
 #pragma omp parallel num_threads(T)
   {
-    Scratch w(g, a.d);
+    Scratch w(g);
     gradient_pass(g, kern, a, T, w, zeros.data(), a.q, a.B, a.docs, a.M, rmax, mult.data(), false, fix_query, dq);
     gradient_pass(g, kern, a, T, w, zeros.data(), a.docs, a.M, a.q, a.B, rmax, mult.data(), true, fix_doc, ddocs);
   }

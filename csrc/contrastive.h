@@ -25,7 +25,15 @@ struct ContrastiveArgs {
 double contrastive_forward(const ContrastiveArgs& a, const SimdKernels& kern, float* m, float* s);
 
 // Gradients of grad_out * mean loss: dq[B, d], ddocs[M, d] (overwritten).
+// With `kern.reference` both entry points run the reference loops below instead.
 void contrastive_backward(const ContrastiveArgs& a, const SimdKernels& kern, const float* m, const float* s,
                           float grad_out, float* dq, float* ddocs);
+
+// The plain reference (contrastive_reference.cpp): the same loss, row statistics and gradients by
+// nested loops over rows and docs, in double; one thread, O(M + (B + M) x d) extra memory. Its
+// (m, s) and the fast path's are interchangeable inputs to either backward.
+double contrastive_forward_reference(const ContrastiveArgs& a, float* m, float* s);
+void contrastive_backward_reference(const ContrastiveArgs& a, const float* m, const float* s, float grad_out,
+                                    float* dq, float* ddocs);
 
 }  // namespace ft

@@ -5,6 +5,17 @@
 
 namespace ft {
 
+// The table that selects the plain reference loops: no SIMD pieces (null pointers).
+static const SimdKernels& simd_reference() {
+  static const SimdKernels k = [] {
+    SimdKernels r{};
+    r.name = "reference";
+    r.reference = true;
+    return r;
+  }();
+  return k;
+}
+
 static bool cpu_has(const std::string& name) {
 #if defined(FT_HAVE_X86) && (defined(__GNUC__) || defined(__clang__))
   __builtin_cpu_init();
@@ -13,7 +24,7 @@ static bool cpu_has(const std::string& name) {
     return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx2") &&
            __builtin_cpu_supports("fma");
 #endif
-  return name == "scalar";
+  return name == "scalar" || name == "reference";
 }
 
 std::vector<std::string> available_simd() {
@@ -25,13 +36,14 @@ std::vector<std::string> available_simd() {
 }
 
 static const SimdKernels& by_name(const std::string& name) {
+  if (name == "reference") return simd_reference();
   if (name == "scalar") return simd_scalar();
 #if defined(FT_HAVE_X86)
   if (name == "avx2") return simd_avx2();
   if (name == "avx512") return simd_avx512();
 #endif
   throw std::invalid_argument("unknown SIMD path '" + name +
-                              "'; choose one of auto, scalar, avx2, avx512");
+                              "'; choose one of auto, scalar, avx2, avx512, reference");
 }
 
 const SimdKernels& get_simd(const std::string& requested) {
@@ -41,7 +53,7 @@ const SimdKernels& get_simd(const std::string& requested) {
     name = (env && *env) ? std::string(env) : std::string("auto");
   }
   if (name == "auto") return by_name(available_simd().front());
-  if (name != "scalar" && name != "avx2" && name != "avx512") by_name(name);  // throws
+  if (name != "scalar" && name != "avx2" && name != "avx512" && name != "reference") by_name(name);  // throws
   if (!cpu_has(name))
     throw std::invalid_argument("SIMD path '" + name + "' is not supported by this CPU; it has: " +
                                 [] {

@@ -1,6 +1,7 @@
 // topk_cosine: corpus tiles are packed once and streamed through the register-blocked
-// micro-kernel (simd_impl.h); each tile's scores go straight into per-query result heaps
-// (the result handler below), so no Q x N matrix ever exists. Shaped like faiss's split of
+// micro-kernel (stream_tiles in simd.h, shared with contrastive.cpp); each tile's scores go
+// straight into per-query result heaps (the result handler below), so no Q x N matrix ever
+// exists. The plain reference loop is topk_reference.cpp. Shaped like faiss's split of
 // distance computation (exhaustive_inner_product_seq / blas) from its ResultHandler.
 #include "topk_cosine.h"
 
@@ -27,17 +28,17 @@ struct WorseCmp {  // std heap with the worst entry on top
   bool operator()(const Entry& a, const Entry& b) const { return worse(b, a); }
 };
 
-// Result handler: per-query bounded heaps of capacity K = k + skip_top, plus the filters.
+// Result handler of one corpus split: per-query bounded heaps of capacity K = k + skip_top for
+// all Q queries, plus the filters.
 class TopkHandler {
  public:
-  TopkHandler(const TopkArgs& a, int64_t nq) : a_(a), K_(a.k + a.skip_top), heap_(nq * K_), size_(nq, 0) {}
+  explicit TopkHandler(const TopkArgs& a) : a_(a), K_(a.k + a.skip_top), heap_(a.Q * K_), size_(a.Q, 0) {}
 
   // Candidates of query q: scores s[0:n] of ids id0 .. id0+n-1 (ids ascending across calls).
-  void add_row(const SimdKernels& kern, int64_t q, int64_t hq, const float* s, int n, int64_t id0,
-               int32_t* idx) {
+  void add_row(const SimdKernels& kern, int64_t q, const float* s, int n, int64_t id0, int32_t* idx) {
     const float inf = std::numeric_limits<float>::infinity();
-    Entry* h = &heap_[hq * K_];
-    int& sz = size_[hq];
+    Entry* h = &heap_[q * K_];
+    int& sz = size_[q];
     const float hi = a_.upper ? a_.upper[q] : inf;
     const float lo = sz < K_ ? -inf : h[0].s;
     const int cnt = kern.select_range(s, n, lo, hi, idx);
@@ -56,8 +57,8 @@ class TopkHandler {
     }
   }
 
-  const Entry* entries(int64_t hq) const { return &heap_[hq * K_]; }
-  int size(int64_t hq) const { return size_[hq]; }
+  const Entry* entries(int64_t q) const { return &heap_[q * K_]; }
+  int size(int64_t q) const { return size_[q]; }
 
  private:
   bool excluded(int64_t q, int64_t id) const {
@@ -71,37 +72,6 @@ class TopkHandler {
   std::vector<Entry> heap_;
   std::vector<int> size_;
 };
-
-struct Tiling {
-  int mr, nr, kc, npanels, nc;
-  int64_t packed_floats;
-};
-
-Tiling make_tiling(const SimdKernels& kern, int d) {
-  Tiling t;
-  t.mr = kern.mr;
-  t.nr = kern.nr;
-  t.kc = chunk_depth(kern, d);
-  // A packed tile of about 384 KiB stays in L2 while every query block streams past it.
-  const int64_t target = (384 * 1024) / (4 * (int64_t)d);
-  t.npanels = (int)std::max<int64_t>(1, std::min<int64_t>(target / t.nr, 4096 / t.nr));
-  t.nc = t.npanels * t.nr;
-  const int nchunks = (d + t.kc - 1) / t.kc;
-  t.packed_floats = (int64_t)nchunks * t.kc * t.nc;
-  return t;
-}
-
-// Scores query rows [q0, q0+mr) against one packed tile and feeds the handler.
-void score_block(const TopkArgs& a, const SimdKernels& kern, const Tiling& t, const float* packed,
-                 int64_t tile0, int tile_rows, int64_t q0, int64_t hq0, const float* zero_row,
-                 float* cbuf, int32_t* idx, TopkHandler& handler) {
-  const float* rows[64];
-  const int mr_valid = (int)std::min<int64_t>(t.mr, a.Q - q0);
-  for (int i = 0; i < t.mr; ++i) rows[i] = i < mr_valid ? a.queries + (q0 + i) * a.d : zero_row;
-  kern.tile_scores(rows, packed, a.d, t.kc, t.npanels, cbuf, t.nc, false);
-  for (int i = 0; i < mr_valid; ++i)
-    handler.add_row(kern, q0 + i, hq0 + i, cbuf + (int64_t)i * t.nc, tile_rows, tile0, idx);
-}
 
 void finalize(const TopkArgs& a, const std::vector<const TopkHandler*>& parts, int64_t q,
               std::vector<Entry>& buf, float* scores, int64_t* ids) {
@@ -123,6 +93,7 @@ void finalize(const TopkArgs& a, const std::vector<const TopkHandler*>& parts, i
 }  // namespace
 
 void topk_cosine(const TopkArgs& a, const SimdKernels& kern, float* scores, int64_t* ids) {
+  if (kern.reference) return topk_cosine_reference(a, scores, ids);
   if (a.Q <= 0 || a.k <= 0) return;
   int T = a.threads;
 #ifdef _OPENMP
@@ -131,33 +102,36 @@ void topk_cosine(const TopkArgs& a, const SimdKernels& kern, float* scores, int6
   T = 1;
 #endif
   T = std::max(1, T);
-  const Tiling t = make_tiling(kern, a.d);
+  // A packed tile of about 384 KiB stays in L2 while every query block streams past it.
+  const TileGeometry t = tile_geometry(kern, a.d, 384 * 1024, 4096);
   const int64_t nblocks = (a.Q + t.mr - 1) / t.mr;
   const int64_t ntiles = (a.N + t.nc - 1) / t.nc;
   std::vector<float> zero_row(a.d, 0.f);
 
-  // Work items: (query chunk) x (corpus split). Each item packs its own corpus tiles and owns
-  // its heaps, so threads never wait on each other (no per-tile barrier: on a shared machine a
-  // descheduled thread would stall the rest). Many queries: 2 chunks per thread and one corpus
-  // split (each chunk re-packs the corpus, which costs ~1/(chunk size) of the arithmetic).
-  // Few queries: the corpus is split instead and the partial heaps are merged at the end.
-  // Many queries: also split the corpus in 4, so there are 8 work items per thread to balance
-  // a busy core (no extra packing: each item packs only its corpus range), while the extra
-  // heaps stay small (<= 256 MiB, else one split).
-  int64_t nchunks, nsplits;
-  if (nblocks >= 4 * (int64_t)T) {
-    nchunks = std::min<int64_t>(nblocks, 2 * (int64_t)T);
-    const int64_t heap_bytes = a.Q * (int64_t)(a.k + a.skip_top) * (int64_t)sizeof(float) * 4;
-    nsplits = (T > 1 && heap_bytes * 4 <= ((int64_t)256 << 20)) ? std::min<int64_t>(ntiles, 4) : 1;
-  } else {
-    nchunks = 1;
-    nsplits = std::max<int64_t>(1, std::min<int64_t>(ntiles, 2 * (int64_t)T));
-  }
+  // Work items are (query chunk) x (corpus split). Each item packs the corpus tiles of its split
+  // and feeds its split's heaps, so threads never wait on each other (no per-tile barrier: on a
+  // shared machine a descheduled thread would stall the rest). The one rule:
+  //  - query chunks: 2 per thread when there are at least 4 row blocks per thread, else 1. Every
+  //    chunk re-packs its corpus range (~1/(chunk rows) of its arithmetic), so chunks stay big.
+  //  - corpus splits: 4 per chunk with several chunks (8 items per thread, to balance a busy
+  //    core), 2 per thread with one chunk, 1 with one thread. A split re-packs nothing but owns
+  //    heaps for all Q queries, so splits are capped to keep their heaps within
+  //    max(one set, 256 MiB) (see topk_cosine.h).
+  //  - if that leaves fewer than 2 items per thread (a small corpus, or the cap), the queries are
+  //    chunked further instead: more re-packing, but no idle thread.
+  int64_t nchunks = (nblocks >= 4 * (int64_t)T) ? std::min<int64_t>(nblocks, 2 * (int64_t)T) : 1;
+  int64_t nsplits = T == 1 ? 1 : std::min<int64_t>(ntiles, nchunks > 1 ? 4 : 2 * (int64_t)T);
+  const int64_t set_bytes = a.Q * ((int64_t)(a.k + a.skip_top) * (int64_t)sizeof(Entry) + (int64_t)sizeof(int));
+  nsplits = std::max<int64_t>(1, std::min<int64_t>(nsplits, ((int64_t)256 << 20) / set_bytes));
+  if (nchunks * nsplits < 2 * (int64_t)T)
+    nchunks = std::min<int64_t>(nblocks, (2 * (int64_t)T + nsplits - 1) / nsplits);
   const int64_t blocks_per_chunk = (nblocks + nchunks - 1) / nchunks;
+  nchunks = (nblocks + blocks_per_chunk - 1) / blocks_per_chunk;  // none empty
   const int64_t tiles_per_split = (ntiles + nsplits - 1) / nsplits;
+  nsplits = (ntiles + tiles_per_split - 1) / tiles_per_split;
   std::vector<TopkHandler> handlers;
   handlers.reserve(nsplits);
-  for (int64_t i = 0; i < nsplits; ++i) handlers.emplace_back(a, a.Q);
+  for (int64_t i = 0; i < nsplits; ++i) handlers.emplace_back(a);
 
 #pragma omp parallel num_threads(T)
   {
@@ -167,16 +141,18 @@ void topk_cosine(const TopkArgs& a, const SimdKernels& kern, float* scores, int6
 #pragma omp for schedule(dynamic, 1)
     for (int64_t item = 0; item < nchunks * nsplits; ++item) {
       const int64_t chunk = item / nsplits, split = item % nsplits;
-      const int64_t b_begin = chunk * blocks_per_chunk, b_end = std::min(nblocks, b_begin + blocks_per_chunk);
-      const int64_t t_begin = split * tiles_per_split, t_end = std::min(ntiles, t_begin + tiles_per_split);
-      for (int64_t tile = t_begin; tile < t_end; ++tile) {
-        const int64_t tile0 = tile * t.nc;
-        const int rows = (int)std::min<int64_t>(t.nc, a.N - tile0);
-        pack_panels(a.corpus + tile0 * a.d, a.d, rows, a.d, t.kc, t.nr, t.npanels, 0, t.npanels, packed.data());
-        for (int64_t b = b_begin; b < b_end; ++b)
-          score_block(a, kern, t, packed.data(), tile0, rows, b * t.mr, b * t.mr, zero_row.data(),
-                      cbuf.data(), idx.data(), handlers[split]);
-      }
+      const int64_t q_begin = chunk * blocks_per_chunk * t.mr;
+      const int64_t q_end = std::min(a.Q, q_begin + blocks_per_chunk * t.mr);
+      const int64_t d_begin = split * tiles_per_split * t.nc;
+      const int64_t d_end = std::min(a.N, d_begin + tiles_per_split * t.nc);
+      TopkHandler& h = handlers[split];
+      stream_tiles(kern, t, a.d, a.queries, q_begin, q_end, a.corpus, d_begin, d_end, zero_row.data(),
+                   packed.data(), cbuf.data(), [](int64_t, int) {},
+                   [&](int64_t tile0, int n, int64_t q0, const float* c) {
+                     const int valid = (int)std::min<int64_t>(t.mr, q_end - q0);
+                     for (int i = 0; i < valid; ++i)
+                       h.add_row(kern, q0 + i, c + (int64_t)i * t.nc, n, tile0, idx.data());
+                   });
     }
     std::vector<const TopkHandler*> parts;
     for (auto& h : handlers) parts.push_back(&h);

@@ -1,14 +1,17 @@
-"""The fused contrastive kernel against a float64 torch reference, on every SIMD path."""
+"""The fused contrastive kernel against a float64 torch reference, on every SIMD path and on the
+plain C++ reference path (simd="reference", csrc/contrastive_reference.cpp); every SIMD path is
+also compared to that reference path."""
 import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fastembed_tune import kernels
+from fastembed_tune import _native, kernels
 from fastembed_tune._torch_ref import contrastive_torch
 
-PATHS = kernels.available_simd()
+PATHS = kernels.available_simd()  # the SIMD paths this CPU runs (scalar included)
+ALL = PATHS + ["reference"]       # ... and the plain C++ reference loops
 
 
 def reference(q, docs, pos, scale, keys=None, symmetric=False):
@@ -56,11 +59,8 @@ def unit(n, d, gen):
     return torch.nn.functional.normalize(torch.randn(n, d, generator=gen), dim=1)
 
 
-@pytest.mark.parametrize("simd", PATHS)
-@given(B=st.integers(1, 70), extra=st.integers(0, 140), d=st.sampled_from([1, 2, 7, 64, 384]),
-       dup=st.booleans(), symmetric=st.booleans(), scale=st.sampled_from([1.0, 20.0, 50.0]),
-       seed=st.integers(0, 2**31))
-def test_matches_float64_reference(simd, B, extra, d, dup, symmetric, scale, seed):
+def batch(B, extra, d, dup, seed):
+    """q [B, d], docs [B + extra, d], pos, and (dup) keys with duplicated keys as duplicated texts."""
     g = torch.Generator().manual_seed(seed)
     M = B + extra
     q, docs = unit(B, d, g), unit(M, d, g)
@@ -68,6 +68,18 @@ def test_matches_float64_reference(simd, B, extra, d, dup, symmetric, scale, see
     keys = torch.randint(0, max(1, M // 3), (M,), generator=g) if dup else None
     if dup:  # make duplicated keys real duplicated texts, as a trainer would
         docs = docs[torch.unique(keys, return_inverse=True)[1] % M]
+    return q, docs, pos, keys
+
+
+shapes = dict(B=st.integers(1, 70), extra=st.integers(0, 140), d=st.sampled_from([1, 2, 7, 64, 384]),
+              dup=st.booleans(), symmetric=st.booleans(), scale=st.sampled_from([1.0, 20.0, 50.0]),
+              seed=st.integers(0, 2**31))
+
+
+@pytest.mark.parametrize("simd", ALL)
+@given(**shapes)
+def test_matches_float64_reference(simd, B, extra, d, dup, symmetric, scale, seed):
+    q, docs, pos, keys = batch(B, extra, d, dup, seed)
     close(run(q, docs, pos, scale, keys, symmetric, simd), reference(q, docs, pos, scale, keys, symmetric))
 
 
@@ -75,6 +87,31 @@ test_matches_float64_reference = settings(max_examples=60)(test_matches_float64_
 
 
 @pytest.mark.parametrize("simd", PATHS)
+@given(**shapes)
+def test_every_simd_path_matches_the_reference_path(simd, B, extra, d, dup, symmetric, scale, seed):
+    q, docs, pos, keys = batch(B, extra, d, dup, seed)
+    close(run(q, docs, pos, scale, keys, symmetric, simd), run(q, docs, pos, scale, keys, symmetric, "reference"))
+    # The row statistics: the same log-sum-exp, and either path's (max, sum) drive either backward.
+    qn, dn, pn = q.numpy(), docs.numpy(), pos.numpy()
+    kn = keys.numpy() if keys is not None else None
+    loss, m, s = _native.contrastive_forward(qn, dn, pn, scale, kn, 0, simd)
+    rloss, rm, rs = _native.contrastive_forward(qn, dn, pn, scale, kn, 0, "reference")
+    lse, rlse = m.astype(np.float64) + np.log(s), rm.astype(np.float64) + np.log(rs)
+    np.testing.assert_allclose(lse, rlse, rtol=1e-5, atol=1e-5)
+    assert abs(loss - rloss) <= 1e-5 * max(1.0, abs(rloss))
+    want = _native.contrastive_backward(qn, dn, pn, scale, kn, rm, rs, 0.5, 0, "reference")
+    for path in (simd, "reference"):
+        for stats in ((m, s), (rm, rs)):
+            got = _native.contrastive_backward(qn, dn, pn, scale, kn, *stats, 0.5, 0, path)
+            for g, r in zip(got, want):
+                np.testing.assert_allclose(g, r, rtol=0, atol=1e-5 * max(1.0, np.abs(r).max()) + 1e-7)
+
+
+test_every_simd_path_matches_the_reference_path = settings(max_examples=30)(
+    test_every_simd_path_matches_the_reference_path)
+
+
+@pytest.mark.parametrize("simd", ALL)
 @pytest.mark.parametrize("B,M", [(1, 1), (8, 8), (95, 190), (257, 513), (300, 300)])
 def test_tile_boundaries(simd, B, M):
     g = torch.Generator().manual_seed(B * M)
@@ -92,15 +129,16 @@ def test_torch_path_matches_reference():
           reference(q, docs, pos, 20.0, keys, True))
 
 
-def test_duplicate_positive_text_is_not_a_negative():
+@pytest.mark.parametrize("simd", ALL)
+def test_duplicate_positive_text_is_not_a_negative(simd):
     # docs 0 and 1 are the same text (same key): for query 0 the copy must not count as a negative
     q = torch.tensor([[1.0, 0.0]])
     docs = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
-    masked = kernels.contrastive(q, docs, torch.tensor([0]), 20.0, doc_keys=torch.tensor([5, 5, 6]))
-    unmasked = kernels.contrastive(q, docs, torch.tensor([0]), 20.0)
-    expect = np.log(1 + np.exp(-20.0))
-    assert abs(masked.item() - expect) < 1e-6
-    assert unmasked.item() > np.log(2) - 1e-6
+    masked = kernels.contrastive(q, docs, torch.tensor([0]), 20.0, doc_keys=torch.tensor([5, 5, 6]), simd=simd)
+    unmasked = kernels.contrastive(q, docs, torch.tensor([0]), 20.0, simd=simd)
+    # logits 20, 20, 0 with the positive first: -log softmax_0
+    assert abs(masked.item() - np.log(1 + np.exp(-20.0))) < 1e-6
+    assert abs(unmasked.item() - np.log(2 + np.exp(-20.0))) < 1e-6
 
 
 def test_gradcheck_small():
@@ -151,12 +189,25 @@ def test_bad_input(kw, msg):
         kernels.contrastive(args["q"], args["docs"], args["pos"], args["scale"], doc_keys=args["doc_keys"])
 
 
-def test_native_binding_checks_again():
-    from fastembed_tune import _native
-    q = np.zeros((2, 4), np.float32)
-    with pytest.raises(ValueError):
-        _native.contrastive_forward(q, np.zeros((3, 4), np.float32), np.array([0, 7]), 20.0)
-    with pytest.raises(ValueError):
-        _native.contrastive_forward(q, np.zeros((3, 4), np.float32), np.array([0, 1]), -1.0)
-    with pytest.raises(ValueError):
-        _native.contrastive_forward(q, np.zeros((3, 5), np.float32), np.array([0, 1]), 20.0)
+@pytest.mark.parametrize("simd", ALL)
+def test_native_binding_checks_again(simd):
+    q, d3 = np.zeros((2, 4), np.float32), np.zeros((3, 4), np.float32)
+    ok = np.array([0, 1])
+    with pytest.raises(ValueError, match="pos index out of range"):
+        _native.contrastive_forward(q, d3, np.array([0, 7]), 20.0, simd=simd)
+    with pytest.raises(ValueError, match="scale must be finite and > 0"):
+        _native.contrastive_forward(q, d3, ok, -1.0, simd=simd)
+    with pytest.raises(ValueError, match="scale must be finite and > 0"):
+        _native.contrastive_forward(q, d3, ok, float("nan"), simd=simd)
+    with pytest.raises(ValueError, match="q and docs dimensions differ"):
+        _native.contrastive_forward(q, np.zeros((3, 5), np.float32), ok, 20.0, simd=simd)
+    with pytest.raises(ValueError, match="doc_keys must have one entry per doc"):
+        _native.contrastive_forward(q, d3, ok, 20.0, np.array([1, 2]), simd=simd)
+    with pytest.raises(ValueError, match="q has the wrong dtype"):
+        _native.contrastive_forward(q.astype(np.float64), d3, ok, 20.0, simd=simd)
+    loss, m, s = _native.contrastive_forward(q, d3, ok, 20.0, simd=simd)
+    assert abs(loss - np.log(3)) < 1e-6  # all logits 0: three equal docs
+    with pytest.raises(ValueError, match="row statistics are not from a forward pass"):
+        _native.contrastive_backward(q, d3, ok, 20.0, None, m, np.zeros(2, np.float32), 1.0, simd=simd)
+    with pytest.raises(ValueError, match="row statistics must have B entries"):
+        _native.contrastive_backward(q, d3, ok, 20.0, None, m[:1], s[:1], 1.0, simd=simd)

@@ -1,4 +1,6 @@
-"""topk_cosine against a plain numpy float64 argsort reference, on every SIMD path."""
+"""topk_cosine against a plain numpy float64 argsort reference, on every SIMD path and on the
+plain C++ reference path (simd="reference", csrc/topk_reference.cpp); every SIMD path is also
+compared to that reference path."""
 import numpy as np
 import pytest
 import torch
@@ -8,7 +10,8 @@ from hypothesis import strategies as st
 from fastembed_tune import kernels
 from fastembed_tune._torch_ref import topk_cosine_torch
 
-PATHS = kernels.available_simd()
+PATHS = kernels.available_simd()  # the SIMD paths this CPU runs (scalar included)
+ALL = PATHS + ["reference"]       # ... and the plain C++ reference loops
 
 
 def unit(rng, n, d):
@@ -49,10 +52,24 @@ def assert_matches(got_s, got_i, ref_s, ref_i, full, tol=1e-5):
             assert got_i[i, j] not in got_i[i, :j]
 
 
+def gap_bounds(full, rng, min_gap=1e-4):
+    """A max_ratio bound per query (as positive_scores with max_ratio=1) in the middle of a gap of
+    at least min_gap between its float64 scores, so float32 rounding cannot move a document
+    across it on any path; +inf where the row has no such gap."""
+    out = np.full(full.shape[0], np.inf)
+    for i, row in enumerate(full):
+        s = np.sort(row)
+        gaps = np.nonzero(np.diff(s) >= min_gap)[0]
+        if gaps.size:
+            g = gaps[rng.integers(gaps.size)]
+            out[i] = (s[g] + s[g + 1]) / 2
+    return out
+
+
 dims = st.sampled_from([1, 2, 3, 17, 384, 768, 1024])
 
 
-@pytest.mark.parametrize("simd", PATHS)
+@pytest.mark.parametrize("simd", ALL)
 @given(Q=st.integers(1, 40), N=st.integers(1, 700), d=dims, kfrac=st.floats(0, 1), seed=st.integers(0, 2**31))
 def test_matches_numpy_argsort(simd, Q, N, d, kfrac, seed):
     rng = np.random.default_rng(seed)
@@ -63,25 +80,55 @@ def test_matches_numpy_argsort(simd, Q, N, d, kfrac, seed):
     assert_matches(s, i, rs, ri, full)
 
 
-@pytest.mark.parametrize("simd", PATHS)
+@pytest.mark.parametrize("simd", ALL)
 @given(Q=st.integers(1, 30), N=st.integers(1, 600), d=st.integers(1, 40), seed=st.integers(0, 2**31),
        data=st.data())
 def test_exact_ties_break_by_smaller_id(simd, Q, N, d, seed, data):
     # Small integer vectors: every dot product is exact in float32, so ties are real and
-    # the ids must equal the reference's exactly, on every path.
+    # the ids must equal the reference's exactly, on every path. max_ratio bounds are integers
+    # (a document scoring exactly the bound passes) or integers + 0.5.
     rng = np.random.default_rng(seed)
     q = rng.integers(-2, 3, (Q, d)).astype(np.float32)
     x = rng.integers(-2, 3, (N, d)).astype(np.float32)
     k = data.draw(st.integers(1, N))
     skip = data.draw(st.integers(0, 3))
     excl = [sorted(set(rng.integers(0, N, rng.integers(0, 4)).tolist())) for _ in range(Q)]
-    s, i = kernels.topk_cosine(q, x, k, exclude=excl, skip_top=skip, normalized=False, simd=simd)
-    rs, ri, _ = reference(q, x, k, exclude=excl, skip_top=skip)
+    upper = rng.integers(-d, d + 1, Q) + rng.choice([0.0, 0.5], Q) if data.draw(st.booleans()) else None
+    kw = dict(max_ratio=1.0, positive_scores=upper) if upper is not None else {}
+    s, i = kernels.topk_cosine(q, x, k, exclude=excl, skip_top=skip, normalized=False, simd=simd, **kw)
+    rs, ri, _ = reference(q, x, k, exclude=excl, skip_top=skip, upper=upper)
     np.testing.assert_array_equal(i, ri)
     np.testing.assert_array_equal(s, rs.astype(np.float32))
+    if simd != "reference":
+        r = kernels.topk_cosine(q, x, k, exclude=excl, skip_top=skip, normalized=False, simd="reference", **kw)
+        np.testing.assert_array_equal(i, r[1])
+        np.testing.assert_array_equal(s, r[0])
 
 
-@pytest.mark.parametrize("simd", PATHS)
+@pytest.mark.parametrize("simd", ALL)
+@given(Q=st.integers(1, 30), N=st.integers(1, 700), d=dims, kfrac=st.floats(0, 1), skip=st.integers(0, 5),
+       n_excl=st.integers(0, 6), bounded=st.booleans(), threads=st.integers(0, 3), seed=st.integers(0, 2**31))
+def test_filters_match_numpy_and_the_reference_path(simd, Q, N, d, kfrac, skip, n_excl, bounded, threads, seed):
+    # Every filter on random shapes: each path (the reference path included) against numpy, and
+    # each SIMD path against the plain C++ reference path.
+    rng = np.random.default_rng(seed)
+    q, x = unit(rng, Q, d), unit(rng, N, d)
+    k = max(1, min(N, int(round(kfrac * N))))
+    excl = [rng.choice(N, min(N, n_excl), replace=False).tolist() for _ in range(Q)]
+    full = q.astype(np.float64) @ x.astype(np.float64).T
+    upper = gap_bounds(full, rng) if bounded else None
+    kw = dict(exclude=excl, skip_top=skip, threads=threads)
+    if upper is not None:
+        kw.update(max_ratio=1.0, positive_scores=np.minimum(upper, 1e30))
+    s, i = kernels.topk_cosine(q, x, k, simd=simd, **kw)
+    rs, ri, _ = reference(q, x, k, exclude=excl, skip_top=skip, upper=upper)
+    assert_matches(s, i, rs, ri, full)
+    if simd != "reference":
+        ps, pi = kernels.topk_cosine(q, x, k, simd="reference", **kw)
+        assert_matches(s, i, ps, pi, full)
+
+
+@pytest.mark.parametrize("simd", ALL)
 def test_k_equals_n_and_k_one(simd):
     rng = np.random.default_rng(1)
     q, x = unit(rng, 13, 384), unit(rng, 257, 384)
@@ -91,7 +138,7 @@ def test_k_equals_n_and_k_one(simd):
         assert_matches(s, i, rs, ri, full)
 
 
-@pytest.mark.parametrize("simd", PATHS)
+@pytest.mark.parametrize("simd", ALL)
 @pytest.mark.parametrize("threads", [1, 2, 3])
 def test_filters_and_thread_layouts(simd, threads):
     # Q from 1 (corpus split across threads) to 200 (query chunks), with every filter.
@@ -131,8 +178,10 @@ def test_max_ratio_default_uses_lowest_positive_score():
     pos = np.array([full[r, e].min() for r, e in enumerate(excl)])
     a = kernels.topk_cosine(q, x, 10, exclude=excl, max_ratio=0.9)
     b = kernels.topk_cosine(q, x, 10, exclude=excl, max_ratio=0.9, positive_scores=pos)
-    np.testing.assert_array_equal(a[1], b[1])
-    assert (a[0][a[1] >= 0] <= 0.9 * pos[:, None].repeat(10, 1)[a[1] >= 0] + 1e-6).all()
+    rs, ri, _ = reference(q, x, 10, exclude=excl, upper=(0.9 * pos).astype(np.float32))
+    assert (ri >= 0).sum() >= 4, "the case must return candidates, else it proves nothing"
+    for s, i in (a, b):
+        assert_matches(s, i, rs, ri, full)
 
 
 def test_fewer_than_k_pass_pads_with_minus_one():
@@ -146,6 +195,8 @@ def test_zero_copy_inputs_memmap_torch_and_strided(tmp_path):
     rng = np.random.default_rng(5)
     q, x = unit(rng, 9, 48), unit(rng, 500, 48)
     ref = kernels.topk_cosine(q, x, 7)
+    rs, ri, full = reference(q, x, 7)
+    assert_matches(ref[0], ref[1], rs, ri, full)
     mm = np.memmap(tmp_path / "x.f32", dtype=np.float32, mode="w+", shape=x.shape)
     mm[:] = x
     mm.flush()
@@ -168,14 +219,28 @@ def test_torch_fallback_matches_native():
     a = kernels.topk_cosine(q, x, 9, exclude=excl, skip_top=2, max_ratio=0.8)
     b = topk_cosine_torch(torch.from_numpy(q), torch.from_numpy(x), 9, exclude=excl, skip_top=2,
                           max_ratio=0.8, block=4)
-    np.testing.assert_array_equal(a[1], b[1].numpy())
-    np.testing.assert_allclose(a[0], b[0].numpy(), atol=1e-5)
+    full = q.astype(np.float64) @ x.astype(np.float64).T
+    pos = np.array([full[r, e].min() for r, e in enumerate(excl)])
+    rs, ri, _ = reference(q, x, 9, exclude=excl, skip_top=2, upper=(0.8 * pos).astype(np.float32))
+    assert (ri >= 0).all()
+    assert_matches(a[0], a[1], rs, ri, full)
+    assert_matches(b[0].numpy(), b[1].numpy(), rs, ri, full)
 
 
 def test_simd_override_env_and_argument(monkeypatch):
     monkeypatch.setenv("FASTEMBED_TUNE_SIMD", "scalar")
     assert kernels.simd_name("auto") == "scalar"
+    monkeypatch.setenv("FASTEMBED_TUNE_SIMD", "reference")
+    assert kernels.simd_name("auto") == "reference"
+    rng = np.random.default_rng(7)
+    q, x = unit(rng, 3, 8), unit(rng, 50, 8)
+    via_env = kernels.topk_cosine(q, x, 5)
     monkeypatch.delenv("FASTEMBED_TUNE_SIMD")
     assert kernels.simd_name("auto") == PATHS[0]
-    with pytest.raises(ValueError, match="unknown SIMD path"):
+    assert kernels.simd_name("reference") == "reference"
+    assert "reference" not in PATHS and PATHS[-1] == "scalar"
+    via_arg = kernels.topk_cosine(q, x, 5, simd="reference")
+    np.testing.assert_array_equal(via_env[1], via_arg[1])
+    np.testing.assert_array_equal(via_env[0], via_arg[0])
+    with pytest.raises(ValueError, match="unknown SIMD path 'sse9'; choose one of auto, scalar, avx2, avx512, reference"):
         kernels.simd_name("sse9")
