@@ -45,7 +45,7 @@ def _display(metric: str) -> str:
 
 
 def ir_metrics(run_ids: Run, qrels: Qrels, ks: Sequence[int] = (1, 10, 100), *, ndcg_k: int = 10,
-               mrr_k: int = 10, map_k: int = 100) -> dict[str, float]:
+               mrr_k: int = 10, map_k: int = 100, per_query: bool = False) -> dict:
     """IR metrics of a ranked run, averaged over the queries of ``qrels``.
 
     Args:
@@ -68,6 +68,9 @@ def ir_metrics(run_ids: Run, qrels: Qrels, ks: Sequence[int] = (1, 10, 100), *, 
         - MRR@k = 1 / rank of the first relevant doc in the top k (0 if none);
         - MAP@k = sum of precision@i over the ranks i <= k holding a relevant doc, divided by the
           number of relevant docs (ranx's ``map``).
+
+        With ``per_query=True``: ``{"qids": [the scored qids, qrels order], metric: [one value per
+        qid], ...}`` instead of the means (paired tests compare two runs query by query).
 
     >>> m = ir_metrics({"q1": ["d9", "d1", "d2"]}, {"q1": {"d1": 1, "d2": 1}})
     >>> round(m["ndcg@10"], 4), m["recall@1"], m["recall@10"], m["mrr@10"], round(m["map@100"], 4)
@@ -97,23 +100,25 @@ def ir_metrics(run_ids: Run, qrels: Qrels, ks: Sequence[int] = (1, 10, 100), *, 
     L = max([*ks, ndcg_k, mrr_k, map_k])
     disc = 1.0 / np.log2(np.arange(2, L + 2, dtype=np.float64))  # rank i (1-based) -> 1/log2(i+1)
     ranks = np.arange(1, L + 1, dtype=np.float64)
-    sums = {f"ndcg@{ndcg_k}": 0.0, **{f"recall@{k}": 0.0 for k in ks},
-            f"mrr@{mrr_k}": 0.0, f"map@{map_k}": 0.0}
+    per: dict[str, list[np.ndarray]] = {f"ndcg@{ndcg_k}": [], **{f"recall@{k}": [] for k in ks},
+                                        f"mrr@{mrr_k}": [], f"map@{map_k}": []}
     for s in range(0, len(judged), _CHUNK):
         gain, ideal, nrel = _gains(judged[s:s + _CHUNK], qrels, run_of, L)
         hits = gain > 0
         k = ndcg_k
-        sums[f"ndcg@{k}"] += float(np.sum((gain[:, :k] @ disc[:k]) / (ideal[:, :k] @ disc[:k])))
+        per[f"ndcg@{k}"].append((gain[:, :k] @ disc[:k]) / (ideal[:, :k] @ disc[:k]))
         for k in ks:
-            sums[f"recall@{k}"] += float(np.sum(hits[:, :k].sum(1) / nrel))
+            per[f"recall@{k}"].append(hits[:, :k].sum(1) / nrel)
         k = mrr_k
         h = hits[:, :k]
-        first = np.argmax(h, axis=1)
-        sums[f"mrr@{k}"] += float(np.sum(np.where(h.any(1), 1.0 / (first + 1.0), 0.0)))
+        per[f"mrr@{k}"].append(np.where(h.any(1), 1.0 / (np.argmax(h, axis=1) + 1.0), 0.0))
         k = map_k
         prec = np.cumsum(hits[:, :k], axis=1) / ranks[:k]
-        sums[f"map@{k}"] += float(np.sum((prec * hits[:, :k]).sum(1) / nrel))
-    return {m: v / len(judged) for m, v in sums.items()}
+        per[f"map@{k}"].append((prec * hits[:, :k]).sum(1) / nrel)
+    values = {m: np.concatenate(v) for m, v in per.items()}
+    if per_query:
+        return {"qids": judged, **{m: v.tolist() for m, v in values.items()}}
+    return {m: float(np.sum(v)) / len(judged) for m, v in values.items()}
 
 
 def _gains(chunk: Sequence[str], qrels: Qrels, run_of, L: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -200,7 +205,8 @@ def evaluate(model: Any, evalset: Any, batch_size: int = 64, k: int = 100,
             ``evalset.queries`` order (see :func:`embed_evalset`); non-unit rows are normalised.
 
     Returns:
-        ``{"metrics": ir_metrics(...), "queries": n scored, "corpus": N, "seconds": wall time}``.
+        ``{"metrics": ir_metrics(...), "per_query": ir_metrics(..., per_query=True), "queries": n scored,
+        "corpus": N, "seconds": wall time}``.
         Only queries with qrels are embedded and scored; a qrels query absent from
         ``evalset.queries`` scores 0.
 
@@ -243,8 +249,9 @@ def evaluate(model: Any, evalset: Any, batch_size: int = 64, k: int = 100,
         _, ids = topk_cosine(np.ascontiguousarray(qemb), cemb, min(int(k), len(docids)))
         for q, row in zip(scored, ids.tolist()):
             run[q] = [docids[j] for j in row if j >= 0]
-    metrics = ir_metrics(run, evalset.qrels)
-    return {"metrics": metrics, "queries": len(scored), "corpus": len(docids),
+    per_query = ir_metrics(run, evalset.qrels, per_query=True)
+    metrics = {m: float(np.sum(v)) / len(per_query["qids"]) for m, v in per_query.items() if m != "qids"}
+    return {"metrics": metrics, "per_query": per_query, "queries": len(scored), "corpus": len(docids),
             "seconds": time.perf_counter() - t0}
 
 
