@@ -12,7 +12,7 @@ from contextlib import nullcontext
 from typing import Optional, Sequence
 
 from .atomic import check_output, output_lock
-from .errors import UserError
+from .errors import EXIT_NO_GAIN, NoSignificantGain, UserError
 
 
 def _cmd_mine(a: argparse.Namespace) -> int:
@@ -116,7 +116,8 @@ def _cmd_run(a: argparse.Namespace) -> int:
                  max_seq_length=a.max_seq_length, train_max_seq_length=a.train_max_seq_length,
                  symmetric=a.symmetric, distill=not a.no_distill, distill_layers=a.distill_layers,
                  distill_epochs=a.distill_epochs, distill_lr=a.distill_lr, distill_kl_weight=a.distill_kl_weight,
-                 export=not a.no_export, bf16=PRECISIONS[a.precision], show_progress_bar=not a.quiet)
+                 export=not a.no_export, bf16=PRECISIONS[a.precision], show_progress_bar=not a.quiet,
+                 gate=not a.allow_no_gain)
     return 0
 
 
@@ -343,6 +344,9 @@ def _run_parser(sub) -> None:
     r.add_argument("--distill-kl-weight", type=float, default=0.0)
     r.add_argument("--no-distill", action="store_true", help="stop after the fine-tuned model (no student, no ONNX)")
     r.add_argument("--no-export", action="store_true", help="distil but do not export the student to ONNX")
+    r.add_argument("--allow-no-gain", action="store_true",
+                   help=f"exit 0 even when the fine-tuned model is not significantly better than the base on the "
+                        f"test set (default: exit {EXIT_NO_GAIN})")
     r.set_defaults(func=_cmd_run)
 
 
@@ -380,6 +384,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return int(args.func(args) or 0)
     except UserError as e:
         return _fail(str(e), 2)
+    except NoSignificantGain as e:
+        return _fail(str(e), EXIT_NO_GAIN)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

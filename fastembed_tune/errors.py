@@ -13,6 +13,18 @@ class UserError(ValueError):
     """
 
 
+class NoSignificantGain(Exception):
+    """``run`` finished, but the fine-tuned model is not significantly better than the base on the
+    test set (or is worse): the CLI says so in one line and exits with :data:`EXIT_NO_GAIN`.
+
+    >>> EXIT_NO_GAIN
+    3
+    """
+
+
+EXIT_NO_GAIN = 3
+
+
 def check_finite_rows(emb, texts: Sequence[str]) -> None:
     """Refuse embeddings holding NaN/Inf (a damaged model, or one that overflows): never write them.
 

@@ -355,7 +355,7 @@ def _chart(f: Any, rows: list[tuple[str, dict[str, float]]], cols: list[str], ti
 
 
 def write_report(out_dir: Union[str, "os.PathLike[str]"], rows: Sequence[tuple[str, Mapping[str, Any]]],
-                 title: str, extra_md: str = "") -> dict:
+                 title: str, extra_md: str = "", comparisons: Optional[Mapping[str, dict]] = None) -> dict:
     """Write ``metrics.json``, ``report.md`` and ``metrics.png`` into ``out_dir``; return the JSON.
 
     ``rows`` is ``[(label, metrics), ...]``, the first row being the base everything is compared
@@ -364,7 +364,8 @@ def write_report(out_dir: Union[str, "os.PathLike[str]"], rows: Sequence[tuple[s
 
     ``metrics.json``: ``{"title", "base": first label, "metrics": {label: {metric: value}},
     "gain": {label: {metric: (value - base) / base, or null where the base is 0}}}`` for every row
-    after the first.
+    after the first; with ``comparisons`` (e.g. ``{"B vs A": gate.compare(...)}``) also
+    ``"comparisons"`` (report.md shows what ``extra_md`` says of them).
 
     >>> import json, os, tempfile
     >>> d = tempfile.mkdtemp()
@@ -383,6 +384,8 @@ def write_report(out_dir: Union[str, "os.PathLike[str]"], rows: Sequence[tuple[s
         "metrics": {label: dict(m) for label, m in rows_},
         "gain": {label: {c: _gain(m.get(c), base.get(c)) for c in cols} for label, m in rows_[1:]},
     }
+    if comparisons:
+        result["comparisons"] = dict(comparisons)
     headline = "ndcg@10" if "ndcg@10" in cols else (cols[0] if cols else None)
 
     md = [f"# {title}", ""]

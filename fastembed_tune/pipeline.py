@@ -18,7 +18,8 @@ from typing import Optional
 
 from .atomic import check_output, output_lock
 from .data import data_report, load_eval, read_pairs
-from .errors import UserError
+from .errors import NoSignificantGain, UserError
+from .gate import compare, describe, significant_gain
 
 
 def sample_paths() -> dict[str, str]:
@@ -62,6 +63,7 @@ class RunConfig:
     export: bool = True
     bf16: Optional[bool] = None
     show_progress_bar: bool = True
+    gate: bool = True  # raise NoSignificantGain (exit 3) unless fine-tuned beats base significantly
 
 
 def run_pipeline(output_dir: str, log=print, **settings) -> dict:
@@ -119,17 +121,34 @@ def _run(c: RunConfig, out: Path, log, t_start: float) -> dict:
     m_tuned = evaluate(tuned, evalset, show_progress_bar=c.show_progress_bar)
     log(f"fine-tuned nDCG@10 = {m_tuned['metrics']['ndcg@10']:.4f}")
     rows = [("base", m_base["metrics"]), ("fine-tuned", m_tuned["metrics"])]
-    result = {"base": m_base, "fine_tuned": m_tuned, "train": tsum, "mining": mined.summary}
+    result = {"base": m_base, "fine_tuned": m_tuned, "train": tsum, "mining": mined.summary,
+              "comparisons": {"fine-tuned vs base": compare(_ndcg(m_base), _ndcg(m_tuned), seed=c.seed)}}
     lines = _student_stages(c, out, train_pairs, evalset, tuned, tsum["output"], m_tuned, rows, result, log) \
         if c.distill else []
+    lines = [f"- {name}, nDCG@10: {describe(cmp)}" for name, cmp in result["comparisons"].items()] + lines
     report = write_report(out, rows, "fastembed-tune: base vs fine-tuned",
-                          _report_md(c, train_pairs, evalset, mined.summary, tsum, lines, drep, t_start))
+                          _report_md(c, train_pairs, evalset, mined.summary, tsum, lines, drep, t_start),
+                          comparisons=result["comparisons"])
     log(format_table(rows))
+    gain = result["comparisons"]["fine-tuned vs base"]
     b, t = m_base["metrics"]["ndcg@10"], m_tuned["metrics"]["ndcg@10"]
+    verdict = ("a significant gain" if significant_gain(gain) else
+               "a regression" if gain["diff"] < 0 else "not a significant gain")
     log(f"nDCG@10 on {len(evalset.qrels)} held-out queries: base {b:.4f} -> fine-tuned {t:.4f} "
-        f"({t / b:.2f}x); report: {out / 'report.md'}")
+        f"({t / b:.2f}x, {verdict}: 95% CI {gain['ci_low']:+.4f} to {gain['ci_high']:+.4f}, p = "
+        f"{gain['p_value']:.4f}); report: {out / 'report.md'}" if b > 0 else
+        f"nDCG@10: base {b:.4f} -> fine-tuned {t:.4f}; report: {out / 'report.md'}")
     result.update(report=report, seconds=time.perf_counter() - t_start)
+    if not significant_gain(gain) and c.gate:
+        raise NoSignificantGain(f"the fine-tuned model is {verdict} over the base on the {gain['n']} test queries "
+                                f"(nDCG@10 {gain['diff']:+.4f}, 95% CI {gain['ci_low']:+.4f} to {gain['ci_high']:+.4f}, "
+                                f"p = {gain['p_value']:.4f}); do not ship it. Everything is in {out / 'report.md'} "
+                                f"(--allow-no-gain exits 0)")
     return result
+
+
+def _ndcg(evaluation: dict) -> list[float]:
+    return evaluation["per_query"]["ndcg@10"]
 
 
 def _load_data(c: RunConfig, log) -> tuple:
@@ -199,6 +218,7 @@ def _student_stages(c: RunConfig, out: Path, train_pairs, evalset, tuned, tuned_
     ndcg = {}
     for label, embedder in students.items():
         m_s = evaluate(embedder, evalset, show_progress_bar=c.show_progress_bar)
+        result["comparisons"][f"{label} vs fine-tuned"] = compare(_ndcg(m_tuned), _ndcg(m_s), seed=c.seed)
         rows.append((label, m_s["metrics"]))
         result.setdefault("students", {})[label] = m_s
         ndcg[label] = m_s["metrics"]["ndcg@10"]

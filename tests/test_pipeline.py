@@ -23,7 +23,7 @@ def test_run_writes_report_and_model(tmp_path, tiny_model_dir, capsys):
     out = tmp_path / "run"
     rc = main(["run", "--model", tiny_model_dir, "--train", str(tmp_path / "train.jsonl"), "--test",
                str(tmp_path / "test.jsonl"), "--corpus", str(tmp_path / "corpus.jsonl"), "-o", str(out),
-               "--max-steps", "3", "--batch-size", "8", "--quiet"])
+               "--max-steps", "3", "--batch-size", "8", "--quiet", "--allow-no-gain"])
     assert rc == 0
     for f in ("report.md", "metrics.json", "metrics.png", "mined.jsonl", "train/model/modules.json",
               "student/model/modules.json", "onnx/model.onnx", "onnx/model_int8.onnx"):
@@ -69,7 +69,7 @@ def test_run_no_distill(tmp_path, tiny_model_dir):
     out = tmp_path / "run"
     assert main(["run", "--model", tiny_model_dir, "--train", str(tmp_path / "p.jsonl"), "--test",
                  str(tmp_path / "p.jsonl"), "--corpus", str(tmp_path / "c.jsonl"), "-o", str(out),
-                 "--max-steps", "1", "--batch-size", "4", "--quiet", "--no-distill"]) == 0
+                 "--max-steps", "1", "--batch-size", "4", "--quiet", "--no-distill", "--allow-no-gain"]) == 0
     assert set(json.loads((out / "metrics.json").read_text())["metrics"]) == {"base", "fine-tuned"}
     assert not (out / "student").exists() and not (out / "onnx").exists()
 
@@ -98,7 +98,7 @@ def test_run_with_duplicate_corpus_texts_mines_aligned_negatives(tmp_path, tiny_
     out = tmp_path / "run"
     assert main(["run", "--model", tiny_model_dir, "--train", str(tmp_path / "train.jsonl"), "--test",
                  str(tmp_path / "test.jsonl"), "--corpus", str(tmp_path / "corpus.jsonl"), "-o", str(out),
-                 "--max-steps", "1", "--batch-size", "8", "--quiet", "--no-distill"]) == 0
+                 "--max-steps", "1", "--batch-size", "8", "--quiet", "--no-distill", "--allow-no-gain"]) == 0
     mined = [json.loads(x) for x in (out / "mined.jsonl").read_text().splitlines()]
     model = EmbeddingModel.load(tiny_model_dir)
     model.max_seq_length = min(model.max_seq_length, 128)
@@ -119,3 +119,28 @@ def test_run_with_duplicate_corpus_texts_mines_aligned_negatives(tmp_path, tiny_
         got = float(s[cand.index(m["negatives"][0])])
         assert got == pytest.approx(best, abs=1e-5), (m["query"], m["negatives"][0])
         assert not set(m["negatives"]) & test_texts
+
+
+def test_a_planted_regression_makes_run_refuse(tmp_path, tiny_model_dir, capsys):
+    """A model made worse on purpose (lr 0.5 wrecks it) is never labelled a gain: exit 3, one line,
+    and the report still tells the whole story (interval, p-value, per-query wins and losses)."""
+    terms = [f"term{i}" for i in range(40)]
+    train = [{"query": t, "positive": f"definition of {t} number {i}"} for i, t in enumerate(terms[:30])]
+    test = [{"query": t, "positive": f"definition of {t} number {i + 30}"} for i, t in enumerate(terms[30:])]
+    corpus = [{"id": f"d{i}", "text": r["positive"]} for i, r in enumerate(train + test)]
+    for name, rows in (("train", train), ("test", test), ("corpus", corpus)):
+        write_jsonl(tmp_path / f"{name}.jsonl", rows)
+    out = tmp_path / "run"
+    rc = main(["run", "--model", tiny_model_dir, "--train", str(tmp_path / "train.jsonl"), "--test",
+               str(tmp_path / "test.jsonl"), "--corpus", str(tmp_path / "corpus.jsonl"), "-o", str(out),
+               "--max-steps", "4", "--batch-size", "8", "--lr", "0.5", "--quiet", "--no-distill"])
+    err = capsys.readouterr().err.strip().splitlines()
+    metrics = json.loads((out / "metrics.json").read_text())
+    cmp = metrics["comparisons"]["fine-tuned vs base"]
+    assert cmp["diff"] == pytest.approx(metrics["metrics"]["fine-tuned"]["ndcg@10"]
+                                        - metrics["metrics"]["base"]["ndcg@10"], abs=1e-9)
+    assert cmp["wins"] + cmp["ties"] + cmp["losses"] == 10
+    assert rc == 3, err
+    assert err[-1].startswith("error: the fine-tuned model is ") and "do not ship it" in err[-1]
+    assert "a significant gain" not in err[-1]
+    assert "paired randomization p =" in (out / "report.md").read_text()
