@@ -82,12 +82,12 @@ def _cmd_train(a: argparse.Namespace) -> int:
 
 def _cmd_eval(a: argparse.Namespace) -> int:
     from .data import load_eval
-    from .model import EmbeddingModel
+    from .inference import load_embedder
 
     if a.output:
         check_output(a.output, "dir")
     evalset = load_eval(a.data, a.corpus)
-    models = [EmbeddingModel.load(path) for path in a.model or [None]]  # every model checked before any work
+    models = [load_embedder(path) for path in a.model or [None]]  # every model checked before any work
     with output_lock(a.output) if a.output else nullcontext():
         return _eval_locked(a, evalset, models)
 
@@ -271,7 +271,9 @@ def _eval_parser(sub) -> None:
     e = sub.add_parser("eval", help="nDCG@10, recall@k, MRR@10, MAP@100 of one or more models")
     e.add_argument("--data", required=True, help="test pairs file or BEIR folder")
     e.add_argument("--corpus", help="corpus file (for a pairs file)")
-    e.add_argument("--model", action="append", help="model directory (repeat to compare; default built-in)")
+    e.add_argument("--model", action="append",
+                   help="sentence-transformers directory, ONNX export directory or .onnx file (e.g. "
+                        "onnx/model_int8.onnx); repeat to compare; default: the built-in MiniLM")
     e.add_argument("--output", "-o", help="write report.md, metrics.json and metrics.png here")
     e.add_argument("--batch-size", type=_positive_int, default=64)
     e.add_argument("--quiet", action="store_true")

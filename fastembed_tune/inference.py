@@ -303,27 +303,27 @@ class OnnxEmbedder:
         return f"OnnxEmbedder({str(self.model_file)!r}, dim={self.dim}, max_seq_length={self.max_seq_length})"
 
 
-def embed_file_texts(model: Union[str, os.PathLike], texts: Sequence[str], batch_size: int = 64,
-                     threads: Optional[int] = None, int8: bool = False,
-                     show_progress_bar: bool = False) -> np.ndarray:
-    """Embed ``texts`` with an ONNX export (directory or ``.onnx`` file; ``int8`` picks
-    ``model_int8.onnx``) or, for a sentence-transformers directory, with PyTorch.
+def load_embedder(model: Union[str, os.PathLike, None], int8: bool = False, threads: Optional[int] = None):
+    """What embeds texts from ``model``: an :class:`OnnxEmbedder` for an ONNX export directory or
+    ``.onnx`` file (``int8`` picks ``model_int8.onnx``), else the PyTorch
+    :class:`~fastembed_tune.model.EmbeddingModel` of a sentence-transformers directory (``None``:
+    the built-in MiniLM). Both have ``encode(texts, batch_size=, show_progress_bar=, desc=)``, so
+    ``eval`` scores exactly what a user deploys.
 
     >>> from fastembed_tune.model import default_model_path
-    >>> embed_file_texts(default_model_path(), ["a tuple", "a list"]).shape
-    (2, 384)
+    >>> type(load_embedder(default_model_path())).__name__
+    'EmbeddingModel'
     """
-    p = Path(model)
-    onnx_dir = (p.is_dir() and (p / MODEL_FILE).is_file()) or (p.is_file() and p.suffix == ".onnx")
-    if onnx_dir:
+    p = Path(model) if model is not None else None
+    is_onnx = p is not None and ((p.is_dir() and (p / MODEL_FILE).is_file()) or (p.is_file() and p.suffix == ".onnx"))
+    if is_onnx:
         if int8:
             if p.is_file():
                 raise UserError(f"{p}: --int8 needs the export directory, not one .onnx file")
             if not (p / INT8_FILE).is_file():
                 raise UserError(f"{p}: no {INT8_FILE} here; export with --quantize int8")
             p = p / INT8_FILE
-        return OnnxEmbedder(p, threads=threads or None).embed(texts, batch_size=batch_size,
-                                                               show_progress_bar=show_progress_bar)
+        return OnnxEmbedder(p, threads=threads or None)
     if int8:
         raise UserError(f"{p}: --int8 needs an ONNX export directory (fastembed-tune export --quantize int8)")
     from .model import EmbeddingModel
@@ -331,7 +331,20 @@ def embed_file_texts(model: Union[str, os.PathLike], texts: Sequence[str], batch
     if threads:
         import torch
         torch.set_num_threads(threads)
-    return EmbeddingModel.load(p).encode(list(texts), batch_size=batch_size, show_progress_bar=show_progress_bar)
+    return EmbeddingModel.load(p)
+
+
+def embed_file_texts(model: Union[str, os.PathLike], texts: Sequence[str], batch_size: int = 64,
+                     threads: Optional[int] = None, int8: bool = False,
+                     show_progress_bar: bool = False) -> np.ndarray:
+    """Embed ``texts`` with what :func:`load_embedder` loads from ``model``.
+
+    >>> from fastembed_tune.model import default_model_path
+    >>> embed_file_texts(default_model_path(), ["a tuple", "a list"]).shape
+    (2, 384)
+    """
+    return load_embedder(model, int8=int8, threads=threads).encode(list(texts), batch_size=batch_size,
+                                                                   show_progress_bar=show_progress_bar)
 
 
 def write_embeddings(path: Union[str, os.PathLike], ids: Sequence[str], emb: np.ndarray) -> None:

@@ -60,3 +60,17 @@ def test_export_calibrates_on_the_users_texts(tmp_path, tiny_model_dir, capsys):
     assert main(["export", "--model", tiny_model_dir, "-o", str(tmp_path / "x"),
                  "--calibration-texts", str(texts)]) == 2  # calibration without int8 is refused
     assert "int8" in capsys.readouterr().err.splitlines()[-1]
+
+
+def test_eval_scores_an_onnx_export_like_its_model(tmp_path, tiny_model_dir):
+    """A user evaluates exactly what they deploy: the ONNX export (fp32, and its int8 file) reads
+    the same nDCG@10 as the PyTorch model it came from."""
+    rows = [{"query": f"term {i}", "positive": f"the definition of term {i}, with words {i * 7}"} for i in range(30)]
+    data = tmp_path / "test.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert main(["export", "--model", tiny_model_dir, "-o", str(tmp_path / "onnx"), "--quantize", "int8"]) == 0
+    assert main(["eval", "--data", str(data), "--model", tiny_model_dir, "--model", str(tmp_path / "onnx"),
+                 "--model", str(tmp_path / "onnx" / "model_int8.onnx"), "-o", str(tmp_path / "rep"), "--quiet"]) == 0
+    m = json.loads((tmp_path / "rep" / "metrics.json").read_text())["metrics"]
+    torch_ndcg, fp32, int8 = (v["ndcg@10"] for v in m.values())
+    assert fp32 == pytest.approx(torch_ndcg, abs=1e-3) and int8 == pytest.approx(torch_ndcg, abs=0.05)
