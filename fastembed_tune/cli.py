@@ -74,7 +74,8 @@ def _cmd_train(a: argparse.Namespace) -> int:
                       scale=a.scale, symmetric=a.symmetric, mini_batch_size=a.mini_batch_size, num_negatives=a.num_negatives,
                       checkpoint_every=a.checkpoint_every, keep_checkpoints=a.keep_checkpoints, resume=a.resume,
                       replay=a.replay, replay_ratio=a.replay_ratio, max_seq_length=a.max_seq_length,
-                      bf16=PRECISIONS[a.precision], show_progress_bar=not a.quiet)
+                      bf16=PRECISIONS[a.precision], show_progress_bar=not a.quiet,
+                      validation_share=a.validation_share, eval_every=a.eval_every, patience=a.patience)
     summary = train(pairs, cfg)
     print(json.dumps(summary, indent=2))
     return 0
@@ -117,7 +118,8 @@ def _cmd_run(a: argparse.Namespace) -> int:
                  symmetric=a.symmetric, distill=not a.no_distill, distill_layers=a.distill_layers,
                  distill_epochs=a.distill_epochs, distill_lr=a.distill_lr, distill_kl_weight=a.distill_kl_weight,
                  export=not a.no_export, bf16=PRECISIONS[a.precision], show_progress_bar=not a.quiet,
-                 gate=not a.allow_no_gain)
+                 gate=not a.allow_no_gain, validation_share=a.validation_share, eval_every=a.eval_every,
+                 patience=a.patience)
     return 0
 
 
@@ -210,6 +212,13 @@ def _ratio(s: str) -> float:
     return v
 
 
+def _share(s: str) -> float:
+    v = float(s)
+    if not 0 <= v < 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {s}")
+    return v
+
+
 def _add_training_args(p: argparse.ArgumentParser, lr: float, num_negatives: Optional[int]) -> None:
     """The training flags ``train`` and ``run`` share (``lr`` and ``num_negatives``: the command's defaults)."""
     p.add_argument("--epochs", type=_positive_int, default=1)
@@ -221,6 +230,12 @@ def _add_training_args(p: argparse.ArgumentParser, lr: float, num_negatives: Opt
                        " (default: 1 where the pairs have negatives; asking for more than they have warns)"
                        if num_negatives is None else ""))
     p.add_argument("--symmetric", action="store_true", help="add the document->query direction (CLIP/GTE)")
+    p.add_argument("--validation-share", type=_share, default=0.1,
+                   help="share of the training queries held out to pick the best model and stop early "
+                        "(at most 500 queries; 0 = no validation, train on everything)")
+    p.add_argument("--eval-every", type=_positive_int, default=None, help="steps between validations (default: 4 a run)")
+    p.add_argument("--patience", type=_positive_int, default=2,
+                   help="stop after this many validations without gain")
     add_precision_arg(p)
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--quiet", action="store_true")

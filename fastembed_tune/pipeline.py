@@ -64,6 +64,9 @@ class RunConfig:
     bf16: Optional[bool] = None
     show_progress_bar: bool = True
     gate: bool = True  # raise NoSignificantGain (exit 3) unless fine-tuned beats base significantly
+    validation_share: float = 0.1
+    eval_every: Optional[int] = None
+    patience: Optional[int] = 2
 
 
 def run_pipeline(output_dir: str, log=print, **settings) -> dict:
@@ -115,7 +118,9 @@ def _run(c: RunConfig, out: Path, log, t_start: float) -> dict:
     tsum = train(mined.pairs if c.num_negatives > 0 else train_pairs, TrainConfig(
         output_dir=str(out / "train"), epochs=c.epochs, max_steps=c.max_steps, batch_size=c.batch_size, lr=c.lr,
         num_negatives=c.num_negatives, seed=c.seed, max_seq_length=c.train_max_seq_length, symmetric=c.symmetric,
-        bf16=c.bf16, show_progress_bar=c.show_progress_bar), model=base_model)
+        bf16=c.bf16, show_progress_bar=c.show_progress_bar, validation_share=c.validation_share,
+        validation_corpus=leakfree_corpus(evalset), validation_avoid=list(evalset.queries.values()),
+        eval_every=c.eval_every, patience=c.patience), model=base_model)
 
     _, tuned = _embedder(tsum["output"], c.max_seq_length)
     m_tuned = evaluate(tuned, evalset, show_progress_bar=c.show_progress_bar)
@@ -262,5 +267,16 @@ def _report_md(c: RunConfig, train_pairs, evalset, mining: dict, tsum: dict, lin
         f"- training: {tsum['steps']} steps, batch {c.batch_size}, lr {c.lr}, max_seq_length "
         f"{c.train_max_seq_length}, {tsum['pairs_per_s']} pairs/s, {tsum['seconds']:.0f} s, "
         f"{'bf16 autocast' if tsum['bf16'] else 'fp32'}; evaluation max_seq_length {c.max_seq_length} (fp32)",
-        *lines, f"- total wall time: {time.perf_counter() - t_start:.0f} s", "",
+        *_validation_lines(tsum), *lines, f"- total wall time: {time.perf_counter() - t_start:.0f} s", "",
         "## Data", "", "```", json.dumps(drep, indent=2), "```"])
+
+
+def _validation_lines(tsum: dict) -> list[str]:
+    """What the validation split decided (best step, early stop), for the report."""
+    v = tsum.get("validation")
+    if not v:
+        return ["- validation: none (the whole training set was trained on; the last step ships)"]
+    curve = ", ".join(f"{p['step']}: {p['ndcg@10']:.4f}" for p in v["curve"])
+    return [f"- validation: {v['queries']} training queries held out ({v['docs']} documents), nDCG@10 by step "
+            f"{curve}; the model of step {v['best_step']} ships"
+            + (" (stopped early)" if v["stopped_early"] else "")]

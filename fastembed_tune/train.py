@@ -68,6 +68,7 @@ from .errors import UserError
 from .loop import WindowLog, length_grouped, make_optimizer, make_scheduler, optimizer_step, set_seed, use_bf16
 from .losses import CachedFusedMNRLoss, FusedMNRLoss, TripletLoss, text_keys
 from .model import EmbeddingModel
+from .validation import BestTracker, Validation, split_validation
 
 LOSSES = ("mnrl", "cached_mnrl", "triplet")
 CHECKPOINT_PREFIX = "checkpoint-"
@@ -85,6 +86,10 @@ class TrainConfig:
     ``output_dir/train_log.jsonl``; ``device`` defaults to CUDA when available, else CPU.
     ``bf16`` (autocast; weights and optimizer stay float32): ``None`` = where the hardware does it
     natively (CUDA, or a CPU with AVX512-BF16/AMX, ~1.7x faster steps there), ``False`` = never.
+    ``validation_share`` > 0 holds out that share of the training queries (at most
+    ``validation_max_queries``; distractors from ``validation_corpus``), scores nDCG@10 on them every
+    ``eval_every`` steps (default: 4 times a run) and at the end, keeps the best model (``model/``
+    is the best one, ``best/`` while training) and stops after ``patience`` evaluations without gain.
 
     >>> c = TrainConfig(output_dir="out", loss="triplet")
     >>> (c.batch_size, c.lr, c.loss, c.resolved_log_file())
@@ -119,6 +124,12 @@ class TrainConfig:
     length_window: int = 50
     device: Optional[str] = None
     bf16: Optional[bool] = None
+    validation_share: float = 0.0
+    validation_max_queries: int = 500
+    validation_corpus: Optional[Sequence[str]] = None
+    validation_avoid: Sequence[str] = ()
+    eval_every: Optional[int] = None
+    patience: Optional[int] = 2
 
     def resolved_log_file(self) -> str:
         """The JSONL log path: ``log_file`` or ``output_dir/train_log.jsonl``.
@@ -161,6 +172,12 @@ class TrainConfig:
             raise UserError(f"replay_ratio must be a finite number >= 0; got {self.replay_ratio!r}")
         if self.replay_ratio > 0 and not self.replay:
             raise UserError("replay_ratio > 0 needs a replay file (the old training data)")
+        if not 0 <= self.validation_share < 1:
+            raise UserError(f"validation_share must be in [0, 1); got {self.validation_share!r}")
+        for name in ("eval_every", "patience"):
+            v = getattr(self, name)
+            if v is not None and (not isinstance(v, int) or v < 1):
+                raise UserError(f"{name} must be a positive integer or None; got {v!r}")
         if self.length_window < 0:
             raise UserError(f"length_window must be >= 0; got {self.length_window!r}")
 
@@ -446,6 +463,8 @@ def train(pairs: Sequence[Pair], config: TrainConfig, model: Optional[EmbeddingM
     replay = read_pairs(config.replay) if config.replay and config.replay_ratio > 0 else []
     if len(pairs) < 2:
         raise UserError(f"training needs at least 2 pairs; got {len(pairs)}")
+    pairs, val_pairs = split_validation(pairs, config.validation_share, config.validation_max_queries, config.seed,
+                                        config.validation_avoid)
     if config.num_negatives is None:  # not asked for: up to 1 where the pairs have one, silently
         config = dataclasses.replace(config, num_negatives=1)
     elif config.loss != "triplet" and launch_rank() == 0:
@@ -458,7 +477,7 @@ def train(pairs: Sequence[Pair], config: TrainConfig, model: Optional[EmbeddingM
         if rank == 0:
             out_dir.mkdir(parents=True, exist_ok=True)
             clean_stale_inside(out_dir)  # what a killed run left: temp checkpoints, half-saved models
-        return _train_locked(pairs, replay, config, model, out_dir, t_start)
+        return _train_locked(pairs, replay, config, model, out_dir, t_start, val_pairs)
 
 
 @dataclass
@@ -485,6 +504,10 @@ class _Run:
     bidx: int = 0
     elapsed0: float = 0.0
     log_window: Optional[dict] = None
+    validation: Optional[Validation] = None
+    tracker: BestTracker = dataclasses.field(default_factory=BestTracker)
+    eval_every: int = 0
+    stopped_early: bool = False
 
 
 class _EpochData:
@@ -557,6 +580,8 @@ def _resume(run: _Run) -> bool:
         raise UserError(f"{ckpt} was written with other batch settings (seed, batch_size, num_negatives, "
                         f"length_window); resume with the same ones, or choose another output_dir")
     run.model.load_state_dict(state["model"])
+    if "validation" in position:
+        run.tracker.load(position["validation"])
     run.optimizer.load_state_dict(state["optimizer"])
     run.scheduler.load_state_dict(state["scheduler"])
     if run.rank == 0:
@@ -587,11 +612,27 @@ def _checkpoint(run: _Run, batches: list[list[int]], log: WindowLog) -> None:
                 "batch_order_digest": _digest(batches), "num_batches": len(batches),
                 "data_digest": run.data_digest, "total_steps": run.total_steps,
                 "elapsed": run.elapsed0 + time.perf_counter() - log.t0, "log_window": log.state(),
-                "config": dataclasses.asdict(c)}
+                "validation": run.tracker.state(),
+                "config": {k: v for k, v in dataclasses.asdict(c).items()
+                           if k not in ("validation_corpus", "validation_avoid")}}
     if run.rank == 0:
         _save_checkpoint(run.out_dir, run.step, run.model, run.optimizer, run.scheduler, position,
                          c.keep_checkpoints)
     barrier()
+
+
+def _validate(run: _Run, log_file) -> None:
+    """Score the held-out training queries; log it; keep the best model in ``best/`` (saved with
+    the model's own max_seq_length). Every rank scores (same weights, same decision), rank 0 writes."""
+    score = run.validation.score(run.model)
+    improved = run.tracker.update(score, run.step)
+    log_file.write(json.dumps({"step": run.step, "val_ndcg@10": round(score, 6), "best": improved}) + "\n")
+    log_file.flush()
+    if improved and run.rank == 0:
+        train_len = run.model.max_seq_length
+        run.model.max_seq_length = run.saved_max_len
+        run.model.save(run.out_dir / "best")
+        run.model.max_seq_length = train_len
 
 
 def _loop(run: _Run) -> tuple[int, float, float]:
@@ -618,16 +659,27 @@ def _loop(run: _Run) -> tuple[int, float, float]:
             if rec:
                 bar.set_postfix(loss=f"{rec['loss']:.4f}", pairs_s=f"{rec['pairs_per_s']:.1f}")
             bar.update(1)
+            if run.validation is not None and (run.step % run.eval_every == 0 or run.step == run.total_steps):
+                _validate(run, f)
             if c.checkpoint_every and run.step % c.checkpoint_every == 0:
                 _checkpoint(run, batches, log)
+            if run.tracker.should_stop:
+                run.stopped_early = True
+                break
     bar.close()
     return pairs_done, last_loss, time.perf_counter() - t_loop
 
 
 def _train_locked(pairs: list[Pair], replay: list[Pair], config: TrainConfig, model: Optional[EmbeddingModel],
-                  out_dir: Path, t_start: float) -> dict:
-    """The training run once ``out_dir`` is locked: set-up, resume, the loop, the final save."""
+                  out_dir: Path, t_start: float, val_pairs: Sequence[Pair] = ()) -> dict:
+    """The training run once ``out_dir`` is locked: set-up, resume, the loop, the final save
+    (the best validated model when there is a validation split)."""
     run = _prepare(pairs, replay, config, model, out_dir)
+    if val_pairs:
+        run.validation = Validation(list(val_pairs), config.validation_corpus or [p.positive for p in pairs],
+                                    seed=config.seed)
+        run.eval_every = config.eval_every or max(1, run.total_steps // 4)
+        run.tracker = BestTracker(patience=config.patience)
     resumed = _resume(run)
     start_step = run.step
     run.model.train()
@@ -640,7 +692,10 @@ def _train_locked(pairs: list[Pair], replay: list[Pair], config: TrainConfig, mo
     final = out_dir / "model"
     run.model.max_seq_length = run.saved_max_len
     if run.rank == 0:
-        run.model.save(final)
+        if run.validation is not None and (out_dir / "best").is_dir():
+            replace_dir(out_dir / "best", final)  # the best validated model is the one that ships
+        else:
+            run.model.save(final)
     ep_pairs, batches = run.epochs(run.epoch)
     summary = {"steps": run.step, "steps_this_run": run.step - start_step,
                "epochs": round(run.epoch + run.bidx / len(batches), 4),
@@ -649,6 +704,11 @@ def _train_locked(pairs: list[Pair], replay: list[Pair], config: TrainConfig, mo
                "seconds": round(time.perf_counter() - t_start, 3), "output": str(final),
                "log_file": str(run.log_file), "resumed_from": start_step if resumed else None,
                "replay_pairs_per_epoch": len(ep_pairs) - len(pairs), "device": str(run.device), "bf16": run.bf16}
+    if run.validation is not None:
+        summary["validation"] = {"queries": len(run.validation.evalset.qrels), "docs": len(run.validation.evalset.corpus),
+                                 "eval_every": run.eval_every, "best_step": run.tracker.best_step,
+                                 "best_ndcg@10": run.tracker.best, "stopped_early": run.stopped_early,
+                                 "curve": run.tracker.curve}
     if run.rank == 0:
         write_json(out_dir / "train_summary.json", summary)
     barrier()

@@ -71,7 +71,8 @@ PRUNE_KILLER = textwrap.dedent("""
 def test_sigkill_while_pruning_checkpoints_leaves_only_whole_ones(tmp_path, tiny_model_dir):
     pairs = _pairs_file(tmp_path / "p.jsonl")
     args = ["train", "--pairs", str(pairs), "--model", tiny_model_dir, "--batch-size", "4", "--max-steps", "4",
-            "--checkpoint-every", "1", "--keep-checkpoints", "1", "--precision", "fp32", "--quiet"]
+            "--checkpoint-every", "1", "--keep-checkpoints", "1", "--precision", "fp32", "--quiet",
+            "--validation-share", "0"]
     killed, straight = tmp_path / "killed", tmp_path / "straight"
     r = subprocess.run([sys.executable, "-c", PRUNE_KILLER, *args, "-o", str(killed)], env=ENV,
                        capture_output=True, text=True, timeout=300)

@@ -316,3 +316,54 @@ def test_bf16_autocast_learns_like_fp32(tmp_path, tiny_model_dir):
     moved = sum(float((a[k] - start[k]).abs().sum()) for k in a)
     diff = sum(float((a[k] - b[k]).abs().sum()) for k in a)
     assert diff < 0.1 * moved, (diff, moved)  # same direction, bf16-sized differences
+
+
+# ---- (h) validation inside the training data ----------------------------------------------------
+
+@given(st.lists(st.tuples(st.integers(0, 15), st.integers(0, 40)), min_size=2, max_size=60),
+       st.floats(0.0, 0.9), st.integers(0, 3), st.sets(st.integers(0, 15), max_size=5))
+def test_validation_split_holds_out_whole_queries_never_avoided_ones(rows, share, seed, avoid):
+    from fastembed_tune.validation import split_validation
+
+    pairs = [Pair(f"q{q}", f"d{d}") for q, d in rows]
+    avoid = [f"q{a}" for a in avoid]
+    tr, va = split_validation(pairs, share, 500, seed, avoid)
+    assert sorted(map(id, tr + va)) == sorted(map(id, pairs))  # every pair on exactly one side
+    assert not {p.query for p in tr} & {p.query for p in va}
+    assert not {p.query for p in va} & set(avoid)
+    assert tr == [p for p in pairs if p in tr]  # order kept
+    if va:
+        assert len(tr) >= 2
+
+
+def _scripted_scores(monkeypatch, curve):
+    from fastembed_tune import validation
+
+    scores = iter(curve)
+    monkeypatch.setattr(validation.Validation, "score", lambda self, model, batch_size=64: next(scores))
+
+
+def test_the_best_validated_step_ships(tmp_path, tiny_model_dir, monkeypatch):
+    """A planted curve peaks at step 2 of 4: model/ holds the weights of step 2 (checkpoint-2's)."""
+    _scripted_scores(monkeypatch, [0.10, 0.50, 0.20, 0.30])
+    out = train(_pairs(32), _cfg(tmp_path, tiny_model_dir, max_steps=4, checkpoint_every=1, keep_checkpoints=4,
+                                 validation_share=0.25, eval_every=1, patience=None))
+    v = out["validation"]
+    assert v["best_step"] == 2 and v["best_ndcg@10"] == 0.5 and not v["stopped_early"] and out["steps"] == 4
+    assert [p["step"] for p in v["curve"]] == [1, 2, 3, 4] and v["queries"] == 8
+    at2 = torch.load(tmp_path / "checkpoint-2" / "training_state.pt", weights_only=False)["model"]
+    at4 = torch.load(tmp_path / "checkpoint-4" / "training_state.pt", weights_only=False)["model"]
+    shipped = _weights(out["output"])
+    key = "encoder.layer.0.attention.self.query.weight"
+    assert torch.equal(shipped[key], at2["transformer." + key])
+    assert not torch.equal(shipped[key], at4["transformer." + key])
+    assert not (tmp_path / "best").exists()
+
+
+def test_validation_stops_early(tmp_path, tiny_model_dir, monkeypatch):
+    _scripted_scores(monkeypatch, [0.4, 0.3, 0.2, 0.1, 0.0, 0.0])
+    out = train(_pairs(32), _cfg(tmp_path, tiny_model_dir, max_steps=6, validation_share=0.25, eval_every=1,
+                                 patience=2))
+    assert out["steps"] == 3 and out["validation"]["stopped_early"] and out["validation"]["best_step"] == 1
+    log = [json.loads(x) for x in open(out["log_file"])]
+    assert [x["val_ndcg@10"] for x in log if "val_ndcg@10" in x] == [0.4, 0.3, 0.2]
