@@ -353,6 +353,8 @@ def _encode(model, texts: list[str], batch_size: int, progress: bool, desc: str)
         emb = model.encode(texts, batch_size=batch_size, show_progress_bar=progress, desc=desc)
     emb = np.ascontiguousarray(emb, dtype=np.float32)
     norms = np.linalg.norm(emb, axis=1, keepdims=True)
+    if np.all(np.abs(norms - 1.0) <= 1e-4):  # unit rows stay bit-for-bit (as evaluation keeps them)
+        return emb
     return np.ascontiguousarray(emb / np.maximum(norms, 1e-12), dtype=np.float32)
 
 
