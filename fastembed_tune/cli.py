@@ -359,8 +359,8 @@ def _run_parser(sub) -> None:
     r.add_argument("--distill-epochs", type=_positive_int, default=1)
     r.add_argument("--distill-lr", type=float, default=1e-3)
     r.add_argument("--distill-kl-weight", type=float, default=0.0)
-    r.add_argument("--no-distill", action="store_true", help="stop after the fine-tuned model (no student, no ONNX)")
-    r.add_argument("--no-export", action="store_true", help="distil but do not export the student to ONNX")
+    r.add_argument("--no-distill", action="store_true", help="no distilled student (the fine-tuned model is still exported)")
+    r.add_argument("--no-export", action="store_true", help="no ONNX export (of the fine-tuned model or the student)")
     r.add_argument("--allow-no-gain", action="store_true",
                    help=f"exit 0 even when the fine-tuned model is not significantly better than the base on the "
                         f"test set (default: exit {EXIT_NO_GAIN})")

@@ -18,8 +18,19 @@ from typing import Optional
 
 from .atomic import check_output, output_lock
 from .data import data_report, load_eval, read_pairs
+from .distill import distill, distillation_texts
 from .errors import NoSignificantGain, UserError
+from .evaluate import evaluate, format_table, write_report
+from .export import export_onnx
 from .gate import compare, describe, significant_gain
+from .inference import INT8_FILE, OnnxEmbedder
+from .mining import format_summary, leakfree_corpus, mine_hard_negatives, negatives_warning, write_pairs_jsonl
+from .model import EmbeddingModel
+from .store import EmbeddingCache
+from .train import TrainConfig, train
+from .validation import Validation, split_validation
+
+SHIP_RATIO = 0.95  # an export ships when it keeps this share of the fine-tuned model's validation nDCG@10
 
 
 def sample_paths() -> dict[str, str]:
@@ -99,10 +110,6 @@ def run_pipeline(output_dir: str, log=print, **settings) -> dict:
 
 def _run(c: RunConfig, out: Path, log, t_start: float) -> dict:
     """The stages, in order, once the output folder is locked."""
-    from .evaluate import evaluate, format_table, write_report
-    from .mining import leakfree_corpus, mine_hard_negatives, write_pairs_jsonl
-    from .train import TrainConfig, train
-
     train_pairs, evalset, drep = _load_data(c, log)
     base_model, base = _embedder(c.model, c.max_seq_length)
     m_base = evaluate(base, evalset, show_progress_bar=c.show_progress_bar)
@@ -115,12 +122,13 @@ def _run(c: RunConfig, out: Path, log, t_start: float) -> dict:
     write_pairs_jsonl(mined.pairs, str(out / "mined.jsonl"))
 
     base_model.max_seq_length = base.saved_max_seq_length  # what the saved fine-tuned model will carry
-    tsum = train(mined.pairs if c.num_negatives > 0 else train_pairs, TrainConfig(
+    fit, val_pairs = split_validation(mined.pairs if c.num_negatives > 0 else train_pairs, c.validation_share, 500,
+                                      c.seed, avoid=set(evalset.queries.values()))
+    tsum = train(fit, TrainConfig(
         output_dir=str(out / "train"), epochs=c.epochs, max_steps=c.max_steps, batch_size=c.batch_size, lr=c.lr,
         num_negatives=c.num_negatives, seed=c.seed, max_seq_length=c.train_max_seq_length, symmetric=c.symmetric,
-        bf16=c.bf16, show_progress_bar=c.show_progress_bar, validation_share=c.validation_share,
-        validation_corpus=leakfree_corpus(evalset), validation_avoid=list(evalset.queries.values()),
-        eval_every=c.eval_every, patience=c.patience), model=base_model)
+        bf16=c.bf16, show_progress_bar=c.show_progress_bar, validation_pairs=val_pairs,
+        validation_corpus=leakfree_corpus(evalset), eval_every=c.eval_every, patience=c.patience), model=base_model)
 
     _, tuned = _embedder(tsum["output"], c.max_seq_length)
     m_tuned = evaluate(tuned, evalset, show_progress_bar=c.show_progress_bar)
@@ -128,8 +136,8 @@ def _run(c: RunConfig, out: Path, log, t_start: float) -> dict:
     rows = [("base", m_base["metrics"]), ("fine-tuned", m_tuned["metrics"])]
     result = {"base": m_base, "fine_tuned": m_tuned, "train": tsum, "mining": mined.summary,
               "comparisons": {"fine-tuned vs base": compare(_ndcg(m_base), _ndcg(m_tuned), seed=c.seed)}}
-    lines = _student_stages(c, out, train_pairs, evalset, tuned, tsum["output"], m_tuned, rows, result, log) \
-        if c.distill else []
+    lines = _artifact_stages(c, out, train_pairs, val_pairs, evalset, tuned, tsum["output"], m_tuned, rows,
+                             result, log)
     lines = [f"- {name}, nDCG@10: {describe(cmp)}" for name, cmp in result["comparisons"].items()] + lines
     report = write_report(out, rows, "fastembed-tune: base vs fine-tuned",
                           _report_md(c, train_pairs, evalset, mined.summary, tsum, lines, drep, t_start),
@@ -172,8 +180,6 @@ def _load_data(c: RunConfig, log) -> tuple:
 def _embedder(path: Optional[str], max_seq_length: Optional[int]):
     """(the model, an EmbeddingCache of it embedding at ``min(its own, max_seq_length)`` tokens);
     the cache remembers the model's own length as ``saved_max_seq_length``."""
-    from .model import EmbeddingModel
-    from .store import EmbeddingCache
 
     model = EmbeddingModel.load(path)
     own = model.max_seq_length
@@ -186,7 +192,6 @@ def _embedder(path: Optional[str], max_seq_length: Optional[int]):
 
 def _check_mining(c: RunConfig, summary: dict, n_pairs: int, log) -> None:
     """Log the mining summary; stop when no pair got a negative, warn when some got fewer."""
-    from .mining import format_summary, negatives_warning
 
     log(format_summary(summary))
     if c.num_negatives > 0 and summary["negatives_mined"] == 0:
@@ -198,61 +203,85 @@ def _check_mining(c: RunConfig, summary: dict, n_pairs: int, log) -> None:
         print(warning, file=sys.stderr)
 
 
-def _student_stages(c: RunConfig, out: Path, train_pairs, evalset, tuned, tuned_dir: str, m_tuned: dict,
-                    rows: list, result: dict, log) -> list[str]:
-    """Distil the fine-tuned model into a student, export it (fp32 + int8, parity-checked) and
-    evaluate what ships; adds report rows and returns the report's lines. The fp32 graph reproduces
-    the PyTorch student (min cosine >= 0.9999, checked by the export), so it is evaluated in its place."""
-    from .distill import distill, distillation_texts
-    from .evaluate import evaluate
-    from .mining import leakfree_corpus
-
-    dsum = distill(tuned_dir, distillation_texts(train_pairs, leakfree_corpus(evalset)), out / "student",
-                   layers=c.distill_layers, epochs=c.distill_epochs, lr=c.distill_lr, kl_weight=c.distill_kl_weight,
-                   seed=c.seed, max_seq_length=tuned.model.max_seq_length, show_progress_bar=c.show_progress_bar,
-                   precomputed=tuned, bf16=c.bf16)
-    result["distill"] = dsum
-    n = dsum["student_num_layers"]
-    name = f"student ({n} layer{'s' if n != 1 else ''})"
-    lines = [f"- distillation: layers {dsum['student_layers']} of {dsum['teacher_num_layers']}, {dsum['texts']} "
-             f"texts, {dsum['steps']} steps, lr {c.distill_lr}, {dsum['seconds']:.0f} s"]
-    students = {name: _embedder(dsum["output"], c.max_seq_length)[1]}
+def _artifact_stages(c: RunConfig, out: Path, train_pairs, val_pairs, evalset, tuned, tuned_dir: str,
+                     m_tuned: dict, rows: list, result: dict, log) -> list[str]:
+    """Export the fine-tuned model (``onnx/``: fp32 + int8), distil it into a student and export that
+    (``student/onnx/``), evaluate every artifact on the test set against the fine-tuned model, and
+    choose the one to ship on the validation split (:func:`_choose`); returns the report's lines."""
+    corpus = leakfree_corpus(evalset)
+    lines: list[str] = []
+    artifacts: dict = {}  # label -> (embedder, path)
     if c.export:
-        students, line = _export_student(out, dsum["output"], name, result, leakfree_corpus(evalset))
-        lines.append(line)
+        artifacts.update(_export(out / "onnx", tuned_dir, "fine-tuned", corpus, result, lines))
+    if c.distill:
+        dsum = distill(tuned_dir, distillation_texts(train_pairs, corpus), out / "student", layers=c.distill_layers,
+                       epochs=c.distill_epochs, lr=c.distill_lr, kl_weight=c.distill_kl_weight, seed=c.seed,
+                       max_seq_length=tuned.model.max_seq_length, show_progress_bar=c.show_progress_bar,
+                       precomputed=tuned, bf16=c.bf16)
+        result["distill"] = dsum
+        n = dsum["student_num_layers"]
+        name = f"student ({n} layer{'s' if n != 1 else ''})"
+        lines.append(f"- distillation: layers {dsum['student_layers']} of {dsum['teacher_num_layers']}, "
+                     f"{dsum['texts']} texts, {dsum['steps']} steps, lr {c.distill_lr}, {dsum['seconds']:.0f} s")
+        if c.export:
+            artifacts.update(_export(out / "student" / "onnx", dsum["output"], name, corpus, result, lines))
+        else:
+            artifacts[name] = (_embedder(dsum["output"], c.max_seq_length)[1], Path(dsum["output"]))
     ndcg = {}
-    for label, embedder in students.items():
-        m_s = evaluate(embedder, evalset, show_progress_bar=c.show_progress_bar)
-        result["comparisons"][f"{label} vs fine-tuned"] = compare(_ndcg(m_tuned), _ndcg(m_s), seed=c.seed)
-        rows.append((label, m_s["metrics"]))
-        result.setdefault("students", {})[label] = m_s
-        ndcg[label] = m_s["metrics"]["ndcg@10"]
+    for label, (embedder, _) in artifacts.items():
+        m_a = evaluate(embedder, evalset, show_progress_bar=c.show_progress_bar)
+        result["comparisons"][f"{label} vs fine-tuned"] = compare(_ndcg(m_tuned), _ndcg(m_a), seed=c.seed)
+        rows.append((label, m_a["metrics"]))
+        result.setdefault("artifacts", {})[label] = m_a
+        ndcg[label] = m_a["metrics"]["ndcg@10"]
         log(f"{label} nDCG@10 = {ndcg[label]:.4f}")
-    teacher_ndcg = m_tuned["metrics"]["ndcg@10"]
-    if teacher_ndcg > 0:
-        lines.append("- student vs fine-tuned teacher, nDCG@10: " + ", ".join(
-            f"{label} {v / teacher_ndcg:.2f}x" for label, v in ndcg.items()))
-    if c.export:
-        fp32_ndcg, int8_ndcg = ndcg.values()
-        lines.append(f"- int8 vs fp32 ONNX, nDCG@10: {int8_ndcg - fp32_ndcg:+.4f}")
+    if m_tuned["metrics"]["ndcg@10"] > 0 and ndcg:
+        lines.append("- vs the fine-tuned model (PyTorch), nDCG@10: " + ", ".join(
+            f"{label} {v / m_tuned['metrics']['ndcg@10']:.2f}x" for label, v in ndcg.items()))
+    if artifacts:
+        lines.append(_choose(c, artifacts, tuned, tuned_dir, val_pairs, corpus, result))
     return lines
 
 
-def _export_student(out: Path, student_dir: str, name: str, result: dict,
-                    corpus: list[str]) -> tuple[dict, str]:
-    """Export the student (fp32 + int8 calibrated on the user's corpus, never a test document);
-    ({label: embedder}, the report line)."""
-    from .export import export_onnx
-    from .inference import INT8_FILE, OnnxEmbedder
-
+def _export(onnx_dir: Path, model_dir: str, name: str, corpus: list[str], result: dict,
+            lines: list[str]) -> dict:
+    """Export one model (fp32 + int8 calibrated on the user's corpus, never a test document);
+    ``{label: (embedder, path)}`` for its two graphs, and a report line."""
     t0 = time.perf_counter()
-    info = export_onnx(student_dir, out / "onnx", quantize="int8", calibration_texts=corpus)
-    result["export"] = info
+    info = export_onnx(model_dir, onnx_dir, quantize="int8", calibration_texts=corpus)
+    result.setdefault("exports", {})[name] = info
     par = info["parity"]
-    line = (f"- ONNX export of the student: `{out / 'onnx'}`, min cosine to PyTorch fp32 "
-            f"{par['fp32']['min_cosine']:.5f}, int8 {par['int8']['min_cosine']:.5f}; {time.perf_counter() - t0:.0f} s")
-    return {f"{name}, ONNX fp32": OnnxEmbedder(out / "onnx"),
-            f"{name}, ONNX int8": OnnxEmbedder(out / "onnx" / INT8_FILE)}, line
+    lines.append(f"- ONNX export of the {name} model: `{onnx_dir}`, min cosine to PyTorch fp32 "
+                 f"{par['fp32']['min_cosine']:.5f}, int8 {par['int8']['min_cosine']:.5f}; "
+                 f"{time.perf_counter() - t0:.0f} s")
+    return {f"{name}, ONNX fp32": (OnnxEmbedder(onnx_dir), onnx_dir),
+            f"{name}, ONNX int8": (OnnxEmbedder(onnx_dir / INT8_FILE), onnx_dir / INT8_FILE)}
+
+
+def _choose(c: RunConfig, artifacts: dict, tuned, tuned_dir: str, val_pairs, corpus, result: dict) -> str:
+    """The artifact to ship, decided on the validation split (never the test set): the smallest and
+    fastest that keeps >= SHIP_RATIO of the fine-tuned model's validation nDCG@10, tried in order
+    student int8, student fp32, fine-tuned int8, fine-tuned fp32; else the fine-tuned model itself."""
+    order = sorted(artifacts, key=lambda label: (not label.startswith("student"), "int8" not in label))
+    if not val_pairs:
+        pick = next((a for a in order if a.startswith("fine-tuned")), order[-1])
+        result["ship"] = {"artifact": pick, "path": str(artifacts[pick][1]), "why": "no validation split"}
+        return f"- **ship: {pick}** (`{artifacts[pick][1]}`): no validation split to compare on, so not a student"
+    v = Validation(list(val_pairs), corpus, seed=c.seed)
+    teacher = v.score(tuned)
+    scores = {}
+    for label in order:
+        scores[label] = v.score(artifacts[label][0])
+        if teacher <= 0 or scores[label] >= SHIP_RATIO * teacher:
+            why = f"validation nDCG@10 {scores[label]:.4f} = {scores[label] / max(teacher, 1e-12):.2f}x the " \
+                  f"fine-tuned model's {teacher:.4f} (>= {SHIP_RATIO}x)"
+            result["ship"] = {"artifact": label, "path": str(artifacts[label][1]), "why": why, "validation": scores,
+                              "validation_fine_tuned": teacher}
+            return f"- **ship: {label}** (`{artifacts[label][1]}`): {why}; smaller or faster ones kept less"
+    result["ship"] = {"artifact": "fine-tuned", "path": tuned_dir, "validation": scores,
+                      "validation_fine_tuned": teacher, "why": "no export kept the gain on validation"}
+    return (f"- **ship: the fine-tuned model** (`{tuned_dir}`): no export kept {SHIP_RATIO}x its validation "
+            f"nDCG@10 {teacher:.4f} (" + ", ".join(f"{k} {x:.4f}" for k, x in scores.items()) + ")")
 
 
 def _report_md(c: RunConfig, train_pairs, evalset, mining: dict, tsum: dict, lines: list[str], drep: dict,

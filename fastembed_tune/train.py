@@ -87,7 +87,8 @@ class TrainConfig:
     ``bf16`` (autocast; weights and optimizer stay float32): ``None`` = where the hardware does it
     natively (CUDA, or a CPU with AVX512-BF16/AMX, ~1.7x faster steps there), ``False`` = never.
     ``validation_share`` > 0 holds out that share of the training queries (at most
-    ``validation_max_queries``; distractors from ``validation_corpus``), scores nDCG@10 on them every
+    ``validation_max_queries``, never one of ``validation_avoid``; or give ``validation_pairs``
+    split already; distractors from ``validation_corpus``), scores nDCG@10 on them every
     ``eval_every`` steps (default: 4 times a run) and at the end, keeps the best model (``model/``
     is the best one, ``best/`` while training) and stops after ``patience`` evaluations without gain.
 
@@ -128,6 +129,7 @@ class TrainConfig:
     validation_max_queries: int = 500
     validation_corpus: Optional[Sequence[str]] = None
     validation_avoid: Sequence[str] = ()
+    validation_pairs: Optional[Sequence[Pair]] = None
     eval_every: Optional[int] = None
     patience: Optional[int] = 2
 
@@ -463,8 +465,11 @@ def train(pairs: Sequence[Pair], config: TrainConfig, model: Optional[EmbeddingM
     replay = read_pairs(config.replay) if config.replay and config.replay_ratio > 0 else []
     if len(pairs) < 2:
         raise UserError(f"training needs at least 2 pairs; got {len(pairs)}")
-    pairs, val_pairs = split_validation(pairs, config.validation_share, config.validation_max_queries, config.seed,
-                                        config.validation_avoid)
+    if config.validation_pairs is not None:  # the caller split already (run scores its artifacts on them too)
+        val_pairs = list(config.validation_pairs)
+    else:
+        pairs, val_pairs = split_validation(pairs, config.validation_share, config.validation_max_queries,
+                                            config.seed, config.validation_avoid)
     if config.num_negatives is None:  # not asked for: up to 1 where the pairs have one, silently
         config = dataclasses.replace(config, num_negatives=1)
     elif config.loss != "triplet" and launch_rank() == 0:
@@ -614,7 +619,7 @@ def _checkpoint(run: _Run, batches: list[list[int]], log: WindowLog) -> None:
                 "elapsed": run.elapsed0 + time.perf_counter() - log.t0, "log_window": log.state(),
                 "validation": run.tracker.state(),
                 "config": {k: v for k, v in dataclasses.asdict(c).items()
-                           if k not in ("validation_corpus", "validation_avoid")}}
+                           if k not in ("validation_corpus", "validation_avoid", "validation_pairs")}}
     if run.rank == 0:
         _save_checkpoint(run.out_dir, run.step, run.model, run.optimizer, run.scheduler, position,
                          c.keep_checkpoints)

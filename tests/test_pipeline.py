@@ -26,11 +26,15 @@ def test_run_writes_report_and_model(tmp_path, tiny_model_dir, capsys):
                "--max-steps", "3", "--batch-size", "8", "--quiet", "--allow-no-gain"])
     assert rc == 0
     for f in ("report.md", "metrics.json", "metrics.png", "mined.jsonl", "train/model/modules.json",
-              "student/model/modules.json", "onnx/model.onnx", "onnx/model_int8.onnx"):
+              "student/model/modules.json", "onnx/model.onnx", "onnx/model_int8.onnx",
+              "student/onnx/model.onnx", "student/onnx/model_int8.onnx"):
         assert (out / f).exists(), f
     metrics = json.loads((out / "metrics.json").read_text())
-    assert list(metrics["metrics"]) == ["base", "fine-tuned", "student (1 layer), ONNX fp32",
-                                        "student (1 layer), ONNX int8"]
+    assert list(metrics["metrics"]) == ["base", "fine-tuned", "fine-tuned, ONNX fp32", "fine-tuned, ONNX int8",
+                                        "student (1 layer), ONNX fp32", "student (1 layer), ONNX int8"]
+    # the fine-tuned model's own fp32 graph reads what the PyTorch model reads
+    assert metrics["metrics"]["fine-tuned, ONNX fp32"]["ndcg@10"] == pytest.approx(
+        metrics["metrics"]["fine-tuned"]["ndcg@10"], abs=1e-3)
     # the ONNX fp32 graph is the student: same retrieval, same metrics as the PyTorch student
     from fastembed_tune.data import load_eval
     from fastembed_tune.evaluate import evaluate
@@ -40,7 +44,7 @@ def test_run_writes_report_and_model(tmp_path, tiny_model_dir, capsys):
     torch_metrics = evaluate(student, load_eval(str(tmp_path / "test.jsonl"), str(tmp_path / "corpus.jsonl")))
     assert metrics["metrics"]["student (1 layer), ONNX fp32"] == pytest.approx(torch_metrics["metrics"], abs=1e-3)
     report = (out / "report.md").read_text()
-    assert "student vs fine-tuned teacher" in report and "int8 vs fp32 ONNX" in report
+    assert "vs the fine-tuned model (PyTorch)" in report and "**ship: " in report
     # base and fine-tuned nDCG@10 recomputed independently: numpy cosine ranking, ranx's nDCG
     from ranx import Qrels, Run
     from ranx import evaluate as ranx_evaluate
@@ -69,7 +73,8 @@ def test_run_no_distill(tmp_path, tiny_model_dir):
     out = tmp_path / "run"
     assert main(["run", "--model", tiny_model_dir, "--train", str(tmp_path / "p.jsonl"), "--test",
                  str(tmp_path / "p.jsonl"), "--corpus", str(tmp_path / "c.jsonl"), "-o", str(out),
-                 "--max-steps", "1", "--batch-size", "4", "--quiet", "--no-distill", "--allow-no-gain"]) == 0
+                 "--max-steps", "1", "--batch-size", "4", "--quiet", "--no-distill", "--no-export",
+                 "--allow-no-gain"]) == 0
     assert set(json.loads((out / "metrics.json").read_text())["metrics"]) == {"base", "fine-tuned"}
     assert not (out / "student").exists() and not (out / "onnx").exists()
 
@@ -145,3 +150,31 @@ def test_a_planted_regression_makes_run_refuse(tmp_path, tiny_model_dir, capsys)
     assert err[-1].startswith("error: the fine-tuned model is ") and "do not ship it" in err[-1]
     assert "is a significant gain" not in err[-1] and ("regression" in err[-1] or "not a significant" in err[-1])
     assert "paired randomization p =" in (out / "report.md").read_text()
+
+
+@pytest.mark.parametrize("scores, shipped", [
+    ({"teacher": 0.50, "student (3 layers), ONNX int8": 0.46, "student (3 layers), ONNX fp32": 0.48,
+      "fine-tuned, ONNX int8": 0.50, "fine-tuned, ONNX fp32": 0.50}, "student (3 layers), ONNX fp32"),
+    ({"teacher": 0.50, "student (3 layers), ONNX int8": 0.40, "student (3 layers), ONNX fp32": 0.41,
+      "fine-tuned, ONNX int8": 0.49, "fine-tuned, ONNX fp32": 0.50}, "fine-tuned, ONNX int8"),
+    ({"teacher": 0.50, "student (3 layers), ONNX int8": 0.10, "student (3 layers), ONNX fp32": 0.10,
+      "fine-tuned, ONNX int8": 0.40, "fine-tuned, ONNX fp32": 0.40}, "fine-tuned"),
+])
+def test_the_artifact_that_ships_is_chosen_on_validation(monkeypatch, scores, shipped):
+    """Smallest first; an export ships only when it keeps >= 0.95x the fine-tuned model's
+    validation nDCG@10 (the test set decides nothing)."""
+    from fastembed_tune import pipeline
+    from fastembed_tune.data import Pair
+
+    class Fake:
+        def __init__(self, name):
+            self.name = name
+
+    monkeypatch.setattr(pipeline.Validation, "score", lambda self, model, batch_size=64: scores[model.name])
+    artifacts = {label: (Fake(label), f"/x/{i}") for i, label in enumerate(
+        ["fine-tuned, ONNX fp32", "fine-tuned, ONNX int8", "student (3 layers), ONNX fp32",
+         "student (3 layers), ONNX int8"])}
+    result = {}
+    line = pipeline._choose(pipeline.RunConfig("o"), artifacts, Fake("teacher"), "/tuned",
+                            [Pair("q", "d"), Pair("r", "e")], ["x"], result)
+    assert result["ship"]["artifact"] == shipped and f"ship: {'the fine-tuned model' if shipped == 'fine-tuned' else shipped}" in line
