@@ -119,7 +119,7 @@ def _cmd_run(a: argparse.Namespace) -> int:
                  distill_epochs=a.distill_epochs, distill_lr=a.distill_lr, distill_kl_weight=a.distill_kl_weight,
                  export=not a.no_export, bf16=PRECISIONS[a.precision], show_progress_bar=not a.quiet,
                  gate=not a.allow_no_gain, validation_share=a.validation_share, eval_every=a.eval_every,
-                 patience=a.patience)
+                 patience=a.patience, guard=not a.no_guard)
     return 0
 
 
@@ -361,6 +361,8 @@ def _run_parser(sub) -> None:
     r.add_argument("--distill-kl-weight", type=float, default=0.0)
     r.add_argument("--no-distill", action="store_true", help="no distilled student (the fine-tuned model is still exported)")
     r.add_argument("--no-export", action="store_true", help="no ONNX export (of the fine-tuned model or the student)")
+    r.add_argument("--no-guard", action="store_true",
+                   help="skip the general-domain forgetting guard (base vs fine-tuned on WordNet definitions)")
     r.add_argument("--allow-no-gain", action="store_true",
                    help=f"exit 0 even when the fine-tuned model is not significantly better than the base on the "
                         f"test set (default: exit {EXIT_NO_GAIN})")

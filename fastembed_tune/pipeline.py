@@ -78,6 +78,18 @@ class RunConfig:
     validation_share: float = 0.1
     eval_every: Optional[int] = None
     patience: Optional[int] = 2
+    guard: bool = True  # report base vs fine-tuned on the general-domain guard set
+
+
+def guard_paths() -> dict[str, str]:
+    """The forgetting guard: general-English word -> definition retrieval from WordNet, a source and
+    domain the sample does not use (see ``guard_data/README.md``).
+
+    >>> sorted(guard_paths())
+    ['corpus', 'test']
+    """
+    base = Path(__file__).resolve().parent / "guard_data"
+    return {"test": str(base / "test.jsonl"), "corpus": str(base / "corpus.jsonl")}
 
 
 def run_pipeline(output_dir: str, log=print, **settings) -> dict:
@@ -114,6 +126,8 @@ def _run(c: RunConfig, out: Path, log, t_start: float) -> dict:
     base_model, base = _embedder(c.model, c.max_seq_length)
     m_base = evaluate(base, evalset, show_progress_bar=c.show_progress_bar)
     log(f"base nDCG@10 = {m_base['metrics']['ndcg@10']:.4f}")
+    guard = _guard_set() if c.guard else None
+    guard_base = evaluate(base, guard) if guard else None  # now: training changes base_model in place
 
     mined = mine_hard_negatives(train_pairs, base, corpus=leakfree_corpus(evalset),
                                 num_negatives=max(1, c.num_negatives), skip_top=c.skip_top, max_ratio=c.max_ratio,
@@ -136,8 +150,9 @@ def _run(c: RunConfig, out: Path, log, t_start: float) -> dict:
     rows = [("base", m_base["metrics"]), ("fine-tuned", m_tuned["metrics"])]
     result = {"base": m_base, "fine_tuned": m_tuned, "train": tsum, "mining": mined.summary,
               "comparisons": {"fine-tuned vs base": compare(_ndcg(m_base), _ndcg(m_tuned), seed=c.seed)}}
-    lines = _artifact_stages(c, out, train_pairs, val_pairs, evalset, tuned, tsum["output"], m_tuned, rows,
-                             result, log)
+    guard_lines = _guard(c, guard, guard_base, tuned, result, log) if guard else []
+    lines = guard_lines + _artifact_stages(c, out, train_pairs, val_pairs, evalset, tuned, tsum["output"], m_tuned,
+                                           rows, result, log)
     lines = [f"- {name}, nDCG@10: {describe(cmp)}" for name, cmp in result["comparisons"].items()] + lines
     report = write_report(out, rows, "fastembed-tune: base vs fine-tuned",
                           _report_md(c, train_pairs, evalset, mined.summary, tsum, lines, drep, t_start),
@@ -158,6 +173,26 @@ def _run(c: RunConfig, out: Path, log, t_start: float) -> dict:
                                 f"p = {gain['p_value']:.4f}); do not ship it. Everything is in {out / 'report.md'} "
                                 f"(--allow-no-gain exits 0)")
     return result
+
+
+def _guard_set():
+    paths = guard_paths()
+    return load_eval(paths["test"], paths["corpus"])
+
+
+def _guard(c: RunConfig, guard, m_b: dict, tuned, result: dict, log) -> list[str]:
+    """Base (``m_b``, evaluated before training) vs fine-tuned on the general-domain guard set:
+    what fine-tuning costs elsewhere."""
+    m_t = evaluate(tuned, guard)
+    cmp = compare(_ndcg(m_b), _ndcg(m_t), seed=c.seed)
+    b, t = m_b["metrics"]["ndcg@10"], m_t["metrics"]["ndcg@10"]
+    result["guard"] = {"base": m_b["metrics"], "fine-tuned": m_t["metrics"],
+                       "forgetting": (b - t) / b if b > 0 else None}
+    result["comparisons"]["guard (WordNet): fine-tuned vs base"] = cmp
+    log(f"guard (general English, WordNet) nDCG@10: base {b:.4f} -> fine-tuned {t:.4f}")
+    return [f"- forgetting guard (general-English word -> definition, WordNet, {cmp['n']} queries, not the test "
+            f"set's domain): nDCG@10 base {b:.4f} -> fine-tuned {t:.4f}"
+            + (f" ({(t - b) / b:+.1%})" if b > 0 else "")]
 
 
 def _ndcg(evaluation: dict) -> list[float]:

@@ -178,3 +178,25 @@ def test_the_artifact_that_ships_is_chosen_on_validation(monkeypatch, scores, sh
     line = pipeline._choose(pipeline.RunConfig("o"), artifacts, Fake("teacher"), "/tuned",
                             [Pair("q", "d"), Pair("r", "e")], ["x"], result)
     assert result["ship"]["artifact"] == shipped and f"ship: {'the fine-tuned model' if shipped == 'fine-tuned' else shipped}" in line
+
+
+def test_run_reports_the_forgetting_guard(tmp_path, tiny_model_dir):
+    """The guard's base figure is the untouched base model's (evaluated before training changes it in
+    place), recomputed here; the fine-tuned figure is the saved model's."""
+    from fastembed_tune.data import load_eval
+    from fastembed_tune.evaluate import evaluate
+    from fastembed_tune.pipeline import guard_paths
+
+    rows = [{"query": f"t{i}", "positive": f"def {i} of thing {i}"} for i in range(16)]
+    write_jsonl(tmp_path / "p.jsonl", rows)
+    out = tmp_path / "run"
+    assert main(["run", "--model", tiny_model_dir, "--train", str(tmp_path / "p.jsonl"), "--test",
+                 str(tmp_path / "p.jsonl"), "-o", str(out), "--max-steps", "2", "--batch-size", "4", "--lr", "1e-3",
+                 "--quiet", "--no-distill", "--no-export", "--allow-no-gain", "--validation-share", "0"]) == 0
+    cmp = json.loads((out / "metrics.json").read_text())["comparisons"]["guard (WordNet): fine-tuned vs base"]
+    g = load_eval(guard_paths()["test"], guard_paths()["corpus"])
+    assert cmp["n"] == 300
+    assert cmp["mean_a"] == pytest.approx(evaluate(EmbeddingModel.load(tiny_model_dir), g)["metrics"]["ndcg@10"], abs=1e-6)
+    tuned = evaluate(EmbeddingModel.load(str(out / "train" / "model")), g)["metrics"]["ndcg@10"]
+    assert cmp["mean_b"] == pytest.approx(tuned, abs=1e-3) and cmp["mean_a"] != cmp["mean_b"]
+    assert "forgetting guard" in (out / "report.md").read_text()
