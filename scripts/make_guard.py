@@ -10,9 +10,10 @@ without root::
     python3 scripts/make_guard.py --wordnet /tmp/wn/x/usr/share/wordnet --out fastembed_tune/guard_data --seed 0
 
 Pipeline (deterministic for a given input and ``--seed``): every noun synset of ``data.noun`` whose
-first lemma is one plain word (letters only, 3-20 characters) and whose gloss is 40-300 characters;
-the gloss with every whole-word occurrence of the lemma (and -s/-es) replaced by ``[TERM]`` is the
-document; one synset per lemma (the first); shuffled with ``random.Random(seed)``; the first
+first lemma is one plain word (letters only, 3-20 characters); its definition (the gloss without
+the quoted usage examples) of 30-300 characters that does not contain the lemma is the document,
+as it is (no ``[TERM]`` masking: the guard must not share the sample's format); one synset per
+lemma (the first); shuffled with ``random.Random(seed)``; the first
 ``N_QUERIES`` become (query = lemma, positive = masked gloss) test pairs, the next ``N_DISTRACTORS``
 glosses are distractors. Outputs: ``test.jsonl`` ({"query", "positive"}) and ``corpus.jsonl``
 ({"id", "text"}: every positive plus the distractors, shuffled). Standard library only.
@@ -42,18 +43,19 @@ def synsets(data_noun: str):
             yield fields[4], " ".join(gloss.split())
 
 
-def mask(text: str, word: str) -> str:
-    return re.sub(rf"\b{re.escape(word)}(e?s)?\b", "[TERM]", text, flags=re.IGNORECASE)
+def definition(gloss: str) -> str:
+    """The gloss without its quoted usage examples ('a cover; "he opened his umbrella"' -> 'a cover')."""
+    return gloss.split('; "')[0].split(' "')[0].strip().rstrip(";").strip()
 
 
 def build(wordnet_dir: str, seed: int) -> tuple[list[dict], list[dict]]:
     seen, items = set(), []
     for lemma, gloss in synsets(os.path.join(wordnet_dir, "data.noun")):
-        if not re.fullmatch(r"[a-z]{3,20}", lemma) or lemma in seen or not 40 <= len(gloss) <= 300:
+        if not re.fullmatch(r"[a-z]{3,20}", lemma) or lemma in seen:
             continue
         seen.add(lemma)
-        doc = mask(gloss, lemma)
-        if len(doc.split()) >= 6:
+        doc = definition(gloss)
+        if 30 <= len(doc) <= 300 and len(doc.split()) >= 5 and not re.search(rf"\b{lemma}", doc, re.IGNORECASE):
             items.append((lemma, doc))
     rng = random.Random(seed)
     rng.shuffle(items)
