@@ -191,7 +191,7 @@ def test_run_reports_the_forgetting_guard(tmp_path, tiny_model_dir):
     write_jsonl(tmp_path / "p.jsonl", rows)
     out = tmp_path / "run"
     assert main(["run", "--model", tiny_model_dir, "--train", str(tmp_path / "p.jsonl"), "--test",
-                 str(tmp_path / "p.jsonl"), "-o", str(out), "--max-steps", "2", "--batch-size", "4", "--lr", "1e-3",
+                 str(tmp_path / "p.jsonl"), "-o", str(out), "--max-steps", "4", "--batch-size", "4", "--lr", "3e-2",
                  "--quiet", "--no-distill", "--no-export", "--allow-no-gain", "--validation-share", "0"]) == 0
     cmp = json.loads((out / "metrics.json").read_text())["comparisons"]["guard (WordNet): fine-tuned vs base"]
     g = load_eval(guard_paths()["test"], guard_paths()["corpus"])
