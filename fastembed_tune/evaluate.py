@@ -328,7 +328,8 @@ def _gain_line(metric: str, b: Optional[float], v: Optional[float], label: str, 
     return head + f"{b:.4f} → {v:.4f} ({g * 100:+.1f}%, {v / b:.2f}x)" + tail
 
 
-def _chart(f: Any, rows: list[tuple[str, dict[str, float]]], cols: list[str], title: str) -> None:
+def _chart(f: Any, rows: list[tuple[str, dict[str, float]]], cols: list[str], title: str,
+           intervals: Optional[Mapping[str, Mapping[str, tuple[float, float]]]] = None) -> None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -340,9 +341,18 @@ def _chart(f: Any, rows: list[tuple[str, dict[str, float]]], cols: list[str], ti
     width = 0.8 / max(1, n)
     for i, (label, m) in enumerate(rows):
         vals = [m.get(c, 0.0) for c in cols]
-        bars = ax.bar(x - 0.4 + width * (i + 0.5), vals, width, label=label)
-        ax.bar_label(bars, labels=[f"{m[c]:.3f}" if c in m else "" for c in cols],
-                     fontsize=7, padding=2, rotation=90 if n > 2 else 0)
+        xs = x - 0.4 + width * (i + 0.5)
+        ax.bar(xs, vals, width, label=label)
+        ci = (intervals or {}).get(label, {})
+        has = [j for j, c in enumerate(cols) if c in ci]
+        if has:  # error bars only where an interval was given
+            err = np.array([[max(0.0, vals[j] - ci[cols[j]][0]), max(0.0, ci[cols[j]][1] - vals[j])] for j in has]).T
+            ax.errorbar(xs[has], [vals[j] for j in has], yerr=err, fmt="none", ecolor="black", capsize=3,
+                        elinewidth=1)
+        for j, c in enumerate(cols):  # the value, above the bar and its error bar
+            if c in m:
+                ax.text(xs[j], max(m[c], ci[c][1] if c in ci else 0.0) + 0.01, f"{m[c]:.3f}", ha="center",
+                        va="bottom", fontsize=7, rotation=90 if n > 2 else 0)
     ax.set_xticks(x, [_display(c) for c in cols])
     top = max([v for _, m in rows for v in m.values()] + [0.0])
     ax.set_ylim(0, max(1.0, top) * 1.15)
@@ -355,7 +365,8 @@ def _chart(f: Any, rows: list[tuple[str, dict[str, float]]], cols: list[str], ti
 
 
 def write_report(out_dir: Union[str, "os.PathLike[str]"], rows: Sequence[tuple[str, Mapping[str, Any]]],
-                 title: str, extra_md: str = "", comparisons: Optional[Mapping[str, dict]] = None) -> dict:
+                 title: str, extra_md: str = "", comparisons: Optional[Mapping[str, dict]] = None,
+                 intervals: Optional[Mapping[str, Mapping[str, tuple[float, float]]]] = None) -> dict:
     """Write ``metrics.json``, ``report.md`` and ``metrics.png`` into ``out_dir``; return the JSON.
 
     ``rows`` is ``[(label, metrics), ...]``, the first row being the base everything is compared
@@ -365,7 +376,9 @@ def write_report(out_dir: Union[str, "os.PathLike[str]"], rows: Sequence[tuple[s
     ``metrics.json``: ``{"title", "base": first label, "metrics": {label: {metric: value}},
     "gain": {label: {metric: (value - base) / base, or null where the base is 0}}}`` for every row
     after the first; with ``comparisons`` (e.g. ``{"B vs A": gate.compare(...)}``) also
-    ``"comparisons"`` (report.md shows what ``extra_md`` says of them).
+    ``"comparisons"`` (report.md shows what ``extra_md`` says of them); ``intervals``
+    (``{label: {metric: (low, high)}}``, e.g. 95% bootstrap intervals) become the chart's error bars
+    and ``"intervals"`` in metrics.json.
 
     >>> import json, os, tempfile
     >>> d = tempfile.mkdtemp()
@@ -386,6 +399,8 @@ def write_report(out_dir: Union[str, "os.PathLike[str]"], rows: Sequence[tuple[s
     }
     if comparisons:
         result["comparisons"] = dict(comparisons)
+    if intervals:
+        result["intervals"] = {label: {m: list(v) for m, v in ci.items()} for label, ci in intervals.items()}
     headline = "ndcg@10" if "ndcg@10" in cols else (cols[0] if cols else None)
 
     md = [f"# {title}", ""]
@@ -404,7 +419,7 @@ def write_report(out_dir: Union[str, "os.PathLike[str]"], rows: Sequence[tuple[s
     if extra_md:
         md += [extra_md.rstrip("\n"), ""]
 
-    atomic_write(out / "metrics.png", lambda f: _chart(f, rows_, cols, title), binary=True)
+    atomic_write(out / "metrics.png", lambda f: _chart(f, rows_, cols, title, intervals), binary=True)
     atomic_write(out / "report.md", lambda f: f.write("\n".join(md)), binary=False)
     atomic_write(out / "metrics.json",
                   lambda f: f.write(json.dumps(result, indent=2, ensure_ascii=False) + "\n"), binary=False)

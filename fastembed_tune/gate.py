@@ -50,6 +50,17 @@ def bootstrap_ci(a: Sequence[float], b: Sequence[float], n_resamples: int = 1000
     return float(lo), float(hi)
 
 
+def mean_ci(values: Sequence[float], n_resamples: int = 10000, alpha: float = 0.05,
+            seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap ``1 - alpha`` interval of ``mean(values)`` (one model's per-query scores;
+    the error bar of its chart column).
+
+    >>> mean_ci([0.5] * 10)
+    (0.5, 0.5)
+    """
+    return bootstrap_ci(np.zeros(len(values)), values, n_resamples, alpha, seed)
+
+
 def randomization_p(a: Sequence[float], b: Sequence[float], n_resamples: int = 10000, seed: int = 0) -> float:
     """Two-sided p-value of the paired randomization (sign-flip) test of ``mean(b - a) == 0``.
 

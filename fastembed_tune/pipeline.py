@@ -22,7 +22,7 @@ from .distill import distill, distillation_texts
 from .errors import NoSignificantGain, UserError
 from .evaluate import evaluate, format_table, write_report
 from .export import export_onnx
-from .gate import compare, describe, significant_gain
+from .gate import compare, describe, mean_ci, significant_gain
 from .inference import INT8_FILE, OnnxEmbedder
 from .mining import format_summary, leakfree_corpus, mine_hard_negatives, negatives_warning, write_pairs_jsonl
 from .model import EmbeddingModel
@@ -154,9 +154,11 @@ def _run(c: RunConfig, out: Path, log, t_start: float) -> dict:
     lines = guard_lines + _artifact_stages(c, out, train_pairs, val_pairs, evalset, tuned, tsum["output"], m_tuned,
                                            rows, result, log)
     lines = [f"- {name}, nDCG@10: {describe(cmp)}" for name, cmp in result["comparisons"].items()] + lines
+    evaluations = {"base": m_base, "fine-tuned": m_tuned, **result.get("artifacts", {})}
+    intervals = {label: {"ndcg@10": mean_ci(_ndcg(m), seed=c.seed)} for label, m in evaluations.items()}
     report = write_report(out, rows, "fastembed-tune: base vs fine-tuned",
                           _report_md(c, train_pairs, evalset, mined.summary, tsum, lines, drep, t_start),
-                          comparisons=result["comparisons"])
+                          comparisons=result["comparisons"], intervals=intervals)
     log(format_table(rows))
     gain = result["comparisons"]["fine-tuned vs base"]
     b, t = m_base["metrics"]["ndcg@10"], m_tuned["metrics"]["ndcg@10"]

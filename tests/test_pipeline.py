@@ -43,6 +43,11 @@ def test_run_writes_report_and_model(tmp_path, tiny_model_dir, capsys):
     assert metrics["metrics"]["student (1 layer), ONNX fp32"] == pytest.approx(torch_metrics["metrics"], abs=1e-3)
     report = (out / "report.md").read_text()
     assert "vs the fine-tuned model (PyTorch)" in report and "**ship: " in report
+    # every row has its 95% bootstrap interval (the chart's error bars) around its own nDCG@10
+    assert set(metrics["intervals"]) == set(metrics["metrics"])
+    for label, ci in metrics["intervals"].items():
+        lo, hi = ci["ndcg@10"]
+        assert lo - 1e-9 <= metrics["metrics"][label]["ndcg@10"] <= hi + 1e-9, label
     # base and fine-tuned nDCG@10 recomputed independently: numpy cosine ranking, ranx's nDCG
     from ranx import Qrels, Run
     from ranx import evaluate as ranx_evaluate
