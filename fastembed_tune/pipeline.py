@@ -123,7 +123,7 @@ def run_pipeline(output_dir: str, log=print, **settings) -> dict:
 def _run(c: RunConfig, out: Path, log, t_start: float) -> dict:
     """The stages, in order, once the output folder is locked."""
     train_pairs, evalset, drep = _load_data(c, log)
-    base_model, base = _embedder(c.model, c.max_seq_length)
+    base_model, base, own_len = _embedder(c.model, c.max_seq_length)
     m_base = evaluate(base, evalset, show_progress_bar=c.show_progress_bar)
     log(f"base nDCG@10 = {m_base['metrics']['ndcg@10']:.4f}")
     guard = _guard_set() if c.guard else None
@@ -135,7 +135,7 @@ def _run(c: RunConfig, out: Path, log, t_start: float) -> dict:
     _check_mining(c, mined.summary, len(train_pairs), log)
     write_pairs_jsonl(mined.pairs, str(out / "mined.jsonl"))
 
-    base_model.max_seq_length = base.saved_max_seq_length  # what the saved fine-tuned model will carry
+    base_model.max_seq_length = own_len  # what the saved fine-tuned model will carry
     fit, val_pairs = split_validation(mined.pairs if c.num_negatives > 0 else train_pairs, c.validation_share, 500,
                                       c.seed, avoid=set(evalset.queries.values()))
     tsum = train(fit, TrainConfig(
@@ -144,7 +144,7 @@ def _run(c: RunConfig, out: Path, log, t_start: float) -> dict:
         bf16=c.bf16, show_progress_bar=c.show_progress_bar, validation_pairs=val_pairs,
         validation_corpus=leakfree_corpus(evalset), eval_every=c.eval_every, patience=c.patience), model=base_model)
 
-    _, tuned = _embedder(tsum["output"], c.max_seq_length)
+    _, tuned, _ = _embedder(tsum["output"], c.max_seq_length)
     m_tuned = evaluate(tuned, evalset, show_progress_bar=c.show_progress_bar)
     log(f"fine-tuned nDCG@10 = {m_tuned['metrics']['ndcg@10']:.4f}")
     rows = [("base", m_base["metrics"]), ("fine-tuned", m_tuned["metrics"])]
@@ -214,17 +214,14 @@ def _load_data(c: RunConfig, log) -> tuple:
     return train_pairs, evalset, drep
 
 
-def _embedder(path: Optional[str], max_seq_length: Optional[int]):
-    """(the model, an EmbeddingCache of it embedding at ``min(its own, max_seq_length)`` tokens);
-    the cache remembers the model's own length as ``saved_max_seq_length``."""
-
+def _embedder(path: Optional[str], max_seq_length: Optional[int]) -> tuple:
+    """(the model, an EmbeddingCache of it embedding at ``min(its own, max_seq_length)`` tokens,
+    the model's own max_seq_length)."""
     model = EmbeddingModel.load(path)
     own = model.max_seq_length
     if max_seq_length:
         model.max_seq_length = min(own, max_seq_length)
-    cache = EmbeddingCache(model)
-    cache.saved_max_seq_length = own
-    return model, cache
+    return model, EmbeddingCache(model), own
 
 
 def _check_mining(c: RunConfig, summary: dict, n_pairs: int, log) -> None:
