@@ -110,7 +110,6 @@ def _eval_locked(a: argparse.Namespace, evalset, models) -> int:
 def _cmd_run(a: argparse.Namespace) -> int:
     from .pipeline import run_pipeline
 
-    check_output(a.output, "dir")
     run_pipeline(a.output, model=a.model, train_path=a.train, test_path=a.test, corpus_path=a.corpus,
                  epochs=a.epochs, max_steps=a.max_steps, batch_size=a.batch_size, lr=a.lr,
                  num_negatives=a.num_negatives, max_ratio=a.max_ratio, seed=a.seed,

@@ -22,7 +22,7 @@ from typing import Any, Mapping, Optional, Sequence, Union
 import numpy as np
 
 from .atomic import atomic_write
-from .kernels import topk_cosine
+from .kernels import topk_cosine, unit_rows
 
 __all__ = ["ir_metrics", "embed_evalset", "evaluate", "write_report", "format_table", "METRIC_NAMES"]
 
@@ -157,12 +157,10 @@ def _normalized(x: Any, name: str, rows: int) -> np.ndarray:
     x = np.ascontiguousarray(x, dtype=np.float32)
     if not np.all(np.isfinite(x)):
         raise ValueError(f"{name} contains NaN or infinite values")
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    if np.any(norms == 0):
-        raise ValueError(f"{name} row {int(np.argmax(norms[:, 0] == 0))} is all zeros; cosine needs a direction")
-    if np.any(np.abs(norms - 1.0) > 1e-4):  # leave unit rows bit-for-bit as they are
-        x = x / norms
-    return x
+    zero = ~x.any(axis=1)
+    if zero.any():
+        raise ValueError(f"{name} row {int(np.argmax(zero))} is all zeros; cosine needs a direction")
+    return unit_rows(x)
 
 
 def embed_evalset(model: Any, evalset: Any, batch_size: int = 64,

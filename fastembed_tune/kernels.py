@@ -67,6 +67,20 @@ def _as_f32_matrix(x: Any, name: str) -> np.ndarray:
     return x
 
 
+def unit_rows(x: Any) -> np.ndarray:
+    """``x`` as contiguous float32 rows of L2 norm 1: rows already within 1e-4 of unit norm are
+    left bit-for-bit as they are (a second division would move near-ties), the others divided.
+
+    >>> unit_rows(np.array([[3.0, 4.0], [0.6, 0.8]])).tolist()
+    [[0.6000000238418579, 0.800000011920929], [0.6000000238418579, 0.800000011920929]]
+    """
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    if np.all(np.abs(norms - 1.0) <= 1e-4):
+        return x
+    return np.ascontiguousarray(x / np.maximum(norms, 1e-12), dtype=np.float32)
+
+
 def _check_rows(x: np.ndarray, name: str, normalized: bool, threads: int) -> None:
     r = _native.check_rows(x, 1e-2 if normalized else -1.0, threads)
     if r["nonfinite_row"] >= 0:

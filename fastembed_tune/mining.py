@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from .atomic import atomic_write, write_json
 from .data import Pair
 from .distributed import barrier, shard, world
-from .kernels import topk_cosine
+from .kernels import topk_cosine, unit_rows
 
 HIST_BINS = np.linspace(-0.2, 1.0, 13)
 
@@ -351,11 +351,7 @@ def _encode(model, texts: list[str], batch_size: int, progress: bool, desc: str)
                            convert_to_numpy=True, normalize_embeddings=True)
     else:  # EmbeddingModel, EmbeddingCache, OnnxEmbedder: our encode signature
         emb = model.encode(texts, batch_size=batch_size, show_progress_bar=progress, desc=desc)
-    emb = np.ascontiguousarray(emb, dtype=np.float32)
-    norms = np.linalg.norm(emb, axis=1, keepdims=True)
-    if np.all(np.abs(norms - 1.0) <= 1e-4):  # unit rows stay bit-for-bit (as evaluation keeps them)
-        return emb
-    return np.ascontiguousarray(emb / np.maximum(norms, 1e-12), dtype=np.float32)
+    return unit_rows(emb)
 
 
 def write_pairs_jsonl(pairs: Sequence[Pair], path: str) -> None:

@@ -129,7 +129,8 @@ def _run(c: RunConfig, out: Path, log, t_start: float) -> dict:
     guard = _guard_set() if c.guard else None
     guard_base = evaluate(base, guard) if guard else None  # now: training changes base_model in place
 
-    mined = mine_hard_negatives(train_pairs, base, corpus=leakfree_corpus(evalset),
+    corpus = leakfree_corpus(evalset)  # never a test document: mining, validation, distillation, calibration
+    mined = mine_hard_negatives(train_pairs, base, corpus=corpus,
                                 num_negatives=max(1, c.num_negatives), skip_top=c.skip_top, max_ratio=c.max_ratio,
                                 show_progress_bar=c.show_progress_bar)
     _check_mining(c, mined.summary, len(train_pairs), log)
@@ -142,7 +143,7 @@ def _run(c: RunConfig, out: Path, log, t_start: float) -> dict:
         output_dir=str(out / "train"), epochs=c.epochs, max_steps=c.max_steps, batch_size=c.batch_size, lr=c.lr,
         num_negatives=c.num_negatives, seed=c.seed, max_seq_length=c.train_max_seq_length, symmetric=c.symmetric,
         bf16=c.bf16, show_progress_bar=c.show_progress_bar, validation_pairs=val_pairs,
-        validation_corpus=leakfree_corpus(evalset), eval_every=c.eval_every, patience=c.patience), model=base_model)
+        validation_corpus=corpus, eval_every=c.eval_every, patience=c.patience), model=base_model)
 
     _, tuned, _ = _embedder(tsum["output"], c.max_seq_length)
     m_tuned = evaluate(tuned, evalset, show_progress_bar=c.show_progress_bar)
@@ -151,8 +152,8 @@ def _run(c: RunConfig, out: Path, log, t_start: float) -> dict:
     result = {"base": m_base, "fine_tuned": m_tuned, "train": tsum, "mining": mined.summary,
               "comparisons": {"fine-tuned vs base": compare(_ndcg(m_base), _ndcg(m_tuned), seed=c.seed)}}
     guard_lines = _guard(c, guard, guard_base, tuned, result, log) if guard else []
-    lines = guard_lines + _artifact_stages(c, out, train_pairs, val_pairs, evalset, tuned, tsum["output"], m_tuned,
-                                           rows, result, log)
+    lines = guard_lines + _artifact_stages(c, out, train_pairs, val_pairs, evalset, corpus, tuned, tsum["output"],
+                                           m_tuned, rows, result, log)
     lines = [f"- {name}, nDCG@10: {describe(cmp)}" for name, cmp in result["comparisons"].items()] + lines
     evaluations = {"base": m_base, "fine-tuned": m_tuned, **result.get("artifacts", {})}
     intervals = {label: {"ndcg@10": mean_ci(_ndcg(m), seed=c.seed)} for label, m in evaluations.items()}
@@ -237,12 +238,11 @@ def _check_mining(c: RunConfig, summary: dict, n_pairs: int, log) -> None:
         print(warning, file=sys.stderr)
 
 
-def _artifact_stages(c: RunConfig, out: Path, train_pairs, val_pairs, evalset, tuned, tuned_dir: str,
-                     m_tuned: dict, rows: list, result: dict, log) -> list[str]:
+def _artifact_stages(c: RunConfig, out: Path, train_pairs, val_pairs, evalset, corpus: list[str], tuned,
+                     tuned_dir: str, m_tuned: dict, rows: list, result: dict, log) -> list[str]:
     """Export the fine-tuned model (``onnx/``: fp32 + int8), distil it into a student and export that
     (``student/onnx/``), evaluate every artifact on the test set against the fine-tuned model, and
     choose the one to ship on the validation split (:func:`_choose`); returns the report's lines."""
-    corpus = leakfree_corpus(evalset)
     lines: list[str] = []
     artifacts: dict = {}  # label -> (embedder, path)
     if c.export:
