@@ -118,7 +118,7 @@ def _cmd_run(a: argparse.Namespace) -> int:
                  distill_epochs=a.distill_epochs, distill_lr=a.distill_lr, distill_kl_weight=a.distill_kl_weight,
                  export=not a.no_export, bf16=PRECISIONS[a.precision], show_progress_bar=not a.quiet,
                  gate=not a.allow_no_gain, validation_share=a.validation_share, eval_every=a.eval_every,
-                 patience=a.patience, guard=not a.no_guard)
+                 patience=a.patience, guard=not a.no_guard, max_forgetting=a.max_forgetting)
     return 0
 
 
@@ -175,6 +175,14 @@ def _cmd_embed(a: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_serve(a: argparse.Namespace) -> int:
+    from .serve import serve
+
+    return serve(a.model, int8=a.int8, host=a.host, port=a.port, name=a.name, threads=a.threads or None,
+                 max_batch_tokens=a.max_batch_tokens, max_batch_size=a.max_batch_size, max_queue=a.max_queue,
+                 drain_timeout=a.drain_timeout, cache_dir=a.cache_dir)
+
+
 PRECISIONS = {"auto": None, "fp32": False, "bf16": True}  # --precision -> the bf16 setting (None = auto)
 
 
@@ -215,6 +223,18 @@ def _share(s: str) -> float:
     v = float(s)
     if not 0 <= v < 1:
         raise argparse.ArgumentTypeError(f"must be in [0, 1), got {s}")
+    return v
+
+
+def _forgetting(s: str) -> Optional[float]:
+    if s.strip().lower() in ("off", "none"):
+        return None
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number in [0, 1) or 'off', got {s}") from None
+    if not 0 <= v < 1:
+        raise argparse.ArgumentTypeError(f"must be a number in [0, 1) or 'off', got {s}")
     return v
 
 
@@ -342,6 +362,29 @@ def _embed_parser(sub) -> None:
     b.set_defaults(func=_cmd_embed)
 
 
+def _serve_parser(sub) -> None:
+    """The ``serve`` subcommand's flags."""
+    s = sub.add_parser("serve", help="serve an ONNX export as an OpenAI-compatible /v1/embeddings server "
+                                     "(needs the serve extra)")
+    s.add_argument("--model", required=True, help="ONNX export directory (e.g. runs/sample/onnx), or a "
+                   "sentence-transformers directory (exported first, parity-checked, into --cache-dir)")
+    s.add_argument("--int8", action="store_true", help="serve model_int8.onnx of the export")
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    s.add_argument("--port", type=_nonneg_int, default=8080, help="TCP port (0: any free port)")
+    s.add_argument("--name", help="model id clients send as 'model' (default: the directory's name)")
+    s.add_argument("--threads", type=_nonneg_int, default=0, help="onnxruntime intra-op threads (0: all cores)")
+    s.add_argument("--max-batch-tokens", type=_positive_int, default=4096,
+                   help="padded tokens per onnxruntime batch (texts x longest)")
+    s.add_argument("--max-batch-size", type=_positive_int, default=128, help="texts per onnxruntime batch")
+    s.add_argument("--max-queue", type=_positive_int, default=4096,
+                   help="texts admitted and unanswered at once; beyond it requests get 429")
+    s.add_argument("--drain-timeout", type=_ratio, default=30.0,
+                   help="seconds SIGTERM waits for the requests in flight")
+    s.add_argument("--cache-dir", help="where sentence-transformers directories are exported "
+                                       "(default: ~/.cache/fastembed-tune/onnx)")
+    s.set_defaults(func=_cmd_serve)
+
+
 def _run_parser(sub) -> None:
     """The ``run`` subcommand's flags."""
     r = sub.add_parser("run", help="base eval -> mining -> training -> eval -> report (default: built-in sample)")
@@ -362,6 +405,10 @@ def _run_parser(sub) -> None:
     r.add_argument("--no-export", action="store_true", help="no ONNX export (of the fine-tuned model or the student)")
     r.add_argument("--no-guard", action="store_true",
                    help="skip the general-domain forgetting guard (base vs fine-tuned on WordNet definitions)")
+    r.add_argument("--max-forgetting", type=_forgetting, default=0.03, metavar="X|off",
+                   help="largest relative loss of the guard's nDCG@10 allowed (default 0.03 = 3%%); beyond it the "
+                        "fine-tuned weights are interpolated with the base model's (ratio chosen on the validation "
+                        "split); 'off' ships the fine-tuned model as it is")
     r.add_argument("--allow-no-gain", action="store_true",
                    help=f"exit 0 even when the fine-tuned model is not significantly better than the base on the "
                         f"test set (default: exit {EXIT_NO_GAIN})")
@@ -383,6 +430,7 @@ def build_parser() -> argparse.ArgumentParser:
     _distill_parser(sub)
     _export_parser(sub)
     _embed_parser(sub)
+    _serve_parser(sub)
     _run_parser(sub)
     return p
 

@@ -12,6 +12,7 @@ import json
 import os
 import sys
 import time
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -22,6 +23,7 @@ from .distill import distill, distillation_texts
 from .errors import NoSignificantGain, UserError
 from .evaluate import evaluate, format_table, write_report
 from .export import export_onnx
+from .forgetting import choose_alpha, relative_forgetting
 from .gate import compare, describe, mean_ci, significant_gain
 from .inference import INT8_FILE, OnnxEmbedder
 from .mining import format_summary, leakfree_corpus, mine_hard_negatives, negatives_warning, write_pairs_jsonl
@@ -79,6 +81,7 @@ class RunConfig:
     eval_every: Optional[int] = None
     patience: Optional[int] = 2
     guard: bool = True  # report base vs fine-tuned on the general-domain guard set
+    max_forgetting: Optional[float] = 0.03  # relative guard loss allowed; else interpolate with the base (None: off)
 
 
 def guard_paths() -> dict[str, str]:
@@ -146,14 +149,30 @@ def _run(c: RunConfig, out: Path, log, t_start: float) -> dict:
         validation_corpus=corpus, eval_every=c.eval_every, patience=c.patience), model=base_model)
 
     _, tuned, _ = _embedder(tsum["output"], c.max_seq_length)
+    tuned_dir = tsum["output"]
     m_tuned = evaluate(tuned, evalset, show_progress_bar=c.show_progress_bar)
     log(f"fine-tuned nDCG@10 = {m_tuned['metrics']['ndcg@10']:.4f}")
     rows = [("base", m_base["metrics"]), ("fine-tuned", m_tuned["metrics"])]
     result = {"base": m_base, "fine_tuned": m_tuned, "train": tsum, "mining": mined.summary,
               "comparisons": {"fine-tuned vs base": compare(_ndcg(m_base), _ndcg(m_tuned), seed=c.seed)}}
-    guard_lines = _guard(c, guard, guard_base, tuned, result, log) if guard else []
-    lines = guard_lines + _artifact_stages(c, out, train_pairs, val_pairs, evalset, corpus, tuned, tsum["output"],
-                                           m_tuned, rows, result, log)
+    validation = Validation(list(val_pairs), corpus, seed=c.seed) if val_pairs else None
+    guard_lines = []
+    if guard:
+        m_gt = evaluate(tuned, guard)
+        if c.max_forgetting is not None:
+            merged = _keep_forgetting(c, out, tuned, guard, guard_base, m_gt, validation, own_len, result, log)
+            if merged is not None:  # the interpolated model takes the fine-tuned model's place from here on
+                tuned, tuned_dir, m_gt = merged
+                m_raw, m_tuned = m_tuned, evaluate(tuned, evalset, show_progress_bar=c.show_progress_bar)
+                log(f"fine-tuned, interpolated nDCG@10 = {m_tuned['metrics']['ndcg@10']:.4f}")
+                rows[1:] = [("fine-tuned, raw (alpha 1)", m_raw["metrics"]), ("fine-tuned", m_tuned["metrics"])]
+                result.update(fine_tuned=m_tuned, fine_tuned_raw=m_raw)
+                result["comparisons"] = {
+                    "fine-tuned vs base": compare(_ndcg(m_base), _ndcg(m_tuned), seed=c.seed),
+                    "fine-tuned vs fine-tuned, raw": compare(_ndcg(m_raw), _ndcg(m_tuned), seed=c.seed)}
+        guard_lines = _guard(c, guard, guard_base, m_gt, result, log)
+    lines = guard_lines + _artifact_stages(c, out, train_pairs, val_pairs, evalset, corpus, tuned, tuned_dir,
+                                           m_tuned, rows, result, log, validation)
     lines = [f"- {name}, nDCG@10: {describe(cmp)}" for name, cmp in result["comparisons"].items()] + lines
     evaluations = {"base": m_base, "fine-tuned": m_tuned, **result.get("artifacts", {})}
     intervals = {label: {"ndcg@10": mean_ci(_ndcg(m), seed=c.seed)} for label, m in evaluations.items()}
@@ -183,19 +202,71 @@ def _guard_set():
     return load_eval(paths["test"], paths["corpus"])
 
 
-def _guard(c: RunConfig, guard, m_b: dict, tuned, result: dict, log) -> list[str]:
-    """Base (``m_b``, evaluated before training) vs fine-tuned on the general-domain guard set:
-    what fine-tuning costs elsewhere."""
-    m_t = evaluate(tuned, guard)
+def _guard(c: RunConfig, guard, m_b: dict, m_t: dict, result: dict, log) -> list[str]:
+    """Base (``m_b``, evaluated before training) vs fine-tuned (``m_t``) on the general-domain guard
+    set: what fine-tuning costs elsewhere."""
     cmp = compare(_ndcg(m_b), _ndcg(m_t), seed=c.seed)
     b, t = m_b["metrics"]["ndcg@10"], m_t["metrics"]["ndcg@10"]
-    result["guard"] = {"base": m_b["metrics"], "fine-tuned": m_t["metrics"],
-                       "forgetting": (b - t) / b if b > 0 else None}
+    result.setdefault("guard", {}).update({"base": m_b["metrics"], "fine-tuned": m_t["metrics"],
+                                           "forgetting": relative_forgetting(b, t) if b > 0 else None})
     result["comparisons"]["guard (WordNet): fine-tuned vs base"] = cmp
     log(f"guard (general English, WordNet) nDCG@10: base {b:.4f} -> fine-tuned {t:.4f}")
     return [f"- forgetting guard (general-English word -> definition, WordNet, {cmp['n']} queries, not the test "
             f"set's domain): nDCG@10 base {b:.4f} -> fine-tuned {t:.4f}"
-            + (f" ({(t - b) / b:+.1%})" if b > 0 else "")]
+            + (f" ({(t - b) / b:+.1%})" if b > 0 else "")] + result["guard"].get("lines", [])
+
+
+def _keep_forgetting(c: RunConfig, out: Path, tuned, guard, m_gb: dict, m_gt: dict, validation, own_len: int,
+                     result: dict, log) -> Optional[tuple]:
+    """When the fine-tuned model forgets more than ``c.max_forgetting`` of the base's guard nDCG@10,
+    interpolate its weights with the base model's (:func:`~fastembed_tune.forgetting.choose_alpha`:
+    the ratio is chosen on the validation split within the bound), save the interpolated model to
+    ``out/interpolated`` and return ``(its EmbeddingCache, its directory, its guard evaluation)``;
+    ``None`` when the fine-tuned model keeps the bound as it is."""
+    before, after = m_gb["metrics"]["ndcg@10"], m_gt["metrics"]["ndcg@10"]
+    info = {"max_forgetting": c.max_forgetting, "forgetting_raw": relative_forgetting(before, after)}
+    result.setdefault("guard", {})["interpolation"] = info
+    t0 = time.perf_counter()
+    evaluations: dict = {}
+
+    def guard_score(model) -> float:
+        evaluations[id(model)] = (weakref.ref(model), evaluate(model, guard))
+        return evaluations[id(model)][1]["metrics"]["ndcg@10"]
+
+    pick = choose_alpha(lambda: _embedder(c.model, c.max_seq_length)[0], tuned.model, guard_score,
+                        validation.score if validation else (lambda model: 0.0), before, after, c.max_forgetting)
+    merged = pick.pop("model")
+    if pick["alpha"] == 1.0 and pick["met"]:
+        info["alpha"] = 1.0
+        result["guard"]["lines"] = [f"- --max-forgetting {c.max_forgetting:.0%}: the fine-tuned model forgets "
+                                    f"{info['forgetting_raw']:+.1%} on the guard, within the bound; no interpolation"]
+        return None
+    info.update({k: v for k, v in pick.items()}, seconds=time.perf_counter() - t0)
+    tried = ", ".join(f"{t['alpha']:.1f}: guard {t['forgetting']:+.1%}"
+                      + (f", validation {t['validation']:.4f}" if t["validation"] is not None else "")
+                      for t in pick["tried"])
+    log(f"the fine-tuned model forgets {info['forgetting_raw']:.1%} of the guard's nDCG@10 (--max-forgetting "
+        f"{c.max_forgetting:.0%}): interpolated with the base model's weights, alpha {pick['alpha']:.1f} "
+        f"(guard {pick['forgetting']:+.1%}), {info['seconds']:.0f} s")
+    if not pick["met"]:
+        log(f"warning: no interpolation ratio tried keeps the guard's forgetting within {c.max_forgetting:.0%}; "
+            f"keeping the one that forgets least (alpha {pick['alpha']:.1f}, {pick['forgetting']:.1%})")
+    result["guard"]["lines"] = [
+        f"- --max-forgetting {c.max_forgetting:.0%}: the raw fine-tuned model forgets {info['forgetting_raw']:.1%} "
+        f"on the guard; its weights were interpolated with the base model's, alpha (share of the fine-tuned "
+        f"weights) chosen on the validation split among the ratios within the bound "
+        f"({'met' if pick['met'] else 'NOT met: the least forgetting one is kept'}): **alpha {pick['alpha']:.1f}**, "
+        f"{info['seconds']:.0f} s; tried {tried}"]
+    if pick["alpha"] == 1.0:
+        return None
+    merged.max_seq_length = own_len
+    merged.save(out / "interpolated")
+    merged.max_seq_length = tuned.model.max_seq_length
+    ref, m_g = evaluations.get(id(merged), (None, None))
+    if ref is None or ref() is not merged:  # ids of collected models are reused
+        m_g = evaluate(merged, guard)
+    result["guard"]["fine-tuned, raw"] = m_gt["metrics"]
+    return EmbeddingCache(merged), str(out / "interpolated"), m_g
 
 
 def _ndcg(evaluation: dict) -> list[float]:
@@ -239,14 +310,15 @@ def _check_mining(c: RunConfig, summary: dict, n_pairs: int, log) -> None:
 
 
 def _artifact_stages(c: RunConfig, out: Path, train_pairs, val_pairs, evalset, corpus: list[str], tuned,
-                     tuned_dir: str, m_tuned: dict, rows: list, result: dict, log) -> list[str]:
+                     tuned_dir: str, m_tuned: dict, rows: list, result: dict, log, validation=None) -> list[str]:
     """Export the fine-tuned model (``onnx/``: fp32 + int8), distil it into a student and export that
     (``student/onnx/``), evaluate every artifact on the test set against the fine-tuned model, and
     choose the one to ship on the validation split (:func:`_choose`); returns the report's lines."""
     lines: list[str] = []
     artifacts: dict = {}  # label -> (embedder, path)
+    calibration = corpus or distillation_texts(train_pairs, corpus)  # a corpus of test documents only: training text
     if c.export:
-        artifacts.update(_export(out / "onnx", tuned_dir, "fine-tuned", corpus, result, lines))
+        artifacts.update(_export(out / "onnx", tuned_dir, "fine-tuned", calibration, result, lines))
     if c.distill:
         dsum = distill(tuned_dir, distillation_texts(train_pairs, corpus), out / "student", layers=c.distill_layers,
                        epochs=c.distill_epochs, lr=c.distill_lr, kl_weight=c.distill_kl_weight, seed=c.seed,
@@ -258,7 +330,7 @@ def _artifact_stages(c: RunConfig, out: Path, train_pairs, val_pairs, evalset, c
         lines.append(f"- distillation: layers {dsum['student_layers']} of {dsum['teacher_num_layers']}, "
                      f"{dsum['texts']} texts, {dsum['steps']} steps, lr {c.distill_lr}, {dsum['seconds']:.0f} s")
         if c.export:
-            artifacts.update(_export(out / "student" / "onnx", dsum["output"], name, corpus, result, lines))
+            artifacts.update(_export(out / "student" / "onnx", dsum["output"], name, calibration, result, lines))
         else:
             artifacts[name] = (_embedder(dsum["output"], c.max_seq_length)[1], Path(dsum["output"]))
     ndcg = {}
@@ -275,7 +347,7 @@ def _artifact_stages(c: RunConfig, out: Path, train_pairs, val_pairs, evalset, c
         lines.append("- vs the fine-tuned model (PyTorch), nDCG@10: " + ", ".join(
             f"{label} {v / m_tuned['metrics']['ndcg@10']:.2f}x" for label, v in ndcg.items()))
     if artifacts:
-        lines.append(_choose(c, artifacts, tuned, tuned_dir, val_pairs, corpus, result))
+        lines.append(_choose(c, artifacts, tuned, tuned_dir, validation, result))
     return lines
 
 
@@ -294,16 +366,17 @@ def _export(onnx_dir: Path, model_dir: str, name: str, corpus: list[str], result
             f"{name}, ONNX int8": (OnnxEmbedder(onnx_dir / INT8_FILE), onnx_dir / INT8_FILE)}
 
 
-def _choose(c: RunConfig, artifacts: dict, tuned, tuned_dir: str, val_pairs, corpus, result: dict) -> str:
+def _choose(c: RunConfig, artifacts: dict, tuned, tuned_dir: str, validation: Optional[Validation],
+            result: dict) -> str:
     """The artifact to ship, decided on the validation split (never the test set): the smallest and
     fastest that keeps >= SHIP_RATIO of the fine-tuned model's validation nDCG@10, tried in order
     student int8, student fp32, fine-tuned int8, fine-tuned fp32; else the fine-tuned model itself."""
     order = sorted(artifacts, key=lambda label: (not label.startswith("student"), "int8" not in label))
-    if not val_pairs:
+    if validation is None:
         pick = next((a for a in order if a.startswith("fine-tuned")), order[-1])
         result["ship"] = {"artifact": pick, "path": str(artifacts[pick][1]), "why": "no validation split"}
         return f"- **ship: {pick}** (`{artifacts[pick][1]}`): no validation split to compare on, so not a student"
-    v = Validation(list(val_pairs), corpus, seed=c.seed)
+    v = validation
     teacher = v.score(tuned)
     scores = {}
     for label in order:

@@ -179,7 +179,7 @@ def test_the_artifact_that_ships_is_chosen_on_validation(monkeypatch, scores, sh
          "student (3 layers), ONNX int8"])}
     result = {}
     line = pipeline._choose(pipeline.RunConfig("o"), artifacts, Fake("teacher"), "/tuned",
-                            [Pair("q", "d"), Pair("r", "e")], ["x"], result)
+                            pipeline.Validation([Pair("q", "d"), Pair("r", "e")], ["x"]), result)
     assert result["ship"]["artifact"] == shipped and f"ship: {'the fine-tuned model' if shipped == 'fine-tuned' else shipped}" in line
 
 
@@ -195,7 +195,8 @@ def test_run_reports_the_forgetting_guard(tmp_path, tiny_model_dir):
     out = tmp_path / "run"
     assert main(["run", "--model", tiny_model_dir, "--train", str(tmp_path / "p.jsonl"), "--test",
                  str(tmp_path / "p.jsonl"), "-o", str(out), "--max-steps", "4", "--batch-size", "4", "--lr", "3e-2",
-                 "--quiet", "--no-distill", "--no-export", "--allow-no-gain", "--validation-share", "0"]) == 0
+                 "--quiet", "--no-distill", "--no-export", "--allow-no-gain", "--validation-share", "0",
+                 "--max-forgetting", "off"]) == 0
     cmp = json.loads((out / "metrics.json").read_text())["comparisons"]["guard (WordNet): fine-tuned vs base"]
     g = load_eval(guard_paths()["test"], guard_paths()["corpus"])
     assert cmp["n"] == 300
