@@ -364,7 +364,8 @@ def _chart(f: Any, rows: list[tuple[str, dict[str, float]]], cols: list[str], ti
 
 def write_report(out_dir: Union[str, "os.PathLike[str]"], rows: Sequence[tuple[str, Mapping[str, Any]]],
                  title: str, extra_md: str = "", comparisons: Optional[Mapping[str, dict]] = None,
-                 intervals: Optional[Mapping[str, Mapping[str, tuple[float, float]]]] = None) -> dict:
+                 intervals: Optional[Mapping[str, Mapping[str, tuple[float, float]]]] = None,
+                 extra: Optional[Mapping[str, Any]] = None) -> dict:
     """Write ``metrics.json``, ``report.md`` and ``metrics.png`` into ``out_dir``; return the JSON.
 
     ``rows`` is ``[(label, metrics), ...]``, the first row being the base everything is compared
@@ -376,7 +377,7 @@ def write_report(out_dir: Union[str, "os.PathLike[str]"], rows: Sequence[tuple[s
     after the first; with ``comparisons`` (e.g. ``{"B vs A": gate.compare(...)}``) also
     ``"comparisons"`` (report.md shows what ``extra_md`` says of them); ``intervals``
     (``{label: {metric: (low, high)}}``, e.g. 95% bootstrap intervals) become the chart's error bars
-    and ``"intervals"`` in metrics.json.
+    and ``"intervals"`` in metrics.json; ``extra`` adds its (JSON-able) keys to metrics.json as they are.
 
     >>> import json, os, tempfile
     >>> d = tempfile.mkdtemp()
@@ -399,6 +400,10 @@ def write_report(out_dir: Union[str, "os.PathLike[str]"], rows: Sequence[tuple[s
         result["comparisons"] = dict(comparisons)
     if intervals:
         result["intervals"] = {label: {m: list(v) for m, v in ci.items()} for label, ci in intervals.items()}
+    for key, value in (extra or {}).items():
+        if key in result:
+            raise ValueError(f"extra key {key!r} would replace metrics.json's own")
+        result[key] = value
     headline = "ndcg@10" if "ndcg@10" in cols else (cols[0] if cols else None)
 
     md = [f"# {title}", ""]

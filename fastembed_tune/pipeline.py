@@ -178,7 +178,8 @@ def _run(c: RunConfig, out: Path, log, t_start: float) -> dict:
     intervals = {label: {"ndcg@10": mean_ci(_ndcg(m), seed=c.seed)} for label, m in evaluations.items()}
     report = write_report(out, rows, "fastembed-tune: base vs fine-tuned",
                           _report_md(c, train_pairs, evalset, mined.summary, tsum, lines, drep, t_start),
-                          comparisons=result["comparisons"], intervals=intervals)
+                          comparisons=result["comparisons"], intervals=intervals,
+                          extra={k: _public(result[k]) for k in ("guard", "ship") if k in result})
     log(format_table(rows))
     gain = result["comparisons"]["fine-tuned vs base"]
     b, t = m_base["metrics"]["ndcg@10"], m_tuned["metrics"]["ndcg@10"]
@@ -267,6 +268,11 @@ def _keep_forgetting(c: RunConfig, out: Path, tuned, guard, m_gb: dict, m_gt: di
         m_g = evaluate(merged, guard)
     result["guard"]["fine-tuned, raw"] = m_gt["metrics"]
     return EmbeddingCache(merged), str(out / "interpolated"), m_g
+
+
+def _public(d: dict) -> dict:
+    """``d`` without its report lines (metrics.json holds figures; report.md the sentences)."""
+    return {k: v for k, v in d.items() if k != "lines"}
 
 
 def _ndcg(evaluation: dict) -> list[float]:

@@ -16,8 +16,9 @@ SCRIPT = textwrap.dedent("""
     from fastembed_tune.model import EmbeddingModel
     from fastembed_tune.train import TrainConfig, train
     model_dir, out, loss = sys.argv[1], sys.argv[2], sys.argv[3]
+    val = len(sys.argv) > 4  # hold out training queries, validate every step, keep the best
     pairs = [Pair(f"query number {i} " + "x " * (i % 5), f"document text {i} " + "y " * (i % 3),
-                  [f"hard negative {i}"]) for i in range(16)]
+                  [f"hard negative {i}"]) for i in range(20 if val else 16)]
     m = EmbeddingModel.load(model_dir)
     rank = int(os.environ.get("RANK", "0"))
     step = torch.optim.AdamW.step
@@ -29,6 +30,9 @@ SCRIPT = textwrap.dedent("""
     cfg = TrainConfig(output_dir=out, max_steps=1, batch_size=16, lr=1e-3, warmup_ratio=0.0, logging_steps=1,
                       num_negatives=1, loss=loss, show_progress_bar=False, seed=7, max_grad_norm=None,
                       bf16=False)
+    if val:
+        cfg.max_steps, cfg.validation_share, cfg.eval_every, cfg.patience = 3, 0.2, 1, 5
+        cfg.validation_corpus = [f"other text {i}" for i in range(30)]
     train(pairs, cfg, model=m)
     torch.save(m.state_dict(), os.path.join(out, f"weights-rank{rank}.pt"))
 """)
@@ -41,7 +45,7 @@ def tiny_model_dir(tmp_path_factory) -> str:
     return make_tiny_model(tmp_path_factory.mktemp("tiny") / "model", dropout=0.0)
 
 
-def run(tmp_path, model_dir, out, loss, nproc):
+def run(tmp_path, model_dir, out, loss, nproc, *extra):
     script = tmp_path / "job.py"
     script.write_text(SCRIPT)
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
@@ -50,10 +54,10 @@ def run(tmp_path, model_dir, out, loss, nproc):
     else:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
                str(script)]
-    r = subprocess.run(cmd + [model_dir, str(out), loss], capture_output=True, text=True, env=env, timeout=240)
+    r = subprocess.run(cmd + [model_dir, str(out), loss, *extra], capture_output=True, text=True, env=env, timeout=240)
     assert r.returncode == 0, r.stderr[-3000:]
     log = [json.loads(l) for l in (out / "train_log.jsonl").read_text().splitlines()]
-    return (log[-1]["loss"], [torch.load(out / f"weights-rank{i}.pt") for i in range(nproc)],
+    return ([r for r in log if "loss" in r][-1]["loss"], [torch.load(out / f"weights-rank{i}.pt") for i in range(nproc)],
             [torch.load(out / f"grads-rank{i}.pt") for i in range(nproc)])
 
 
@@ -72,6 +76,24 @@ def test_two_ranks_equal_one_process(tmp_path, tiny_model_dir, loss):
         torch.testing.assert_close(wa[k], w1[k], rtol=1e-5, atol=1e-5)  # and equal to one process
     assert any(not torch.equal(w1[k], EmbeddingModel.load(tiny_model_dir).state_dict()[k]) for k in w1)
     assert (tmp_path / "ddp" / "model" / "modules.json").exists()
+
+
+def test_validation_under_torchrun_decides_as_one_process(tmp_path, tiny_model_dir):
+    """Every rank scores the held-out queries on the same weights: the validation curve, the best step
+    and the saved model are the single process's."""
+    run(tmp_path, tiny_model_dir, tmp_path / "single", "mnrl", 1, "val")
+    run(tmp_path, tiny_model_dir, tmp_path / "ddp", "mnrl", 2, "val")
+
+    def curve(out):
+        return [(r["step"], r["val_ndcg@10"]) for r in map(json.loads, (out / "train_log.jsonl").read_text().splitlines())
+                if "val_ndcg@10" in r]
+    c1, c2 = curve(tmp_path / "single"), curve(tmp_path / "ddp")
+    assert [s for s, _ in c1] == [s for s, _ in c2] == [1, 2, 3]
+    assert [v for _, v in c2] == pytest.approx([v for _, v in c1], abs=1e-4)
+    a = EmbeddingModel.load(str(tmp_path / "single" / "model")).state_dict()
+    b = EmbeddingModel.load(str(tmp_path / "ddp" / "model")).state_dict()
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (nccl, bf16)")
