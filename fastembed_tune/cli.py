@@ -167,11 +167,35 @@ def _cmd_embed(a: argparse.Namespace) -> int:
     if os.path.splitext(a.output)[1] not in OUTPUT_SUFFIXES:
         raise UserError(f"--output {a.output}: must end in {' or '.join(OUTPUT_SUFFIXES)}")
     docs = read_texts(a.input)
+    adapter = None
+    if a.adapter:
+        from .adapter import Adapter
+
+        adapter = Adapter(a.adapter)  # checked before any embedding
     with output_lock(a.output):
         emb = embed_file_texts(a.model, list(docs.values()), batch_size=a.batch_size, threads=a.threads,
                                int8=a.int8, show_progress_bar=not a.quiet)
+        if adapter is not None:
+            emb = adapter.apply(emb, a.adapter_side)
         write_embeddings(a.output, list(docs), emb)
     print(f"wrote {emb.shape[0]} x {emb.shape[1]} embeddings to {a.output}")
+    return 0
+
+
+def _cmd_adapt(a: argparse.Namespace) -> int:
+    from .adapter import AdapterConfig, adapt, open_source
+
+    check_output(a.output, "dir")
+    source = open_source(a.embeddings, api_base=a.api_base, api_model=a.api_model, api_dimensions=a.api_dimensions,
+                         api_batch_size=a.api_batch_size, api_concurrency=a.api_concurrency,
+                         api_max_retries=a.api_max_retries, api_tpm=a.api_tpm, store_dir=a.store,
+                         max_seq_length=a.max_seq_length)
+    cfg = AdapterConfig(kind=a.kind, sides=a.sides, rank=a.rank, hidden=a.hidden, epochs=a.epochs,
+                        batch_size=a.batch_size, lr=a.lr, weight_decay=a.weight_decay, num_negatives=a.num_negatives,
+                        max_ratio=a.max_ratio, remine_every=a.remine_every, scale=a.scale,
+                        validation_share=a.validation_share, patience=a.patience, seed=a.seed)
+    adapt(a.output, a.pairs, source, corpus_path=a.corpus, test_path=a.test, cfg=cfg, gate=not a.allow_no_gain,
+          show_progress_bar=not a.quiet)
     return 0
 
 
@@ -359,6 +383,10 @@ def _embed_parser(sub) -> None:
     b.add_argument("--batch-size", type=_positive_int, default=64)
     b.add_argument("--threads", type=_nonneg_int, default=0, help="onnxruntime intra-op threads (0: all cores)")
     b.add_argument("--quiet", action="store_true")
+    b.add_argument("--adapter", metavar="DIR", help="apply an adapter written by `fastembed-tune adapt` to the vectors")
+    b.add_argument("--adapter-side", choices=["query", "document"], default="query",
+                   help="which side of the adapter: query (default) or document (unchanged vectors, normalised, "
+                        "unless the adapter was trained with --sides both)")
     b.set_defaults(func=_cmd_embed)
 
 
@@ -373,8 +401,8 @@ def _serve_parser(sub) -> None:
     s.add_argument("--port", type=_nonneg_int, default=8080, help="TCP port (0: any free port)")
     s.add_argument("--name", help="model id clients send as 'model' (default: the directory's name)")
     s.add_argument("--threads", type=_nonneg_int, default=0, help="onnxruntime intra-op threads (0: all cores)")
-    s.add_argument("--max-batch-tokens", type=_positive_int, default=4096,
-                   help="padded tokens per onnxruntime batch (texts x longest)")
+    s.add_argument("--max-batch-tokens", type=_positive_int, default=1024,
+                   help="padded tokens per onnxruntime batch (texts x longest); small batches are fastest on CPUs")
     s.add_argument("--max-batch-size", type=_positive_int, default=128, help="texts per onnxruntime batch")
     s.add_argument("--max-queue", type=_positive_int, default=4096,
                    help="texts admitted and unanswered at once; beyond it requests get 429")
@@ -383,6 +411,55 @@ def _serve_parser(sub) -> None:
     s.add_argument("--cache-dir", help="where sentence-transformers directories are exported "
                                        "(default: ~/.cache/fastembed-tune/onnx)")
     s.set_defaults(func=_cmd_serve)
+
+
+def _adapt_parser(sub) -> None:
+    """The ``adapt`` subcommand's flags."""
+    d = sub.add_parser("adapt", help="learn an adapter on frozen embeddings (an API model you cannot fine-tune)")
+    d.add_argument("--pairs", required=True, help="training pairs (JSONL/CSV/Parquet/OpenAI JSONL/BEIR folder)")
+    d.add_argument("--corpus", help="documents: hard negatives (and, with --test, the test's retrieval corpus)")
+    d.add_argument("--test", help="held-out test pairs or BEIR folder: the frozen vs adapted report")
+    d.add_argument("--output", "-o", required=True, help="output folder (adapter.safetensors, adapter_config.json, "
+                                                          "adapter.onnx, report.md)")
+    d.add_argument("--embeddings", metavar="SOURCE",
+                   help="api (with --api-base/--api-model), builtin (MiniLM), a sentence-transformers or ONNX "
+                        "directory, or FILE.npy (beside FILE.jsonl/.txt texts) / FILE.parquet (text, embedding)")
+    d.add_argument("--api-base", metavar="URL", help="OpenAI-compatible endpoint, e.g. https://api.openai.com/v1 "
+                                                     "(key from OPENAI_API_KEY)")
+    d.add_argument("--api-model", metavar="NAME", help="the endpoint's embedding model, e.g. text-embedding-3-small")
+    d.add_argument("--api-dimensions", type=_positive_int, default=None, help="ask the endpoint for N dimensions")
+    d.add_argument("--api-batch-size", type=_positive_int, default=128, help="texts per request")
+    d.add_argument("--api-concurrency", type=_positive_int, default=4, help="requests in flight at most")
+    d.add_argument("--api-max-retries", type=_nonneg_int, default=6,
+                   help="retries of a request answered 429/5xx (exponential backoff, Retry-After honoured)")
+    d.add_argument("--api-tpm", type=_ratio, default=None, metavar="TOKENS", help="tokens-per-minute budget")
+    d.add_argument("--store", metavar="DIR", help="embedding store (default: $FASTEMBED_TUNE_STORE or "
+                                                   "~/.cache/fastembed-tune/store): each text is embedded once, ever")
+    d.add_argument("--max-seq-length", type=_positive_int, default=128, help="local models: tokens embedded")
+    d.add_argument("--kind", choices=["linear", "lowrank", "mlp"], default="linear")
+    d.add_argument("--sides", choices=["query", "both"], default="query",
+                   help="query: documents keep their vectors (default); both: a document adapter too")
+    d.add_argument("--rank", type=_positive_int, default=64, help="lowrank: the rank")
+    d.add_argument("--hidden", type=_positive_int, default=1024, help="mlp: hidden units")
+    d.add_argument("--epochs", type=_positive_int, default=20)
+    d.add_argument("--batch-size", type=_positive_int, default=64)
+    d.add_argument("--lr", type=_ratio, default=1e-3)
+    d.add_argument("--weight-decay", type=float, default=0.01, help="pulls the adapter towards the identity")
+    d.add_argument("--num-negatives", type=_nonneg_int, default=3, help="hard negatives a pair, mined by topk_cosine")
+    d.add_argument("--max-ratio", type=_ratio, default=0.95,
+                   help="drop candidates scoring above RATIO x the positive's score (likely false negatives)")
+    d.add_argument("--remine-every", type=_nonneg_int, default=5,
+                   help="epochs between re-mining negatives with the adapter (0: mine once)")
+    d.add_argument("--scale", type=_ratio, default=20.0, help="logit scale (1 / temperature)")
+    d.add_argument("--validation-share", type=_share, default=0.1,
+                   help="share of the training queries held out to choose the epoch that ships (0: none)")
+    d.add_argument("--patience", type=_positive_int, default=3, help="stop after this many epochs without gain")
+    d.add_argument("--seed", type=int, default=42)
+    d.add_argument("--allow-no-gain", action="store_true",
+                   help=f"exit 0 even when the adapter is not significantly better than the frozen vectors on "
+                        f"--test (default: exit {EXIT_NO_GAIN})")
+    d.add_argument("--quiet", action="store_true")
+    d.set_defaults(func=_cmd_adapt)
 
 
 def _run_parser(sub) -> None:
@@ -432,6 +509,7 @@ def build_parser() -> argparse.ArgumentParser:
     _embed_parser(sub)
     _serve_parser(sub)
     _run_parser(sub)
+    _adapt_parser(sub)
     return p
 
 
