@@ -174,6 +174,9 @@ def _run(c: RunConfig, out: Path, log, t_start: float) -> dict:
     lines = guard_lines + _artifact_stages(c, out, train_pairs, val_pairs, evalset, corpus, tuned, tuned_dir,
                                            m_tuned, rows, result, log, validation)
     lines = [f"- {name}, nDCG@10: {describe(cmp)}" for name, cmp in result["comparisons"].items()] + lines
+    lines.append("- embeddings computed (texts run through the model) / served again from its cache: " + ", ".join(
+        f"{name} {cache.embedded} / {cache.served}" for name, cache in (("base", base), ("fine-tuned", tuned))))
+    result["embedded"] = {"base": [base.embedded, base.served], "fine-tuned": [tuned.embedded, tuned.served]}
     evaluations = {"base": m_base, "fine-tuned": m_tuned, **result.get("artifacts", {})}
     intervals = {label: {"ndcg@10": mean_ci(_ndcg(m), seed=c.seed)} for label, m in evaluations.items()}
     report = write_report(out, rows, "fastembed-tune: base vs fine-tuned",
