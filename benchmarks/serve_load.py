@@ -170,11 +170,11 @@ def infinity_model(a, log_dir: str) -> str:
     """The model directory infinity's optimum engine can load: an optimum export of ``a.model`` (a plain
     transformer graph with ``last_hidden_state``; infinity pools and normalises itself), made once with the
     ``optimum-cli`` beside ``--infinity-bin`` and kept under ``/tmp``."""
-    from fastembed_tune.serve import model_fingerprint
+    from fastembed_tune.serve import directory_fingerprint
 
     if a.infinity_model:
         return a.infinity_model
-    out = Path(tempfile.gettempdir()) / f"serve_load_infinity_{model_fingerprint(a.model)}"
+    out = Path(tempfile.gettempdir()) / f"serve_load_infinity_{directory_fingerprint(a.model)}"
     if not (out / "model.onnx").is_file():
         cli = Path(a.infinity_bin).parent / "optimum-cli"
         with open(os.path.join(log_dir, "optimum_export.log"), "w") as log:

@@ -397,11 +397,11 @@ def default_cache_dir() -> Path:
     return Path(base) / "fastembed-tune" / "onnx"
 
 
-def model_fingerprint(model_dir: Union[str, os.PathLike]) -> str:
+def directory_fingerprint(model_dir: Union[str, os.PathLike]) -> str:
     """sha256 (16 hex digits) of a directory's files: relative names and contents.
 
     >>> import tempfile; d = tempfile.mkdtemp(); _ = open(os.path.join(d, "a"), "w").write("x")
-    >>> len(model_fingerprint(d))
+    >>> len(directory_fingerprint(d))
     16
     """
     root = Path(model_dir)
@@ -440,7 +440,7 @@ def resolve_model(model: Union[str, os.PathLike], int8: bool = False,
     if not ((p / "modules.json").is_file() or (p / "config.json").is_file()):
         raise UserError(f"--model {p}: neither an ONNX export ({MODEL_FILE}) nor a sentence-transformers directory")
     out = Path(cache_dir) if cache_dir else default_cache_dir()
-    out = out / f"{p.resolve().name}-{model_fingerprint(p)}"
+    out = out / f"{p.resolve().name}-{directory_fingerprint(p)}"
     if (out / METADATA_FILE).is_file() and (out / MODEL_FILE).is_file() and (not int8 or (out / INT8_FILE).is_file()):
         log(f"using the cached export {out}")
         return out
