@@ -16,30 +16,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import subprocess
 import sys
 import time
-
-
-def cpu_description() -> str:
-    """The CPU's name and the instruction-set features that matter to these kernels."""
-    name, flags = None, set()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                key, _, val = (s.strip() for s in line.partition(":"))
-                if key == "model name" and name is None:
-                    name = val
-                elif key in ("flags", "Features") and not flags:
-                    flags = set(val.split())
-    except OSError:
-        pass
-    wanted = ["avx", "fma", "avx2", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16",
-              "amx_tile", "amx_bf16", "asimd", "sve"]
-    have = " ".join(f for f in wanted if f in flags) or "unknown"
-    return f"{name or platform.processor() or platform.machine()} ({os.cpu_count()} logical CPUs; features: {have})"
 
 
 def child(method: str, B: int, d: int, threads: int, simd: str) -> dict:
@@ -111,6 +90,8 @@ def main() -> None:
     from fastembed_tune.kernels import simd_name
 
     mib = 2 ** 20
+    from fastembed_tune.cpu import cpu_description
+
     print(f"CPU: {cpu_description()}")
     print(f"fused kernel path: {simd_name(a.simd)}; {a.threads} threads; d = {a.d}; "
           f"best of {a.repeats} interleaved runs, each case in its own process, each warmed up on its own method")
