@@ -277,19 +277,9 @@ def check_vectors(port, path, texts, ref) -> float:
     return float((got * r).sum(1).min())
 
 
-def cpu_line() -> str:
-    model = ""
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{model or 'unknown CPU'}, {os.cpu_count()} logical cores"
-
-
 def main(argv=None) -> int:
+    from fastembed_tune.cpu import cpu_description
+
     if argv is None:
         argv = sys.argv[1:]
     if argv and argv[0] == "serve-st":
@@ -348,7 +338,7 @@ def main(argv=None) -> int:
 
     log_dir = tempfile.mkdtemp(prefix="serve_load_")
     print(f"# serve_load: {a.clients} clients, {a.duration:g} s per cell (+{a.warmup:g} s warm-up), "
-          f"request sizes {a.sizes}, texts {a.texts}; CPU: {cpu_line()}; logs in {log_dir}", flush=True)
+          f"request sizes {a.sizes}, texts {a.texts}; CPU: {cpu_description()}; logs in {log_dir}", flush=True)
     results = []
     for kind in a.servers.split(","):
         if kind.startswith("infinity") and not shutil.which(a.infinity_bin):
@@ -399,7 +389,7 @@ def main(argv=None) -> int:
                   f"p99 {r['p99_ms']:.1f} vs {b['p99_ms']:.1f} ms")
     if a.json:
         with open(a.json, "w") as f:
-            json.dump({"cpu": cpu_line(), "clients": a.clients, "duration": a.duration, "results": results}, f,
+            json.dump({"cpu": cpu_description(), "clients": a.clients, "duration": a.duration, "results": results}, f,
                       indent=2)
     return 0
 
