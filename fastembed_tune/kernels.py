@@ -333,3 +333,228 @@ def contrastive(q, docs, pos, scale: float = 20.0, *, doc_keys=None, symmetric: 
         back = _NATIVE_FN.apply(docs[pos], q, torch.arange(B), float(scale), keys_t, simd)
         loss = (loss + back) / 2
     return loss
+
+
+# ---------------------------------------------------------------------------------------------
+# topk_cosine_lowp: int8 candidate scan + exact fp32 rescoring (csrc/lowp.h)
+# ---------------------------------------------------------------------------------------------
+class QuantizedCorpus:
+    """A corpus quantised for :func:`topk_cosine_lowp`: int8 codes per row (symmetric, one scale per
+    row), packed in 16-row panels for the scan, plus per-row bounds on the quantisation error.
+    Produce it once with :func:`quantize_corpus`, :meth:`save` it beside the corpus, and
+    :meth:`load` it memory-mapped for every later mining pass. It is about d + 20 bytes per row.
+    """
+
+    _FIELDS = ("codes", "colsum", "scale", "nx", "ex")
+
+    def __init__(self, codes, colsum, scale, nx, ex, N: int, d: int, fingerprint: str):
+        self.codes, self.colsum, self.scale, self.nx, self.ex = codes, colsum, scale, nx, ex
+        self.N, self.d, self.fingerprint = int(N), int(d), str(fingerprint)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(getattr(self, f).nbytes for f in self._FIELDS)
+
+    def save(self, path) -> None:
+        """Writes a folder of .npy files (+ meta.json) under a temporary name, then renames it."""
+        import json
+        import os
+        import shutil
+        import tempfile
+
+        path = os.fspath(path)
+        parent = os.path.dirname(os.path.abspath(path))
+        tmp = tempfile.mkdtemp(prefix=".qcorpus-", dir=parent)
+        try:
+            for f in self._FIELDS:
+                np.save(os.path.join(tmp, f + ".npy"), getattr(self, f))
+            with open(os.path.join(tmp, "meta.json"), "w") as fh:
+                json.dump({"N": self.N, "d": self.d, "fingerprint": self.fingerprint, "format": 1}, fh)
+            if os.path.exists(path):
+                shutil.rmtree(path)
+            os.replace(tmp, path)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+    @classmethod
+    def load(cls, path, mmap: bool = True) -> "QuantizedCorpus":
+        import json
+        import os
+
+        path = os.fspath(path)
+        try:
+            with open(os.path.join(path, "meta.json")) as fh:
+                meta = json.load(fh)
+            arrays = [np.load(os.path.join(path, f + ".npy"), mmap_mode="r" if mmap else None) for f in cls._FIELDS]
+        except (OSError, ValueError) as e:
+            raise ValueError(f"{path} is not a quantised corpus written by QuantizedCorpus.save: {e}") from None
+        return cls(*arrays, meta["N"], meta["d"], meta["fingerprint"])
+
+
+def _fingerprint(x: np.ndarray) -> str:
+    """Shape plus a hash of up to 257 rows spread over x: catches a quantised corpus used with the wrong corpus."""
+    import hashlib
+
+    n = x.shape[0]
+    rows = np.unique(np.linspace(0, n - 1, min(n, 257)).astype(np.int64))
+    h = hashlib.blake2b(digest_size=16)
+    h.update(np.asarray(x.shape, dtype=np.int64).tobytes())
+    h.update(np.ascontiguousarray(x[rows]).tobytes())
+    return h.hexdigest()
+
+
+def available_lowp() -> list[str]:
+    """int8 scan paths this CPU can run, best first; always ends with ``"scalar"``.
+
+    >>> available_lowp()[-1]
+    'scalar'
+    """
+    return list(_native.available_lowp())
+
+
+def quantize_corpus(corpus: ArrayLike, *, normalized: bool = True, threads: int = 0) -> QuantizedCorpus:
+    """Quantises float32 rows ``[N, d]`` for :func:`topk_cosine_lowp` (one pass, multithreaded).
+
+    >>> x = np.eye(4, dtype=np.float32)
+    >>> qc = quantize_corpus(x); (qc.N, qc.d, qc.codes.dtype.name)
+    (4, 4, 'int8')
+    """
+    x = _as_f32_matrix(corpus, "corpus")
+    if not isinstance(threads, (int, np.integer)) or threads < 0:
+        raise ValueError(f"threads must be an integer >= 0 (0: all cores), got {threads!r}")
+    if x.shape[1] > 65536:
+        raise ValueError(f"the int8 scan supports dimensions up to 65536, got {x.shape[1]}")
+    if x.shape[0] >= 2**31:
+        raise ValueError(f"the int8 scan supports up to 2^31 - 1 rows, got {x.shape[0]}")
+    _check_rows(x, "corpus", normalized, threads)
+    codes, colsum, scale, nx, ex = _native.quantise_corpus(x, int(threads))
+    return QuantizedCorpus(codes, colsum, scale, nx, ex, x.shape[0], x.shape[1], _fingerprint(x))
+
+
+def topk_cosine_lowp(
+    queries: ArrayLike,
+    corpus: ArrayLike,
+    k: int,
+    *,
+    quantized: Optional[QuantizedCorpus] = None,
+    precision: str = "int8",
+    exclude: Optional[Union[Sequence[Sequence[int]], np.ndarray]] = None,
+    skip_top: int = 0,
+    max_ratio: Optional[float] = None,
+    positive_scores: Optional[ArrayLike] = None,
+    normalized: bool = True,
+    threads: int = 0,
+    simd: str = "auto",
+    scan: str = "auto",
+    return_stats: bool = False,
+):
+    """:func:`topk_cosine` with a reduced-precision candidate scan: the same ``(scores, ids)``,
+    bit for bit, as ``topk_cosine(..., simd=simd)`` with the same filters.
+
+    An int8 scan (AVX512-VNNI, AVX2, or portable; ``scan`` picks, ``"auto"`` the best this CPU
+    runs) bounds every score within ``a +- e``, ``e`` a rigorous bound on the quantisation and
+    rounding error of that query/row pair; every row that could still be in the top
+    ``k + skip_top`` is rescored with the fp32 kernel ``simd`` (csrc/lowp.h has the argument).
+
+    Args:
+        quantized: the corpus quantised by :func:`quantize_corpus` (quantised here if omitted;
+            pass it to reuse it across calls). It must come from this very corpus.
+        precision: ``"int8"`` (the only one so far).
+        scan: ``"auto"``, ``"avx512vnni"``, ``"avx2"``, ``"scalar"`` or ``"reference"``.
+        return_stats: also return a dict (candidates rescored per query, seconds scanning,
+            seconds rescoring).
+        Every other argument is :func:`topk_cosine`'s.
+
+    Example:
+        >>> x = np.eye(4, dtype=np.float32)
+        >>> s, i = topk_cosine_lowp(x[:2], x, 2, exclude=[[0], [1]])
+        >>> i.tolist()
+        [[1, 2], [0, 2]]
+    """
+    if precision != "int8":
+        raise ValueError(f"precision must be 'int8' (bf16 is not implemented yet), got {precision!r}")
+    torch_out = _is_torch(queries) or _is_torch(corpus)
+    if _is_torch(queries) and queries.device.type != "cpu":
+        out = topk_cosine(queries, corpus, k, exclude=exclude, skip_top=skip_top, max_ratio=max_ratio,
+                          positive_scores=positive_scores, normalized=normalized, threads=threads, simd=simd)
+        return (*out, {}) if return_stats else out
+    q = _as_f32_matrix(queries, "queries")
+    x = _as_f32_matrix(corpus, "corpus")
+    Q, d = q.shape
+    N = x.shape[0]
+    if x.shape[1] != d:
+        raise ValueError(f"queries have dimension {d} but corpus has dimension {x.shape[1]}")
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
+        raise ValueError(f"k must be an integer, got {type(k).__name__}")
+    if not 1 <= k <= N:
+        raise ValueError(f"k must be between 1 and the corpus size N={N}, got k={k}")
+    if isinstance(skip_top, bool) or not isinstance(skip_top, (int, np.integer)) or skip_top < 0:
+        raise ValueError(f"skip_top must be an integer >= 0, got {skip_top!r}")
+    if not isinstance(threads, (int, np.integer)) or threads < 0:
+        raise ValueError(f"threads must be an integer >= 0 (0: all cores), got {threads!r}")
+    if not isinstance(scan, str) or not isinstance(simd, str):
+        raise ValueError("simd and scan must be path names such as 'auto'")
+    try:
+        _native.lowp_name(scan)
+        _native.simd_name(simd)
+    except ValueError as e:
+        raise ValueError(str(e)) from None
+    _check_rows(q, "queries", normalized, threads)
+    if quantized is None:
+        quantized = quantize_corpus(x, normalized=normalized, threads=threads)
+    else:
+        if not isinstance(quantized, QuantizedCorpus):
+            raise ValueError(f"quantized must be a QuantizedCorpus from quantize_corpus, got {type(quantized).__name__}")
+        if (quantized.N, quantized.d) != (N, d) or quantized.fingerprint != _fingerprint(x):
+            raise ValueError(f"quantized was made from another corpus (shape {quantized.N} x {quantized.d}, "
+                             f"corpus {N} x {d}); run quantize_corpus(corpus) again")
+        _check_rows(x, "corpus", normalized, threads)
+    if not normalized and (float(np.max(quantized.nx)) > 1e15 or float(np.max(np.abs(q))) > 1e15):
+        # Scores near float32 overflow: the error bound would be infinite; the exact scan is as fast.
+        out = topk_cosine(queries, corpus, k, exclude=exclude, skip_top=skip_top, max_ratio=max_ratio,
+                          positive_scores=positive_scores, normalized=normalized, threads=threads, simd=simd)
+        return (*out, {}) if return_stats else out
+    ptr = ids = None
+    if exclude is not None:
+        ptr, ids = _exclude_csr(exclude, Q, N)
+    upper = None
+    if max_ratio is not None:
+        if not np.isfinite(max_ratio) or max_ratio <= 0:
+            raise ValueError(f"max_ratio must be a finite number > 0, got {max_ratio!r}")
+        if positive_scores is None:
+            if ptr is None or np.any(np.diff(ptr) == 0):
+                raise ValueError("max_ratio needs each query's positive score: pass positive_scores, "
+                                 "or exclude with at least one positive id per query")
+            pos = np.einsum("ij,ij->i", np.repeat(q, np.diff(ptr), axis=0).astype(np.float64),
+                            x[ids].astype(np.float64))
+            positive_scores = np.minimum.reduceat(pos, ptr[:-1])
+        if _is_torch(positive_scores):
+            positive_scores = positive_scores.detach().cpu().numpy()
+        p = np.asarray(positive_scores, dtype=np.float64).ravel()
+        if p.shape[0] != Q:
+            raise ValueError(f"positive_scores has {p.shape[0]} entries but there are {Q} queries")
+        if not np.all(np.isfinite(p)):
+            raise ValueError("positive_scores must be finite")
+        upper = np.ascontiguousarray((max_ratio * p).astype(np.float32))
+    qc = quantized
+    scores, out_ids, st = _native.topk_cosine_lowp(
+        q, x, int(k), qc.codes, qc.colsum, qc.scale, qc.nx, qc.ex, ptr, ids, upper, int(skip_top), int(threads),
+        simd, scan)
+    if torch_out:
+        import torch
+        scores, out_ids = torch.from_numpy(scores), torch.from_numpy(out_ids)
+    if return_stats:
+        return scores, out_ids, {"candidates_per_query": st[0] / max(st[1], 1), "scan_s": st[2], "rescore_s": st[3],
+                                 "scan": _native.lowp_name(scan), "simd": _native.simd_name(simd)}
+    return scores, out_ids
+
+
+def lowp_dots(queries: ArrayLike, quantized: QuantizedCorpus, scan: str = "auto") -> np.ndarray:
+    """The exact integer dot products ``[Q, N]`` of ``scan``'s int8 query codes with the corpus codes
+    (a test hook: every scan path must equal ``scan="reference"``)."""
+    q = _as_f32_matrix(queries, "queries")
+    if q.shape[1] != quantized.d:
+        raise ValueError(f"queries have dimension {q.shape[1]} but the quantised corpus has {quantized.d}")
+    qc = quantized
+    return _native.lowp_dots(q, qc.codes, qc.colsum, qc.scale, qc.nx, qc.ex, qc.N, scan)
