@@ -193,7 +193,8 @@ def _cmd_adapt(a: argparse.Namespace) -> int:
     cfg = AdapterConfig(kind=a.kind, sides=a.sides, rank=a.rank, hidden=a.hidden, epochs=a.epochs,
                         batch_size=a.batch_size, lr=a.lr, weight_decay=a.weight_decay, num_negatives=a.num_negatives,
                         max_ratio=a.max_ratio, remine_every=a.remine_every, scale=a.scale,
-                        validation_share=a.validation_share, patience=a.patience, seed=a.seed)
+                        validation_share=a.validation_share, patience=a.patience, seed=a.seed,
+                        average=not a.no_average)
     adapt(a.output, a.pairs, source, corpus_path=a.corpus, test_path=a.test, cfg=cfg, gate=not a.allow_no_gain,
           show_progress_bar=not a.quiet)
     return 0
@@ -204,7 +205,7 @@ def _cmd_serve(a: argparse.Namespace) -> int:
 
     return serve(a.model, int8=a.int8, host=a.host, port=a.port, name=a.name, threads=a.threads or None,
                  max_batch_tokens=a.max_batch_tokens, max_batch_size=a.max_batch_size, max_queue=a.max_queue,
-                 drain_timeout=a.drain_timeout, cache_dir=a.cache_dir)
+                 drain_timeout=a.drain_timeout, cache_dir=a.cache_dir, adapter=a.adapter, adapter_side=a.adapter_side)
 
 
 PRECISIONS = {"auto": None, "fp32": False, "bf16": True}  # --precision -> the bf16 setting (None = auto)
@@ -410,6 +411,9 @@ def _serve_parser(sub) -> None:
                    help="seconds SIGTERM waits for the requests in flight")
     s.add_argument("--cache-dir", help="where sentence-transformers directories are exported "
                                        "(default: ~/.cache/fastembed-tune/onnx)")
+    s.add_argument("--adapter", metavar="DIR", help="serve vectors adapted by an adapter from `fastembed-tune adapt`")
+    s.add_argument("--adapter-side", choices=("query", "document"), default="query",
+                   help="which side of the adapter the served vectors take (default: query)")
     s.set_defaults(func=_cmd_serve)
 
 
@@ -441,16 +445,18 @@ def _adapt_parser(sub) -> None:
                    help="query: documents keep their vectors (default); both: a document adapter too")
     d.add_argument("--rank", type=_positive_int, default=64, help="lowrank: the rank")
     d.add_argument("--hidden", type=_positive_int, default=1024, help="mlp: hidden units")
-    d.add_argument("--epochs", type=_positive_int, default=20)
+    d.add_argument("--epochs", type=_positive_int, default=10)
     d.add_argument("--batch-size", type=_positive_int, default=64)
     d.add_argument("--lr", type=_ratio, default=1e-3)
     d.add_argument("--weight-decay", type=float, default=0.01, help="pulls the adapter towards the identity")
-    d.add_argument("--num-negatives", type=_nonneg_int, default=3, help="hard negatives a pair, mined by topk_cosine")
+    d.add_argument("--num-negatives", type=_nonneg_int, default=7, help="hard negatives a pair, mined by topk_cosine")
     d.add_argument("--max-ratio", type=_ratio, default=0.95,
                    help="drop candidates scoring above RATIO x the positive's score (likely false negatives)")
-    d.add_argument("--remine-every", type=_nonneg_int, default=5,
+    d.add_argument("--remine-every", type=_nonneg_int, default=1,
                    help="epochs between re-mining negatives with the adapter (0: mine once)")
     d.add_argument("--scale", type=_ratio, default=20.0, help="logit scale (1 / temperature)")
+    d.add_argument("--no-average", action="store_true",
+                   help="ship one epoch's weights, not their running mean (linear and mlp average by default)")
     d.add_argument("--validation-share", type=_share, default=0.1,
                    help="share of the training queries held out to choose the epoch that ships (0: none)")
     d.add_argument("--patience", type=_positive_int, default=3, help="stop after this many epochs without gain")

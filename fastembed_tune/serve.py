@@ -342,6 +342,27 @@ class _Metered:
             self.metrics.request(scope["path"], status[0], time.perf_counter() - t0, scope.get("fastembed.error_code", ""))
 
 
+class AdaptedEngine:
+    """An engine whose rows pass through an adapter (``fastembed-tune adapt``) on one side: the
+    served vectors are the adapted ones, everything else is the wrapped engine's.
+
+    >>> class Two:
+    ...     dim = 2
+    ...     def run(self, encs): return np.ones((len(encs), 2), np.float32)
+    >>> AdaptedEngine(Two(), lambda x: x * 2).run([0]).tolist(), AdaptedEngine(Two(), None).dim
+    ([[2.0, 2.0]], 2)
+    """
+
+    def __init__(self, engine: Any, transform: Any):
+        self.engine, self.transform = engine, transform
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.engine, name)
+
+    def run(self, encodings: list) -> np.ndarray:
+        return self.transform(self.engine.run(encodings))
+
+
 def create_app(engine: Any, name: str, max_batch_tokens: int = 1024, max_batch_size: int = 128,
                max_queue: int = 4096, max_inputs: int = MAX_INPUTS, max_body_bytes: int = MAX_BODY_BYTES,
                max_concurrent: int = 1024, drain_timeout: float = 30.0) -> Any:
@@ -576,8 +597,11 @@ def run_server(app: Any, sock: socket.socket, banner: str, drain_timeout: float 
 def serve(model: Union[str, os.PathLike], int8: bool = False, host: str = "127.0.0.1", port: int = 8080,
           name: Optional[str] = None, threads: Optional[int] = None, max_batch_tokens: int = 1024,
           max_batch_size: int = 128, max_queue: int = 4096, drain_timeout: float = 30.0,
-          cache_dir: Union[str, os.PathLike, None] = None) -> int:
-    """``fastembed-tune serve``: load (or export, then load) ``model`` and serve it until SIGTERM.
+          cache_dir: Union[str, os.PathLike, None] = None, adapter: Union[str, os.PathLike, None] = None,
+          adapter_side: str = "query") -> int:
+    """``fastembed-tune serve``: load (or export, then load) ``model`` and serve it until SIGTERM;
+    with ``adapter`` (a folder written by ``fastembed-tune adapt``) every vector served is adapted
+    on ``adapter_side`` (``query``: the default, for a query-side adapter).
 
     >>> serve("runs/sample/onnx", port=8080)  # doctest: +SKIP
     0
@@ -586,12 +610,21 @@ def serve(model: Union[str, os.PathLike], int8: bool = False, host: str = "127.0
         raise UserError(f"{INSTALL_HINT} (missing: {_MISSING})")
     export_dir = resolve_model(model, int8=int8, cache_dir=cache_dir)
     engine = load_engine(export_dir, int8=int8, threads=threads)
+    if adapter is not None:
+        from .adapter import Adapter
+
+        fitted = Adapter(adapter)
+        if fitted.dim != engine.dim:
+            raise UserError(f"--adapter {adapter}: it maps {fitted.dim}-d vectors, the model serves {engine.dim}-d; "
+                            f"give the adapter trained on this model's vectors")
+        engine = AdaptedEngine(engine, lambda rows: fitted.apply(rows, adapter_side))
     name = name or default_name(model)
     app = create_app(engine, name, max_batch_tokens=max_batch_tokens, max_batch_size=max_batch_size,
                      max_queue=max_queue, drain_timeout=drain_timeout)
     sock = bind(host, port)
     h, p = sock.getsockname()[:2]
     shown = f"[{h}]" if ":" in h else h
-    banner = (f"serving '{name}' ({engine.file}, {engine.dim}-d, up to {engine.max_seq_length} tokens a text) "
+    adapted = f", adapted by {adapter} ({adapter_side} side)" if adapter is not None else ""
+    banner = (f"serving '{name}' ({engine.file}{adapted}, {engine.dim}-d, up to {engine.max_seq_length} tokens a text) "
               f"on http://{shown}:{p}/v1  (SIGTERM or Ctrl-C: finish the requests in flight, then exit)")
     return run_server(app, sock, banner, drain_timeout)
