@@ -246,12 +246,12 @@ def _keep_forgetting(c: RunConfig, out: Path, tuned, guard, m_gb: dict, m_gt: di
                                     f"{info['forgetting_raw']:+.1%} on the guard, within the bound; no interpolation"]
         return None
     info.update({k: v for k, v in pick.items()}, seconds=time.perf_counter() - t0)
-    tried = ", ".join(f"{t['alpha']:.1f}: guard {t['forgetting']:+.1%}"
+    tried = ", ".join(f"{t['alpha']:.1f}: guard {-t['forgetting']:+.1%}"
                       + (f", validation {t['validation']:.4f}" if t["validation"] is not None else "")
                       for t in pick["tried"])
     log(f"the fine-tuned model forgets {info['forgetting_raw']:.1%} of the guard's nDCG@10 (--max-forgetting "
         f"{c.max_forgetting:.0%}): interpolated with the base model's weights, alpha {pick['alpha']:.1f} "
-        f"(guard {pick['forgetting']:+.1%}), {info['seconds']:.0f} s")
+        f"(guard {-pick['forgetting']:+.1%}), {info['seconds']:.0f} s")
     if not pick["met"]:
         log(f"warning: no interpolation ratio tried keeps the guard's forgetting within {c.max_forgetting:.0%}; "
             f"keeping the one that forgets least (alpha {pick['alpha']:.1f}, {pick['forgetting']:.1%})")
