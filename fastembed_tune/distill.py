@@ -5,14 +5,18 @@
 - :func:`teacher_embeddings`: the teacher's embeddings of the distillation texts, computed once and
   cached on disk as a memory-mapped float32 ``.npy`` (written to a temp name, then renamed), keyed by
   a digest of the teacher's weights and settings, the texts and ``max_seq_length``.
+- :func:`distillation_texts` / :func:`pseudo_queries`: the in-domain texts to distil on: training
+  queries, corpus, positives, and (opt-in) query-length spans cut from the corpus documents.
 - :func:`distill`: trains the student with :class:`~fastembed_tune.losses.MSELoss` against the cached
   teacher embeddings (a learned projection bridges different dimensions), optionally plus
   ``kl_weight`` x the KL divergence between the teacher's and the student's in-batch similarity
-  distributions, and writes under ``output_dir``::
+  distributions and ``contrastive_weight`` x InfoNCE on training (query, positive) pairs
+  (:func:`distill_loss`); optionally validated after every epoch (the best epoch ships), and writes
+  under ``output_dir``::
 
       model/                   the student, a sentence-transformers directory (SentenceTransformer(path) loads it)
       teacher_embeddings.npy   the teacher cache (+ teacher_embeddings.npy.meta.json, its key)
-      distill_log.jsonl        one JSON line per logging step: step, epoch, loss, mse, kl, lr, texts_per_s, elapsed
+      distill_log.jsonl        one JSON line per logging step: step, epoch, loss, mse, kl, contrastive, lr, texts_per_s, elapsed
       distill_summary.json     what :func:`distill` returns
 """
 from __future__ import annotations
@@ -22,8 +26,9 @@ import hashlib
 import json
 import math
 import os
+import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
@@ -34,10 +39,12 @@ from tqdm.auto import tqdm
 from .atomic import check_output, clean_stale_inside, output_lock, temp_path, write_json
 from .errors import UserError
 from .loop import WindowLog, make_optimizer, make_scheduler, optimizer_step, set_seed, shuffled_batches, use_bf16
-from .losses import MSELoss
+from .losses import FusedMNRLoss, MSELoss, text_keys
 from .model import EmbeddingModel
+from .validation import BestTracker
 
-__all__ = ["parse_layers", "default_layers", "prune_layers", "teacher_embeddings", "in_batch_kl", "distill"]
+__all__ = ["parse_layers", "default_layers", "spread_layers", "prune_layers", "teacher_embeddings", "in_batch_kl",
+           "pseudo_queries", "query_word_range", "distillation_texts", "distill_loss", "distill"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 CACHE_FILE = "teacher_embeddings.npy"
@@ -87,17 +94,32 @@ def parse_layers(spec: Union[str, Sequence[int], None]) -> Optional[list[int]]:
 
 def default_layers(num_layers: int) -> list[int]:
     """The default student: half the teacher's layers (rounded up), spread evenly from the first
-    to the last. The last layer is kept on purpose: pooling reads its output, and a pruned copy
+    to the last (:func:`spread_layers`). The last layer is kept on purpose: pooling reads its output, and a pruned copy
     without it starts far from the teacher (measured on the built-in sample, fine-tuned MiniLM
     nDCG@10 0.383 before any distillation: layers [0, 2, 5] 0.235, [0, 2, 4] 0.048).
 
     >>> default_layers(6), default_layers(12), default_layers(4), default_layers(1)
     ([0, 2, 5], [0, 2, 4, 7, 9, 11], [0, 3], [0])
     """
-    k = (num_layers + 1) // 2
-    if k <= 1:
+    return spread_layers(num_layers, (num_layers + 1) // 2)
+
+
+def spread_layers(num_layers: int, keep: int) -> list[int]:
+    """``keep`` of a teacher's ``num_layers`` layers spread evenly from the first to the last (one
+    layer: the last, which pooling reads; halves round down).
+
+    >>> spread_layers(6, 2), spread_layers(6, 3), spread_layers(6, 4), spread_layers(6, 1)
+    ([0, 5], [0, 2, 5], [0, 2, 3, 5], [5])
+    >>> spread_layers(6, 7)
+    Traceback (most recent call last):
+    ...
+    fastembed_tune.errors.UserError: cannot keep 7 of 6 layers; keep between 1 and 6
+    """
+    if isinstance(keep, bool) or not isinstance(keep, int) or not 1 <= keep <= max(num_layers, 1):
+        raise UserError(f"cannot keep {keep!r} of {num_layers} layers; keep between 1 and {num_layers}")
+    if keep == 1:
         return [max(num_layers - 1, 0)]
-    return sorted({int(np.ceil(i * (num_layers - 1) / (k - 1) - 0.5)) for i in range(k)})  # halves round down
+    return sorted({int(np.ceil(i * (num_layers - 1) / (keep - 1) - 0.5)) for i in range(keep)})
 
 
 def _layer_list(transformer: torch.nn.Module) -> tuple[torch.nn.Module, str, torch.nn.ModuleList]:
@@ -298,15 +320,104 @@ def in_batch_kl(teacher_emb: torch.Tensor, student_emb: torch.Tensor, temperatur
     return (lt.exp() * (lt - ls)).sum(1).mean()
 
 
-def distillation_texts(pairs: Sequence, corpus: Sequence[str]) -> list[str]:
+_WORD = re.compile(r"\S+")
+_EDGE = " \t\n.,;:!?()[]{}\"'"
+
+
+def pseudo_queries(docs: Sequence[str], per_doc: int = 1, min_words: int = 1, max_words: int = 8,
+                   seed: int = 0) -> list[str]:
+    """Query-like texts cut from documents, for a student to learn the teacher's embeddings of short
+    in-domain inputs: ``per_doc`` spans of each document, each a window of consecutive words whose
+    length is drawn uniformly from ``[min_words, max_words]`` (at most the document's) at a uniform
+    start, with punctuation trimmed from its ends. Every span is an exact substring of its document
+    (original spacing kept); empty spans are skipped, duplicates kept (``distill`` drops them). A pure
+    function of its arguments (one ``default_rng([seed, 11])`` stream, documents in order).
+
+    >>> pseudo_queries(["the quick brown fox jumps over the lazy dog."], per_doc=2, min_words=2, max_words=3)
+    ['jumps over', 'quick brown']
+    """
+    if isinstance(per_doc, bool) or not isinstance(per_doc, int) or per_doc < 0:
+        raise UserError(f"per_doc must be an integer >= 0; got {per_doc!r}")
+    if not (isinstance(min_words, int) and isinstance(max_words, int) and 1 <= min_words <= max_words):
+        raise UserError(f"pseudo-query lengths must be integers with 1 <= min_words <= max_words; got "
+                        f"min_words={min_words!r}, max_words={max_words!r}")
+    rng = np.random.default_rng([seed, 11])
+    out = []
+    for doc in docs:
+        spans = [(m.start(), m.end()) for m in _WORD.finditer(doc)]
+        for _ in range(per_doc if spans else 0):
+            n = min(int(rng.integers(min_words, max_words + 1)), len(spans))
+            first = int(rng.integers(0, len(spans) - n + 1))
+            span = doc[spans[first][0]:spans[first + n - 1][1]].strip(_EDGE)
+            if span:
+                out.append(span)
+    return out
+
+
+def query_word_range(queries: Sequence[str], low: float = 0.1, high: float = 0.9) -> tuple[int, int]:
+    """The ``low`` and ``high`` quantiles of the queries' word counts (at least 1): the length range
+    of :func:`pseudo_queries` that look like the users' own queries; ``(1, 8)`` without queries.
+
+    >>> query_word_range(["a", "b c", "d e f", "what is a tuple"]), query_word_range([])
+    ((1, 4), (1, 8))
+    """
+    counts = [len(q.split()) for q in queries if q.strip()]
+    if not counts:
+        return 1, 8
+    lo = max(1, int(np.floor(np.quantile(counts, low))))
+    return lo, max(lo, int(np.ceil(np.quantile(counts, high))))
+
+
+def distillation_texts(pairs: Sequence, corpus: Sequence[str], pseudo_per_doc: int = 0, seed: int = 0) -> list[str]:
     """The texts a student learns from: the training queries, the corpus, the training positives
-    (distinct, in that order); never a test query when ``corpus`` holds no test document.
+    (distinct, in that order), then ``pseudo_per_doc`` :func:`pseudo_queries` cut from each corpus
+    document, as long as the training queries (:func:`query_word_range`); never a test query when
+    ``corpus`` holds no test document.
 
     >>> from fastembed_tune.data import Pair
     >>> distillation_texts([Pair("cat", "a feline")], ["a dog", "a feline"])
     ['cat', 'a dog', 'a feline']
+    >>> distillation_texts([Pair("cat", "a feline")], ["a big dog"], pseudo_per_doc=1)
+    ['cat', 'a big dog', 'a feline', 'a']
     """
-    return list(dict.fromkeys([p.query for p in pairs] + list(corpus) + [p.positive for p in pairs]))
+    texts = [p.query for p in pairs] + list(corpus) + [p.positive for p in pairs]
+    if pseudo_per_doc:
+        lo, hi = query_word_range([p.query for p in pairs])
+        texts += pseudo_queries(list(dict.fromkeys(corpus)), pseudo_per_doc, lo, hi, seed)
+    return list(dict.fromkeys(texts))
+
+
+def distill_loss(emb: torch.Tensor, targets: torch.Tensor, n_pairs: int = 0, contrastive_weight: float = 0.0,
+                 scale: float = 20.0, doc_keys: Optional[torch.Tensor] = None,
+                 projection: Optional[torch.nn.Module] = None) -> tuple[torch.Tensor, torch.Tensor,
+                                                                      Optional[torch.Tensor]]:
+    """One step's loss: ``emb`` [rows, d] are the student's embeddings, ``targets`` [rows, teacher d]
+    the teacher's, of the same texts, whose last ``2 * n_pairs`` rows are ``n_pairs`` training queries
+    then their positives. MSE(``projection``(emb), targets) over every row plus ``contrastive_weight``
+    x InfoNCE of the student's own query and positive embeddings (row i's positive is positive i,
+    the other positives are in-batch negatives unless ``doc_keys`` says they are the same text; logits
+    ``scale`` x dot product; the native fused kernel, :class:`~fastembed_tune.losses.FusedMNRLoss`).
+    Returns ``(loss, mse, contrastive)``; ``contrastive`` is None when it is not computed.
+
+    MSE is per element (for unit vectors ``(1 - cos) / (d / 2)``), so its gradients are far smaller
+    than InfoNCE's: on a 3-layer MiniLM student of a fine-tuned teacher (d = 384, scale 20, 64 texts
+    + 32 pairs) the two gradient norms are about equal at ``contrastive_weight`` = 1e-3.
+
+    >>> e = torch.nn.functional.normalize(torch.randn(6, 4), dim=1)
+    >>> loss, mse, con = distill_loss(e, e.clone(), n_pairs=2, contrastive_weight=0.5)
+    >>> float(mse), bool(loss == 0.5 * con), distill_loss(e, e, 2)[2] is None
+    (0.0, True, True)
+    """
+    if isinstance(n_pairs, bool) or not isinstance(n_pairs, int) or not 0 <= 2 * n_pairs <= emb.shape[0]:
+        raise UserError(f"n_pairs must be an integer with 0 <= 2 * n_pairs <= {emb.shape[0]} rows; got {n_pairs!r}")
+    pred = projection(emb) if projection is not None else emb
+    mse = torch.nn.functional.mse_loss(pred, targets.to(pred.dtype))
+    if n_pairs == 0 or contrastive_weight == 0:
+        return mse, mse, None
+    rows = emb.shape[0]
+    q, p = emb[rows - 2 * n_pairs:rows - n_pairs], emb[rows - n_pairs:]
+    con = FusedMNRLoss(None, scale=scale).loss_from_embeddings([q, p], doc_keys=doc_keys)
+    return mse + contrastive_weight * con, mse, con
 
 
 def _check(name: str, ok: bool, v: Any, what: str) -> None:
@@ -321,7 +432,9 @@ def distill(teacher_dir: Optional[PathLike], texts: Sequence[str], output_dir: P
             show_progress_bar: bool = True, warmup_ratio: float = 0.1, weight_decay: float = 0.01,
             max_grad_norm: Optional[float] = 1.0, logging_steps: int = 10, length_window: int = 50,
             device: Optional[str] = None, precomputed: Optional[dict] = None,
-            bf16: Optional[bool] = None) -> dict:
+            bf16: Optional[bool] = None, pairs: Optional[Sequence] = None, contrastive_weight: float = 0.0,
+            contrastive_scale: float = 20.0, pair_batch_size: Optional[int] = None,
+            validation: Any = None, patience: Optional[int] = None, tolerance: float = 0.0) -> dict:
     """Distil the teacher at ``teacher_dir`` (``None``: the built-in MiniLM) into a smaller student and
     save it to ``output_dir/model``.
 
@@ -337,8 +450,23 @@ def distill(teacher_dir: Optional[PathLike], texts: Sequence[str], output_dir: P
     made by this teacher at this ``max_seq_length``) spares the teacher those texts. ``bf16``: autocast
     the student's steps (None: where the hardware does bf16 natively, see :func:`~fastembed_tune.loop.use_bf16`).
 
+    Opt-in (the defaults leave the MSE-only student as it was):
+
+    - ``pairs`` (training :class:`~fastembed_tune.data.Pair` or ``(query, positive)`` tuples) with
+      ``contrastive_weight`` > 0: their texts join ``texts``, and an epoch is one pass over the pairs
+      and the other texts (:func:`_epoch_steps`): every step embeds ``batch_size`` other texts and about
+      ``pair_batch_size`` (default ``batch_size // 2``; fewer when the other texts need more steps)
+      pairs, and adds ``contrastive_weight`` x InfoNCE (in-batch negatives, ``contrastive_scale``) on
+      the pairs to the MSE, which covers every row (:func:`distill_loss`).
+    - ``validation`` (anything with ``score(model) -> float``, e.g. a
+      :class:`~fastembed_tune.validation.Validation` on held-out training queries): scored after every
+      epoch; the student saved is the best epoch's (a later one within ``tolerance`` of the best
+      wins, see :class:`~fastembed_tune.validation.BestTracker`), and training stops after ``patience``
+      epochs in a row below it (None: never). The schedule still spans ``epochs``.
+
     Returns a summary: steps, seconds, final_loss, student_layers (teacher layer indices kept, or
-    ``None`` for ``student_dir``), student_num_layers, dims, projection, texts, cache_reused, output.
+    ``None`` for ``student_dir``), student_num_layers, dims, projection, texts, cache_reused, output;
+    with ``validation`` also best_epoch, epochs_run and validation (the curve: epoch, ndcg@10, seconds).
 
     >>> import tempfile, transformers
     >>> from fastembed_tune.model import default_model_path
@@ -364,16 +492,31 @@ def distill(teacher_dir: Optional[PathLike], texts: Sequence[str], output_dir: P
     _check("weight_decay", weight_decay >= 0, weight_decay, ">= 0")
     _check("max_seq_length", max_seq_length is None or (isinstance(max_seq_length, int) and max_seq_length >= 1),
            max_seq_length, "a positive integer or None")
+    _check("contrastive_weight", isinstance(contrastive_weight, (int, float)) and math.isfinite(contrastive_weight)
+           and contrastive_weight >= 0, contrastive_weight, "a finite number >= 0")
+    _check("contrastive_scale", isinstance(contrastive_scale, (int, float)) and math.isfinite(contrastive_scale)
+           and contrastive_scale > 0, contrastive_scale, "a finite number > 0 (20 is temperature 0.05)")
+    _check("pair_batch_size", pair_batch_size is None or (isinstance(pair_batch_size, int) and pair_batch_size >= 2),
+           pair_batch_size, "an integer >= 2 (in-batch negatives need two pairs) or None")
+    _check("patience", patience is None or (isinstance(patience, int) and patience >= 1), patience,
+           "an integer >= 1 or None")
+    _check("tolerance", isinstance(tolerance, (int, float)) and math.isfinite(tolerance) and tolerance >= 0,
+           tolerance, "a finite number >= 0")
+    if validation is not None and not callable(getattr(validation, "score", None)):
+        raise UserError(f"validation must have a score(model) method (e.g. a Validation); got {type(validation).__name__}")
+    pair_list = _pair_list(pairs, contrastive_weight)
     layers = parse_layers(layers)
     if student_dir is not None and layers is not None:
         raise UserError("give either a student model (student_dir) or the teacher layers to keep (layers), not both")
     texts = list(dict.fromkeys(t for t in texts if isinstance(t, str) and t.strip()))
     if not texts:
         raise UserError("distillation needs at least one non-empty text")
+    texts = list(dict.fromkeys(texts + [t for pair in pair_list for t in pair]))
 
     settings = _Settings(teacher_dir, student_dir, layers, epochs, batch_size, lr, kl_weight, kl_temperature, seed,
                          max_seq_length, show_progress_bar, warmup_ratio, weight_decay, max_grad_norm, logging_steps,
-                         length_window, device, precomputed, bf16)
+                         length_window, device, precomputed, bf16, pair_list, contrastive_weight, contrastive_scale,
+                         pair_batch_size or max(2, batch_size // 2), validation, patience, tolerance)
     out_dir = check_output(output_dir, "dir")
     with output_lock(out_dir):
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -403,6 +546,36 @@ class _Settings:
     device: Optional[str]
     precomputed: Optional[dict]
     bf16: Optional[bool]
+    pairs: list[tuple[str, str]] = field(default_factory=list)
+    contrastive_weight: float = 0.0
+    contrastive_scale: float = 20.0
+    pair_batch_size: int = 32
+    validation: Any = None
+    patience: Optional[int] = None
+    tolerance: float = 0.0
+
+
+def _pair_list(pairs: Optional[Sequence], contrastive_weight: float) -> list[tuple[str, str]]:
+    """``pairs`` as (query, positive) tuples, checked against ``contrastive_weight``.
+
+    >>> from fastembed_tune.data import Pair
+    >>> _pair_list([Pair("cat", "a feline"), ("dog", "a canine")], 0.1)
+    [('cat', 'a feline'), ('dog', 'a canine')]
+    """
+    if contrastive_weight > 0 and not pairs:
+        raise UserError("contrastive_weight > 0 needs training pairs (pairs=[(query, positive), ...])")
+    if pairs and contrastive_weight == 0:
+        raise UserError("pairs are used only by the contrastive term; give contrastive_weight > 0 (e.g. 0.05) "
+                        "or leave pairs out")
+    out = []
+    for i, pair in enumerate(pairs or []):
+        q, p = (pair.query, pair.positive) if hasattr(pair, "positive") else tuple(pair)
+        if not (isinstance(q, str) and isinstance(p, str) and q.strip() and p.strip()):
+            raise UserError(f"pairs[{i}] must be a (query, positive) of two non-empty texts; got {pair!r}")
+        out.append((q, p))
+    if out and len(out) < 2:
+        raise UserError("the contrastive term needs at least 2 pairs (in-batch negatives)")
+    return out
 
 
 def _models(s: _Settings, dev: torch.device) -> tuple[EmbeddingModel, EmbeddingModel, Optional[list[int]], int, int]:
@@ -424,15 +597,71 @@ def _models(s: _Settings, dev: torch.device) -> tuple[EmbeddingModel, EmbeddingM
     return teacher, student, kept, teacher_layers, saved_max_len
 
 
-def _distill_loop(s: _Settings, loss_fn: MSELoss, targets: np.ndarray, texts: list[str], dev: torch.device,
-                  bf16: bool, log_file: Path) -> tuple[int, float, int, float]:
-    """The epochs of MSE (+ in-batch KL) steps; returns (steps, last loss, texts seen, seconds)."""
+def _epoch_steps(n_texts: int, n_pairs: int, batch_size: int, pair_batch_size: int, seed: int, epoch: int,
+                 lengths: Sequence[int], window: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """One epoch's steps as (text rows, pair rows): every text that is not in a pair once, in
+    :func:`~fastembed_tune.loop.shuffled_batches` of ``batch_size``, and every pair once, in a seeded
+    order cut into as many chunks as there are steps (at most ``pair_batch_size`` each); the epoch has
+    ``max(ceil(texts / batch_size), ceil(pairs / pair_batch_size))`` steps. ``lengths``: the texts'.
+
+    >>> steps = _epoch_steps(5, 4, 2, 2, seed=0, epoch=0, lengths=[1, 2, 3, 4, 5], window=50)
+    >>> len(steps), sorted(int(i) for t, _ in steps for i in t), sorted(int(i) for _, p in steps for i in p)
+    (3, [0, 1, 2, 3, 4], [0, 1, 2, 3])
+    """
+    texts = shuffled_batches(lengths, batch_size, seed, epoch, window) if n_texts else []
+    n_steps = max(len(texts), math.ceil(n_pairs / pair_batch_size) if n_pairs else 0)
+    pairs = np.array_split(np.random.default_rng([seed, 5, epoch]).permutation(n_pairs), n_steps) if n_pairs else []
+    empty = np.empty(0, dtype=np.int64)
+    return [(texts[i] if i < len(texts) else empty, pairs[i] if n_pairs else empty) for i in range(n_steps)]
+
+
+@dataclass
+class _Step:
+    """One step's rows: the text batch, then (with pairs) the queries and their positives."""
+    columns: list[np.ndarray]
+    n_pairs: int
+
+
+def _step_loss(s: _Settings, loss_fn: MSELoss, step: _Step, targets: np.ndarray, texts: list[str],
+               dev: torch.device, bf16: bool) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor],
+                                                       Optional[torch.Tensor]]:
+    """(loss, mse, kl, contrastive) of one step; each column is tokenized and embedded on its own
+    (queries are not padded to the documents' length)."""
     student = loss_fn.model
-    total_steps = s.epochs * math.ceil(len(texts) / s.batch_size)
+    feats = [{k: v.to(dev) for k, v in student.tokenize([texts[i] for i in col]).items()} for col in step.columns]
+    labels = torch.from_numpy(np.asarray(targets[np.concatenate(step.columns)], dtype=np.float32)).to(dev)
+    keys = text_keys(feats[-1:]).to(dev) if step.n_pairs else None
+    with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=bf16):
+        emb = torch.cat([student(f)["sentence_embedding"] for f in feats])
+        loss, mse, con = distill_loss(emb, labels, step.n_pairs, s.contrastive_weight, s.contrastive_scale,
+                                      doc_keys=keys, projection=loss_fn.projection)
+        kl = in_batch_kl(labels, emb, s.kl_temperature) if s.kl_weight > 0 else None
+    if kl is not None:
+        loss = loss + s.kl_weight * kl
+    return loss, mse, kl, con
+
+
+def _distill_loop(s: _Settings, loss_fn: MSELoss, targets: np.ndarray, texts: list[str], dev: torch.device,
+                  bf16: bool, log_file: Path) -> tuple[int, float, int, float, Optional[dict]]:
+    """The epochs of MSE (+ in-batch KL, + contrastive on pairs) steps, validated after each epoch
+    when ``s.validation``; returns (steps, last loss, texts seen, seconds, validation summary or None).
+    With validation the student holds the best epoch's weights on return."""
+    student = loss_fn.model
+    row = {t: i for i, t in enumerate(texts)}
+    pq = np.asarray([row[q] for q, _ in s.pairs], dtype=np.int64)
+    pp = np.asarray([row[p] for _, p in s.pairs], dtype=np.int64)
+    in_pairs = set(pq.tolist()) | set(pp.tolist())
+    others = np.asarray([i for i in range(len(texts)) if i not in in_pairs], dtype=np.int64)
+    lengths = [len(texts[i]) for i in others]
+
+    def epoch_steps(epoch: int) -> list[tuple[np.ndarray, np.ndarray]]:
+        return _epoch_steps(len(others), len(s.pairs), s.batch_size, s.pair_batch_size, s.seed, epoch, lengths,
+                            s.length_window)
+
+    total_steps = s.epochs * len(epoch_steps(0))
     optimizer = make_optimizer(loss_fn, s.lr, s.weight_decay)  # the student and the projection
     scheduler = make_scheduler(optimizer, s.warmup_ratio, total_steps)
-    captured: dict[str, torch.Tensor] = {}
-    hook = student.register_forward_hook(lambda m, i, o: captured.__setitem__("emb", o["sentence_embedding"]))
+    tracker, best_state, curve = BestTracker(s.patience, s.tolerance), None, []
     set_seed(s.seed)
     loss_fn.train()
     step, last_loss, texts_done, t_loop = 0, float("nan"), 0, time.perf_counter()
@@ -441,32 +670,43 @@ def _distill_loop(s: _Settings, loss_fn: MSELoss, targets: np.ndarray, texts: li
         with open(log_file, "w", encoding="utf-8") as f:
             log = WindowLog(f, s.logging_steps, "texts_per_s")
             for epoch in range(s.epochs):
-                batches = shuffled_batches([len(t) for t in texts], s.batch_size, s.seed, epoch, s.length_window)
-                for bidx, idx in enumerate(batches):
-                    idx = np.sort(idx)  # sequential reads from the memory map
-                    labels = torch.from_numpy(np.asarray(targets[idx], dtype=np.float32)).to(dev)
-                    feats = {k: v.to(dev) for k, v in student.tokenize([texts[i] for i in idx]).items()}
+                batches = epoch_steps(epoch)
+                for bidx, (idx, pb) in enumerate(batches):
+                    columns = [c for c in (np.sort(others[idx]), pq[pb], pp[pb]) if len(c)]  # sorted: memory-map reads
                     lr_now = scheduler.get_last_lr()[0]
-                    with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=bf16):
-                        mse = loss_fn([feats], labels)
-                        kl = in_batch_kl(labels, captured.pop("emb"), s.kl_temperature) if s.kl_weight > 0 else None
-                    loss = mse + s.kl_weight * kl if kl is not None else mse
+                    loss, mse, kl, con = _step_loss(s, loss_fn, _Step(columns, len(pb)), targets, texts, dev, bf16)
                     loss.backward()
                     optimizer_step(loss_fn.parameters(), optimizer, scheduler, s.max_grad_norm)
-                    step, last_loss, texts_done = step + 1, float(loss.detach()), texts_done + len(idx)
+                    n_rows = sum(len(c) for c in columns)
+                    step, last_loss, texts_done = step + 1, float(loss.detach()), texts_done + n_rows
                     if not math.isfinite(last_loss):
                         raise UserError(f"the distillation loss became {last_loss} at step {step}; lower lr "
-                                        f"(now {s.lr}) or kl_weight (now {s.kl_weight})")
-                    rec = log.add(step, epoch + (bidx + 1) / len(batches), lr_now, len(idx), total_steps,
+                                        f"(now {s.lr}), kl_weight (now {s.kl_weight}) or contrastive_weight "
+                                        f"(now {s.contrastive_weight})")
+                    rec = log.add(step, epoch + (bidx + 1) / len(batches), lr_now, n_rows, total_steps,
                                   loss=last_loss, mse=float(mse.detach()),
-                                  kl=float(kl.detach()) if kl is not None else None)
+                                  kl=float(kl.detach()) if kl is not None else None,
+                                  contrastive=float(con.detach()) if con is not None else None)
                     if rec:
                         bar.set_postfix(loss=f"{rec['loss']:.5f}")
                     bar.update(1)
+                if s.validation is not None:
+                    score = float(s.validation.score(student))
+                    curve.append({"epoch": epoch + 1, "ndcg@10": score,
+                                  "seconds": round(time.perf_counter() - t_loop, 3)})
+                    if tracker.update(score, epoch + 1):
+                        best_state = {k: v.detach().clone() for k, v in loss_fn.state_dict().items()}
+                    if tracker.should_stop:
+                        break
     finally:
         bar.close()
-        hook.remove()
-    return step, last_loss, texts_done, time.perf_counter() - t_loop
+    seconds = time.perf_counter() - t_loop
+    if s.validation is None:
+        return step, last_loss, texts_done, seconds, None
+    if best_state is not None:
+        loss_fn.load_state_dict(best_state)
+    return step, last_loss, texts_done, seconds, {"best_epoch": tracker.best_step, "epochs_run": len(curve),
+                                                  "validation": curve}
 
 
 def _distill_locked(s: _Settings, texts: list[str], out_dir: Path, t_start: float) -> dict:
@@ -485,7 +725,7 @@ def _distill_locked(s: _Settings, texts: list[str], out_dir: Path, t_start: floa
     loss_fn = MSELoss(student, teacher_dim=teacher_dim).to(dev)
     bf16 = use_bf16(dev, s.bf16)
     log_file = out_dir / "distill_log.jsonl"
-    step, last_loss, texts_done, loop_s = _distill_loop(s, loss_fn, targets, texts, dev, bf16, log_file)
+    step, last_loss, texts_done, loop_s, val = _distill_loop(s, loss_fn, targets, texts, dev, bf16, log_file)
     student.eval()
     final = out_dir / "model"
     distill_len = student.max_seq_length
@@ -501,6 +741,11 @@ def _distill_locked(s: _Settings, texts: list[str], out_dir: Path, t_start: floa
                "kl_temperature": s.kl_temperature, "max_seq_length": distill_len,
                "cache": str(cache), "cache_reused": cache_reused, "output": str(final),
                "log_file": str(log_file), "device": str(dev), "bf16": bf16}
+    if s.pairs:
+        summary.update(pairs=len(s.pairs), contrastive_weight=s.contrastive_weight,
+                       contrastive_scale=s.contrastive_scale, pair_batch_size=s.pair_batch_size)
+    if val is not None:
+        summary.update(val)
     write_json(out_dir / "distill_summary.json", summary)
     return summary
 

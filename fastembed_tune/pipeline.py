@@ -171,7 +171,7 @@ def _run(c: RunConfig, out: Path, log, t_start: float) -> dict:
                     "fine-tuned vs base": compare(_ndcg(m_base), _ndcg(m_tuned), seed=c.seed),
                     "fine-tuned vs fine-tuned, raw": compare(_ndcg(m_raw), _ndcg(m_tuned), seed=c.seed)}
         guard_lines = _guard(c, guard, guard_base, m_gt, result, log)
-    lines = guard_lines + _artifact_stages(c, out, train_pairs, val_pairs, evalset, corpus, tuned, tuned_dir,
+    lines = guard_lines + _artifact_stages(c, out, fit, val_pairs, evalset, corpus, tuned, tuned_dir,
                                            m_tuned, rows, result, log, validation)
     lines = [f"- {name}, nDCG@10: {describe(cmp)}" for name, cmp in result["comparisons"].items()] + lines
     lines.append("- embeddings computed (texts run through the model) / served again from its cache: " + ", ".join(
@@ -318,18 +318,19 @@ def _check_mining(c: RunConfig, summary: dict, n_pairs: int, log) -> None:
         print(warning, file=sys.stderr)
 
 
-def _artifact_stages(c: RunConfig, out: Path, train_pairs, val_pairs, evalset, corpus: list[str], tuned,
+def _artifact_stages(c: RunConfig, out: Path, fit_pairs, val_pairs, evalset, corpus: list[str], tuned,
                      tuned_dir: str, m_tuned: dict, rows: list, result: dict, log, validation=None) -> list[str]:
-    """Export the fine-tuned model (``onnx/``: fp32 + int8), distil it into a student and export that
+    """Export the fine-tuned model (``onnx/``: fp32 + int8), distil it into a student on the training
+    split's texts (``fit_pairs``: never a validation or test query) and export that
     (``student/onnx/``), evaluate every artifact on the test set against the fine-tuned model, and
     choose the one to ship on the validation split (:func:`_choose`); returns the report's lines."""
     lines: list[str] = []
     artifacts: dict = {}  # label -> (embedder, path)
-    calibration = corpus or distillation_texts(train_pairs, corpus)  # a corpus of test documents only: training text
+    calibration = corpus or distillation_texts(fit_pairs, corpus)  # a corpus of test documents only: training text
     if c.export:
         artifacts.update(_export(out / "onnx", tuned_dir, "fine-tuned", calibration, result, lines))
     if c.distill:
-        dsum = distill(tuned_dir, distillation_texts(train_pairs, corpus), out / "student", layers=c.distill_layers,
+        dsum = distill(tuned_dir, distillation_texts(fit_pairs, corpus), out / "student", layers=c.distill_layers,
                        epochs=c.distill_epochs, lr=c.distill_lr, kl_weight=c.distill_kl_weight, seed=c.seed,
                        max_seq_length=tuned.model.max_seq_length, show_progress_bar=c.show_progress_bar,
                        precomputed=tuned, bf16=c.bf16)

@@ -11,7 +11,20 @@ import numpy as np
 import pytest
 import torch
 
-from fastembed_tune.distill import default_layers, distill, in_batch_kl, parse_layers, prune_layers, teacher_embeddings
+from fastembed_tune.data import Pair
+from fastembed_tune.distill import (
+    default_layers,
+    distill,
+    distill_loss,
+    distillation_texts,
+    in_batch_kl,
+    parse_layers,
+    prune_layers,
+    pseudo_queries,
+    query_word_range,
+    spread_layers,
+    teacher_embeddings,
+)
 from fastembed_tune.errors import UserError
 from fastembed_tune.model import EmbeddingModel, default_model_path
 
@@ -263,3 +276,129 @@ def test_teacher_embeddings_use_precomputed_rows(teacher_dir, tmp_path):
     out = teacher_embeddings(teacher, texts, tmp_path / "t.npy", precomputed=known)
     assert sorted(seen) == sorted(texts[1::2])  # only the others went through the teacher
     np.testing.assert_allclose(out, ref, atol=1e-6)
+
+
+# ---- a better student: pseudo-queries, the contrastive term, validated epochs ---------------------
+
+
+def test_pseudo_queries_are_deterministic_substrings_of_the_right_length():
+    docs = _texts(30, seed=9) + ["(BER) The fraction of a message,  or block of data, that is wrong.", "", "   "]
+    a = pseudo_queries(docs, per_doc=3, min_words=2, max_words=4, seed=1)
+    assert a == pseudo_queries(docs, per_doc=3, min_words=2, max_words=4, seed=1)  # deterministic
+    assert a != pseudo_queries(docs, per_doc=3, min_words=2, max_words=4, seed=2)  # and seeded
+    assert len(a) == 3 * 31  # empty documents give none; nothing here trims to empty
+    it = iter(a)
+    for doc in docs[:31]:
+        for _ in range(3):
+            span = next(it)
+            assert span in doc and span == span.strip(" .,;:()") and 1 <= len(span.split()) <= 4
+    assert pseudo_queries(["one"], per_doc=2, min_words=3, max_words=5) == ["one", "one"]
+    assert pseudo_queries(docs, per_doc=0) == []
+
+
+def test_distillation_texts_with_pseudo_queries():
+    pairs = [Pair("bit error rate", "the fraction of bits that are wrong"), Pair("cpu", "the processor")]
+    corpus = ["the processor of a computer", "a protocol for sending mail between servers"]
+    plain = distillation_texts(pairs, corpus)
+    more = distillation_texts(pairs, corpus, pseudo_per_doc=2, seed=0)
+    assert more[:len(plain)] == plain and len(more) > len(plain)
+    lo, hi = query_word_range([p.query for p in pairs])
+    assert (lo, hi) == (1, 3)
+    assert all(any(x in d for d in corpus) and lo <= len(x.split()) <= hi for x in more[len(plain):])
+
+
+def _reference_loss(emb, targets, n, w, scale, proj=None, keys=None):
+    """MSE + w * InfoNCE written out in plain torch (cross-entropy over masked logits)."""
+    pred = emb @ proj.T if proj is not None else emb
+    mse = ((pred - targets) ** 2).mean()
+    q, p = emb[-2 * n:-n], emb[-n:]
+    logits = scale * q @ p.T
+    if keys is not None:  # a doc with the positive's key (the same text) is no negative
+        same = keys[None, :] == keys[:, None]
+        logits = logits.masked_fill(same & ~torch.eye(n, dtype=torch.bool), float("-inf"))
+    return mse + w * torch.nn.functional.cross_entropy(logits, torch.arange(n))
+
+
+@pytest.mark.parametrize("with_projection", [False, True])
+def test_distill_loss_is_mse_plus_infonce(with_projection):
+    torch.manual_seed(0)
+    emb = torch.nn.functional.normalize(torch.randn(10, 8), dim=1).requires_grad_()
+    targets = torch.randn(10, 12 if with_projection else 8)
+    proj = torch.nn.Linear(8, 12, bias=False) if with_projection else None
+    loss, mse, con = distill_loss(emb, targets, n_pairs=3, contrastive_weight=0.3, scale=20.0, projection=proj)
+    ref = _reference_loss(emb, targets, 3, 0.3, 20.0, proj.weight if proj is not None else None)
+    torch.testing.assert_close(loss, ref, rtol=1e-5, atol=1e-6)
+    g, = torch.autograd.grad(loss, emb)
+    g_ref, = torch.autograd.grad(ref, emb)
+    torch.testing.assert_close(g, g_ref, rtol=1e-4, atol=1e-6)
+    # duplicate positives (the same text twice in a batch) are not negatives of each other
+    keys = torch.tensor([5, 5, 7])
+    loss_k, _, _ = distill_loss(emb, targets, 3, 0.3, 20.0, doc_keys=keys, projection=proj)
+    torch.testing.assert_close(loss_k, _reference_loss(emb, targets, 3, 0.3, 20.0,
+                                                       proj.weight if proj is not None else None, keys))
+    # without pairs or weight it is the MSE alone, as before
+    for n, w in ((0, 0.3), (3, 0.0)):
+        only, m, c = distill_loss(emb, targets, n, w, projection=proj)
+        assert c is None and torch.equal(only, m)
+
+
+def test_bad_options_raise_value_errors(teacher_dir, tmp_path):
+    pairs = [("q1", "d1"), ("q2", "d2")]
+    cases = [
+        (dict(contrastive_weight=0.1), "needs training pairs"),
+        (dict(pairs=pairs), "contrastive_weight > 0"),
+        (dict(pairs=pairs, contrastive_weight=-1.0), "contrastive_weight must be"),
+        (dict(pairs=pairs, contrastive_weight=float("nan")), "contrastive_weight must be"),
+        (dict(pairs=pairs, contrastive_weight=0.1, contrastive_scale=0), "contrastive_scale must be"),
+        (dict(pairs=pairs, contrastive_weight=0.1, pair_batch_size=1), "pair_batch_size must be"),
+        (dict(pairs=pairs[:1], contrastive_weight=0.1), "at least 2 pairs"),
+        (dict(pairs=[("q", "")] * 2, contrastive_weight=0.1), r"pairs\[0\]"),
+        (dict(validation=object()), "score\\(model\\)"),
+        (dict(patience=0), "patience must be"),
+        (dict(tolerance=-0.1), "tolerance must be"),
+    ]
+    for kw, match in cases:
+        with pytest.raises(ValueError, match=match):
+            distill(teacher_dir, ["a"], tmp_path / "bad", show_progress_bar=False, **kw)
+    with pytest.raises(ValueError, match="min_words <= max_words"):
+        pseudo_queries(["a b"], min_words=3, max_words=2)
+    with pytest.raises(ValueError, match="per_doc"):
+        pseudo_queries(["a b"], per_doc=-1)
+    with pytest.raises(ValueError, match="n_pairs"):
+        distill_loss(torch.zeros(3, 2), torch.zeros(3, 2), n_pairs=2, contrastive_weight=1.0)
+    with pytest.raises(ValueError, match="keep between 1 and 6"):
+        spread_layers(6, 0)
+
+
+class _ScriptedValidation:
+    """Scores from a script; remembers the student's embedding of a probe text at every call."""
+
+    def __init__(self, scores):
+        self.scores, self.seen = list(scores), []
+
+    def score(self, model) -> float:
+        model.eval()
+        self.seen.append(model.encode(["apple river engine"]))
+        model.train()
+        return self.scores[len(self.seen) - 1]
+
+
+def test_contrastive_distillation_ships_the_best_validated_epoch(teacher_dir, tmp_path):
+    texts = _texts(48, seed=10)
+    pairs = [(f"q {t.split()[0]} {i}", t) for i, t in enumerate(texts[:16])]
+    val = _ScriptedValidation([0.2, 0.5, 0.3, 0.1])
+    out = distill(teacher_dir, texts, tmp_path / "c", layers=[0, 3], epochs=4, batch_size=16, lr=1e-3,
+                  pairs=pairs, contrastive_weight=0.1, pair_batch_size=4, validation=val, patience=2,
+                  logging_steps=1, show_progress_bar=False, device="cpu")
+    assert out["texts"] == 48 + 16 and out["pairs"] == 16  # the queries joined the texts
+    assert out["best_epoch"] == 2 and out["epochs_run"] == 4 and out["steps"] == 4 * 4
+    assert [c["epoch"] for c in out["validation"]] == [1, 2, 3, 4]
+    student = EmbeddingModel.load(out["output"])  # the best epoch's weights were saved
+    np.testing.assert_allclose(student.encode(["apple river engine"]), val.seen[1], atol=1e-5)
+    lines = [json.loads(x) for x in (tmp_path / "c" / "distill_log.jsonl").read_text().splitlines()]
+    assert all(np.isfinite(r["contrastive"]) and r["contrastive"] > 0 for r in lines)
+    assert all(r["loss"] == pytest.approx(r["mse"] + 0.1 * r["contrastive"], rel=1e-4) for r in lines)
+    assert all(r["texts_per_s"] > 0 for r in lines)
+    early = distill(teacher_dir, texts, tmp_path / "e", layers=[3], epochs=5, batch_size=32, validation=
+                    _ScriptedValidation([0.5, 0.1, 0.1, 0.9, 0.9]), patience=2, show_progress_bar=False, device="cpu")
+    assert early["epochs_run"] == 3 and early["best_epoch"] == 1  # stopped after 2 epochs below the best
