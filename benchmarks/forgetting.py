@@ -28,21 +28,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 
 def replay_pairs(wordnet_dir: str, n: int, avoid: set, seed: int = 1) -> list:
     """``n`` WordNet (lemma, definition) pairs whose lemma and definition are not in ``avoid``."""
-    import re
-
-    from make_guard import definition, synsets
+    from make_guard import candidates
 
     from fastembed_tune.data import Pair
 
-    seen, items = set(), []
-    for lemma, gloss in synsets(os.path.join(wordnet_dir, "data.noun")):
-        if not re.fullmatch(r"[a-z]{3,20}", lemma) or lemma in seen:
-            continue
-        seen.add(lemma)
-        doc = definition(gloss)
-        if (30 <= len(doc) <= 300 and lemma not in avoid and doc not in avoid
-                and not re.search(rf"\b{lemma}", doc, re.IGNORECASE)):
-            items.append(Pair(lemma, doc))
+    items = [Pair(lemma, doc) for lemma, doc in candidates(wordnet_dir) if lemma not in avoid and doc not in avoid]
     random.Random(seed).shuffle(items)
     return items[:n]
 

@@ -48,7 +48,9 @@ def definition(gloss: str) -> str:
     return gloss.split('; "')[0].split(' "')[0].strip().rstrip(";").strip()
 
 
-def build(wordnet_dir: str, seed: int) -> tuple[list[dict], list[dict]]:
+def candidates(wordnet_dir: str) -> list[tuple[str, str]]:
+    """(lemma, definition) of every noun synset the guard may use, in ``data.noun`` order: the first
+    synset of each one-word lemma whose definition is 30-300 characters, 5+ words, without the lemma."""
     seen, items = set(), []
     for lemma, gloss in synsets(os.path.join(wordnet_dir, "data.noun")):
         if not re.fullmatch(r"[a-z]{3,20}", lemma) or lemma in seen:
@@ -57,6 +59,11 @@ def build(wordnet_dir: str, seed: int) -> tuple[list[dict], list[dict]]:
         doc = definition(gloss)
         if 30 <= len(doc) <= 300 and len(doc.split()) >= 5 and not re.search(rf"\b{lemma}", doc, re.IGNORECASE):
             items.append((lemma, doc))
+    return items
+
+
+def build(wordnet_dir: str, seed: int) -> tuple[list[dict], list[dict]]:
+    items = candidates(wordnet_dir)
     rng = random.Random(seed)
     rng.shuffle(items)
     docs = list(dict.fromkeys(d for _, d in items))
