@@ -130,6 +130,36 @@ def _exclude_csr(exclude: Any, Q: int, N: int) -> tuple[np.ndarray, np.ndarray]:
     return ptr, np.ascontiguousarray(ids)
 
 
+def _filters(q: np.ndarray, x: np.ndarray, exclude: Any, max_ratio: Any, positive_scores: Any) -> tuple:
+    """The scan's filters in native form, checked: (exclude CSR ptr, ids, per-query score bound),
+    each ``None`` when not asked for. The bound is ``max_ratio`` x the query's positive score
+    (given, or the smallest score of its excluded ids)."""
+    Q, N = q.shape[0], x.shape[0]
+    ptr = ids = None
+    if exclude is not None:
+        ptr, ids = _exclude_csr(exclude, Q, N)
+    upper = None
+    if max_ratio is not None:
+        if not np.isfinite(max_ratio) or max_ratio <= 0:
+            raise ValueError(f"max_ratio must be a finite number > 0, got {max_ratio!r}")
+        if positive_scores is None:
+            if ptr is None or np.any(np.diff(ptr) == 0):
+                raise ValueError("max_ratio needs each query's positive score: pass positive_scores, "
+                                 "or exclude with at least one positive id per query")
+            pos = np.einsum("ij,ij->i", np.repeat(q, np.diff(ptr), axis=0).astype(np.float64),
+                            x[ids].astype(np.float64))
+            positive_scores = np.minimum.reduceat(pos, ptr[:-1])
+        if _is_torch(positive_scores):
+            positive_scores = positive_scores.detach().cpu().numpy()
+        p = np.asarray(positive_scores, dtype=np.float64).ravel()
+        if p.shape[0] != Q:
+            raise ValueError(f"positive_scores has {p.shape[0]} entries but there are {Q} queries")
+        if not np.all(np.isfinite(p)):
+            raise ValueError("positive_scores must be finite")
+        upper = np.ascontiguousarray((max_ratio * p).astype(np.float32))
+    return ptr, ids, upper
+
+
 def topk_cosine(
     queries: ArrayLike,
     corpus: ArrayLike,
@@ -195,28 +225,7 @@ def topk_cosine(
         raise ValueError(f"threads must be an integer >= 0 (0: all cores), got {threads!r}")
     _check_rows(q, "queries", normalized, threads)
     _check_rows(x, "corpus", normalized, threads)
-    ptr = ids = None
-    if exclude is not None:
-        ptr, ids = _exclude_csr(exclude, Q, N)
-    upper = None
-    if max_ratio is not None:
-        if not np.isfinite(max_ratio) or max_ratio <= 0:
-            raise ValueError(f"max_ratio must be a finite number > 0, got {max_ratio!r}")
-        if positive_scores is None:
-            if ptr is None or np.any(np.diff(ptr) == 0):
-                raise ValueError("max_ratio needs each query's positive score: pass positive_scores, "
-                                 "or exclude with at least one positive id per query")
-            pos = np.einsum("ij,ij->i", np.repeat(q, np.diff(ptr), axis=0).astype(np.float64),
-                            x[ids].astype(np.float64))
-            positive_scores = np.minimum.reduceat(pos, ptr[:-1])
-        if _is_torch(positive_scores):
-            positive_scores = positive_scores.detach().cpu().numpy()
-        p = np.asarray(positive_scores, dtype=np.float64).ravel()
-        if p.shape[0] != Q:
-            raise ValueError(f"positive_scores has {p.shape[0]} entries but there are {Q} queries")
-        if not np.all(np.isfinite(p)):
-            raise ValueError("positive_scores must be finite")
-        upper = np.ascontiguousarray((max_ratio * p).astype(np.float32))
+    ptr, ids, upper = _filters(q, x, exclude, max_ratio, positive_scores)
     scores, out_ids = _native.topk_cosine(q, x, int(k), ptr, ids, upper, int(skip_top), int(threads), simd)
     if torch_out:
         import torch
@@ -515,28 +524,7 @@ def topk_cosine_lowp(
         out = topk_cosine(queries, corpus, k, exclude=exclude, skip_top=skip_top, max_ratio=max_ratio,
                           positive_scores=positive_scores, normalized=normalized, threads=threads, simd=simd)
         return (*out, {}) if return_stats else out
-    ptr = ids = None
-    if exclude is not None:
-        ptr, ids = _exclude_csr(exclude, Q, N)
-    upper = None
-    if max_ratio is not None:
-        if not np.isfinite(max_ratio) or max_ratio <= 0:
-            raise ValueError(f"max_ratio must be a finite number > 0, got {max_ratio!r}")
-        if positive_scores is None:
-            if ptr is None or np.any(np.diff(ptr) == 0):
-                raise ValueError("max_ratio needs each query's positive score: pass positive_scores, "
-                                 "or exclude with at least one positive id per query")
-            pos = np.einsum("ij,ij->i", np.repeat(q, np.diff(ptr), axis=0).astype(np.float64),
-                            x[ids].astype(np.float64))
-            positive_scores = np.minimum.reduceat(pos, ptr[:-1])
-        if _is_torch(positive_scores):
-            positive_scores = positive_scores.detach().cpu().numpy()
-        p = np.asarray(positive_scores, dtype=np.float64).ravel()
-        if p.shape[0] != Q:
-            raise ValueError(f"positive_scores has {p.shape[0]} entries but there are {Q} queries")
-        if not np.all(np.isfinite(p)):
-            raise ValueError("positive_scores must be finite")
-        upper = np.ascontiguousarray((max_ratio * p).astype(np.float32))
+    ptr, ids, upper = _filters(q, x, exclude, max_ratio, positive_scores)
     qc = quantized
     scores, out_ids, st = _native.topk_cosine_lowp(
         q, x, int(k), qc.codes, qc.colsum, qc.scale, qc.nx, qc.ex, ptr, ids, upper, int(skip_top), int(threads),
