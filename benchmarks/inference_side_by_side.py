@@ -1,6 +1,11 @@
 """Inference throughput side by side, in ONE process, same texts, same batch size, same threads:
-sentence-transformers encode (PyTorch), our ONNX fp32, our ONNX int8 (and, with --student DIR, that
-student exported to int8). Sentences/second (best of --repeats runs, rows interleaved), the ratio to
+sentence-transformers encode (PyTorch fp32), the same model in bf16 (``model.to(torch.bfloat16)``),
+OpenVINO reading our portable ONNX (bf16 where the CPU does bf16 natively, else f32; needs the
+``openvino`` package), sentence-transformers' own ONNX int8 (only where optimum is installed), our
+ONNX fp32, our ONNX int8 (and, with --student DIR, that student exported to int8). The CPU's name
+and features are printed above the table: a ratio holds on that CPU, no other. Below the table:
+what :func:`fastembed_tune.precision.choose_precision` ships on this CPU and its ratio to the best
+peer row. Sentences/second (best of --repeats runs, rows interleaved), the ratio to
 sentence-transformers, and the cosine of each row's embeddings to sentence-transformers' (mean and min
 over all texts; for a student of the same width this is its distance from the teacher).
 
@@ -51,9 +56,13 @@ def main() -> None:
     import torch
     from sentence_transformers import SentenceTransformer
 
+    from fastembed_tune.cpu import cpu_description, cpu_features
     from fastembed_tune.export import export_onnx
-    from fastembed_tune.inference import INT8_FILE, MODEL_FILE, OnnxEmbedder
+    from fastembed_tune.inference import INT8_FILE, MODEL_FILE, PORTABLE_FILE, OnnxEmbedder
     from fastembed_tune.model import default_model_path
+    from fastembed_tune.precision import choose_precision
+
+    print(f"CPU: {cpu_description()}")
 
     torch.set_num_threads(a.threads)
     corpus = os.path.join(os.path.dirname(__file__), "..", "fastembed_tune", "sample_data", "corpus.jsonl")
@@ -73,8 +82,29 @@ def main() -> None:
         export_onnx(a.student, student_dir, quantize="int8")
 
     st = SentenceTransformer(default_model_path(), device="cpu")
+    st16 = SentenceTransformer(default_model_path(), device="cpu").to(torch.bfloat16)
     runners = [("sentence-transformers encode (PyTorch fp32)",
-                lambda t, b: st.encode(t, batch_size=b, convert_to_numpy=True))]
+                lambda t, b: st.encode(t, batch_size=b, convert_to_numpy=True)),
+               ("PyTorch bf16 (model.to(torch.bfloat16))",
+                lambda t, b: st16.encode(t, batch_size=b, convert_to_tensor=True).float().numpy())]
+    peers = [label for label, _ in runners]
+    bf16_native = bool({"amx_bf16", "avx512_bf16"} & cpu_features())
+    portable = os.path.join(onnx_dir, PORTABLE_FILE)
+    try:
+        ov_precision = "bf16" if bf16_native else "f32"
+        ov = OnnxEmbedder(portable, threads=a.threads, engine="openvino", precision=ov_precision)
+        runners.append((f"OpenVINO {ov_precision} (reads {PORTABLE_FILE})", ov.embed))
+        peers.append(runners[-1][0])
+    except Exception as e:  # not installed, or an export made before onnx/model.onnx existed
+        print(f"(OpenVINO row skipped: {str(e).splitlines()[0][:120]})")
+    try:
+        st_q = SentenceTransformer(default_model_path(), device="cpu", backend="onnx",
+                                   model_kwargs={"file_name": "onnx/model_qint8_avx512_vnni.onnx"})
+        runners.append(("sentence-transformers ONNX qint8",
+                        lambda t, b: st_q.encode(t, batch_size=b, convert_to_numpy=True)))
+        peers.append(runners[-1][0])
+    except Exception as e:  # needs optimum[onnxruntime] and the hub's ONNX files
+        print(f"(sentence-transformers ONNX qint8 row skipped: {str(e).splitlines()[0][:120]})")
     for label, path in (("fastembed-tune ONNX fp32", os.path.join(onnx_dir, MODEL_FILE)),
                         ("fastembed-tune ONNX int8", os.path.join(onnx_dir, INT8_FILE))):
         runners.append((label, OnnxEmbedder(path, threads=a.threads).embed))
@@ -82,6 +112,13 @@ def main() -> None:
         name = os.path.basename(os.path.normpath(a.student))
         runners.append((f"student ONNX int8 ({name})",
                         OnnxEmbedder(os.path.join(student_dir, INT8_FILE), threads=a.threads).embed))
+    choice = choose_precision(onnx_dir, threads=a.threads, cache=False)  # measured now, not remembered
+    same = {"fp32": "fastembed-tune ONNX fp32", "int8": "fastembed-tune ONNX int8",
+            "bf16": next((label for label, _ in runners if label.startswith("OpenVINO bf16")), None)}
+    shipped = same.get(choice.precision) if same.get(choice.precision) in dict(runners) else None
+    if shipped is None:  # the choice is none of the rows above: its own row
+        shipped = f"shipped: {choice.precision} ({choice.engine}, {choice.file.name})"
+        runners.append((shipped, choice.load().embed))
     with torch.inference_mode():
         rows = _interleaved(runners, texts, a.batch_size, a.repeats)
     ref = rows[0][2]
@@ -97,7 +134,14 @@ def main() -> None:
             cos = f"{c.mean():9.5f} {c.min():8.5f}"
         else:
             cos = f"{'(other model)':>18s}"
-        print(f"{label:48s} {sps:8.1f} {sps / base:5.2f}x {cos}")
+        mark = "  <- shipped here" if label == shipped else ""
+        print(f"{label:48s} {sps:8.1f} {sps / base:5.2f}x {cos}{mark}")
+    speed = {label: len(texts) / dt for label, dt, _ in rows}
+    best_peer = max(peers, key=speed.get)
+    print(f"\n{choice.description}")
+    note = " (the shipped path IS that peer's engine and graph)" if shipped == best_peer else ""
+    print(f"shipped path {speed[shipped]:.1f} sent/s = {speed[shipped] / speed[best_peer]:.2f}x the best peer "
+          f"({best_peer}, {speed[best_peer]:.1f} sent/s){note}; target >= 1.30x")
 
 
 if __name__ == "__main__":

@@ -315,3 +315,17 @@ def output_lock(path: PathLike, flag: str = "--output") -> Iterator[Path]:
         except OSError:
             pass
         os.close(fd)
+
+
+def cache_dir(kind: str) -> Path:
+    """The folder for cached ``kind`` (``"onnx"``: serve's exports, ``"precision"``: the precision
+    measured per export and CPU): ``$FASTEMBED_TUNE_CACHE/kind``, else
+    ``$XDG_CACHE_HOME/fastembed-tune/kind``, else ``~/.cache/fastembed-tune/kind``.
+
+    >>> cache_dir("onnx").name
+    'onnx'
+    """
+    if os.environ.get("FASTEMBED_TUNE_CACHE"):
+        return Path(os.environ["FASTEMBED_TUNE_CACHE"]) / kind
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "fastembed-tune" / kind

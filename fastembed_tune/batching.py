@@ -98,7 +98,7 @@ def truncate_ids(ids: Sequence[int], max_length: int) -> List[int]:
 
 class OnnxEngine:
     """The server's engine over an :class:`~fastembed_tune.inference.OnnxEmbedder`: its Rust
-    tokenizer (truncating to the model's window) and its onnxruntime session.
+    tokenizer (truncating to the model's window) and its graph (onnxruntime, or OpenVINO for bf16).
 
     >>> from fastembed_tune.inference import OnnxEmbedder                  # doctest: +SKIP
     >>> e = OnnxEngine(OnnxEmbedder("/tmp/minilm_onnx"))                     # doctest: +SKIP
@@ -111,7 +111,12 @@ class OnnxEngine:
         self.dim = int(embedder.dim)
         self.max_seq_length = int(embedder.max_seq_length)
         self.vocab_size = int(embedder.vocab_rows or embedder.tokenizer.get_vocab_size(with_added_tokens=True))
-        self.file = embedder.model_file.name
+        try:  # onnx/model.onnx (bf16 runs the portable graph) or model.onnx / model_int8.onnx
+            self.file = str(embedder.model_file.relative_to(embedder.dir))
+        except ValueError:
+            self.file = embedder.model_file.name
+        choice = getattr(embedder, "choice", None)
+        self.precision = choice.precision if choice is not None else None
 
     def tokenize(self, texts: List[str]) -> list:
         """Encodings of ``texts`` (special tokens added, truncated to ``max_seq_length``)."""
@@ -122,9 +127,10 @@ class OnnxEngine:
         return Ids(truncate_ids(ids, self.max_seq_length))
 
     def run(self, encodings: list) -> np.ndarray:
-        """One onnxruntime call: float32 ``[len(encodings), dim]``, padded to the longest."""
+        """One run of the graph (onnxruntime or OpenVINO): float32 ``[len(encodings), dim]``, padded
+        to the longest."""
         e = self.embedder
-        return e.session.run([e.output_name], e.feed(encodings))[0]
+        return e.run(e.feed(encodings))
 
 
 class _Job:

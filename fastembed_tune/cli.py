@@ -88,7 +88,10 @@ def _cmd_eval(a: argparse.Namespace) -> int:
     if a.output:
         check_output(a.output, "dir")
     evalset = load_eval(a.data, a.corpus)
-    models = [load_embedder(path) for path in a.model or [None]]  # every model checked before any work
+    models = [load_embedder(path, precision=a.precision) for path in a.model or [None]]  # all checked before any work
+    for m in models:
+        if getattr(m, "choice", None) is not None:
+            print(f"{m.choice.file}: {m.choice.description}", file=sys.stderr)
     with output_lock(a.output) if a.output else nullcontext():
         return _eval_locked(a, evalset, models)
 
@@ -174,7 +177,8 @@ def _cmd_embed(a: argparse.Namespace) -> int:
         adapter = Adapter(a.adapter)  # checked before any embedding
     with output_lock(a.output):
         emb = embed_file_texts(a.model, list(docs.values()), batch_size=a.batch_size, threads=a.threads,
-                               int8=a.int8, show_progress_bar=not a.quiet)
+                               int8=a.int8, show_progress_bar=not a.quiet, precision=a.precision,
+                               log=lambda line: print(line, file=sys.stderr))
         if adapter is not None:
             emb = adapter.apply(emb, a.adapter_side)
         write_embeddings(a.output, list(docs), emb)
@@ -205,7 +209,8 @@ def _cmd_serve(a: argparse.Namespace) -> int:
 
     return serve(a.model, int8=a.int8, host=a.host, port=a.port, name=a.name, threads=a.threads or None,
                  max_batch_tokens=a.max_batch_tokens, max_batch_size=a.max_batch_size, max_queue=a.max_queue,
-                 drain_timeout=a.drain_timeout, cache_dir=a.cache_dir, adapter=a.adapter, adapter_side=a.adapter_side)
+                 drain_timeout=a.drain_timeout, cache_dir=a.cache_dir, adapter=a.adapter, adapter_side=a.adapter_side,
+                 precision=a.precision)
 
 
 PRECISIONS = {"auto": None, "fp32": False, "bf16": True}  # --precision -> the bf16 setting (None = auto)
@@ -221,6 +226,19 @@ def add_precision_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", choices=list(PRECISIONS), default="auto",
                    help="auto: bf16 autocast where the hardware has it (CUDA, AVX512-BF16/AMX CPUs), else fp32; "
                         "evaluation is always fp32")
+
+
+def add_export_precision_arg(p: argparse.ArgumentParser) -> None:
+    """``--precision auto|fp32|int8|bf16`` for what runs an ONNX export (``embed``, ``eval``, ``serve``).
+
+    >>> p = argparse.ArgumentParser(); add_export_precision_arg(p); p.parse_args([]).precision
+    'auto'
+    """
+    p.add_argument("--precision", choices=["auto", "fp32", "int8", "bf16"], default="auto",
+                   help="an ONNX export directory runs at: auto (the fastest that passes its parity gate on this "
+                        "CPU, measured once and cached; the choice is printed), fp32 (model.onnx), int8 "
+                        "(model_int8.onnx) or bf16 (onnx/model.onnx on OpenVINO; AMX/AVX512-BF16 CPUs, the "
+                        "openvino extra); a PyTorch model directory ignores auto")
 
 
 def _positive_int(s: str) -> int:
@@ -335,6 +353,7 @@ def _eval_parser(sub) -> None:
                         "onnx/model_int8.onnx); repeat to compare; default: the built-in MiniLM")
     e.add_argument("--output", "-o", help="write report.md, metrics.json and metrics.png here")
     e.add_argument("--batch-size", type=_positive_int, default=64)
+    add_export_precision_arg(e)
     e.add_argument("--quiet", action="store_true")
     e.set_defaults(func=_cmd_eval)
 
@@ -380,7 +399,9 @@ def _embed_parser(sub) -> None:
     b.add_argument("--model", required=True, help="ONNX export directory, .onnx file, or model directory")
     b.add_argument("--input", "-i", required=True, help="texts: TXT (one a line), JSONL/CSV/TSV/Parquet id+text")
     b.add_argument("--output", "-o", required=True, help=".npy (matrix in input order) or .jsonl (id, embedding)")
-    b.add_argument("--int8", action="store_true", help="use model_int8.onnx of the export directory")
+    b.add_argument("--int8", action="store_true", help="use model_int8.onnx of the export directory "
+                   "(the same as --precision int8)")
+    add_export_precision_arg(b)
     b.add_argument("--batch-size", type=_positive_int, default=64)
     b.add_argument("--threads", type=_nonneg_int, default=0, help="onnxruntime intra-op threads (0: all cores)")
     b.add_argument("--quiet", action="store_true")
@@ -397,7 +418,8 @@ def _serve_parser(sub) -> None:
                                      "(needs the serve extra)")
     s.add_argument("--model", required=True, help="ONNX export directory (e.g. runs/sample/onnx), or a "
                    "sentence-transformers directory (exported first, parity-checked, into --cache-dir)")
-    s.add_argument("--int8", action="store_true", help="serve model_int8.onnx of the export")
+    s.add_argument("--int8", action="store_true", help="serve model_int8.onnx of the export (= --precision int8)")
+    add_export_precision_arg(s)
     s.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     s.add_argument("--port", type=_nonneg_int, default=8080, help="TCP port (0: any free port)")
     s.add_argument("--name", help="model id clients send as 'model' (default: the directory's name)")

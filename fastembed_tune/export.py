@@ -7,7 +7,12 @@ go the files that fastembed's custom-model loader and plain onnxruntime users ex
 
     out_dir/
       model.onnx                  fp32, onnxruntime-optimised (fused Attention/LayerNorm when possible)
-      model_int8.onnx             only with quantize="int8": SmoothQuant + dynamic int8 (QInt8 per-channel)
+      model_int8.onnx             only with quantize="int8": SmoothQuant + batch-invariant int8 (per-token
+                                  MatMul, static-scale QAttention, int8 word-embedding rows; ~26% of fp32)
+      onnx/model.onnx             portable: standard ONNX operators only (any runtime: OpenVINO, optimum,
+                                  transformers.js), outputs last_hidden_state and sentence_embedding
+      modules.json, sentence_bert_config.json, 1_Pooling/, 2_Normalize/
+                                  with onnx/model.onnx: SentenceTransformer(out_dir, backend="onnx")
       tokenizer.json              truncation = max_seq_length, padding = longest in batch
       tokenizer_config.json       model_max_length = max_seq_length (fastembed truncates with it)
       special_tokens_map.json, config.json
@@ -18,7 +23,8 @@ fastembed: ``TextEmbedding.add_custom_model(..., pooling=PoolingType.DISABLED, n
 model_file="model.onnx" or "model_int8.onnx")``, since pooling and normalisation are in the graph.
 
 fp32 must reach a minimum cosine to the PyTorch model of ``FP32_MIN_COSINE`` (0.9999), int8
-``INT8_MIN_COSINE`` (0.99), on the parity texts through the written tokenizer. Everything is written
+``INT8_MIN_COSINE`` (0.99), on the parity texts through the written tokenizer; int8 must also give a
+text the same vector batched and alone (``BATCH_INVARIANCE_MIN_COSINE``, 0.99999). Everything is written
 into a temp dir beside ``out_dir`` and renamed into place only when every check passed; a refused
 export leaves nothing.
 
@@ -59,16 +65,17 @@ import numpy as np
 
 from .atomic import honour_umask, output_lock, replace_dir, temp_dir
 from .errors import UserError
-from .inference import INT8_FILE, METADATA_FILE, MODEL_FILE, OnnxEmbedder
+from .inference import INT8_FILE, METADATA_FILE, MODEL_FILE, PORTABLE_FILE, OnnxEmbedder
 from .model import EmbeddingModel
-from .onnx_graph import graph_inputs, optimizers, trace_to_onnx
-from .parity import ParityError, check_parity, parity_texts, passes
+from .onnx_graph import graph_inputs, int8_base, optimizers, sentence_graph, trace_to_onnx
+from .parity import ParityError, batch_invariance, check_parity, parity_texts, passes
 from .quantize import SCHEME, Int8Result, check_calibration_texts, quantize_int8
 
-__all__ = ["export_onnx", "ParityError", "FP32_MIN_COSINE", "INT8_MIN_COSINE"]
+__all__ = ["export_onnx", "ParityError", "FP32_MIN_COSINE", "INT8_MIN_COSINE", "BATCH_INVARIANCE_MIN_COSINE"]
 
 FP32_MIN_COSINE = 0.9999
 INT8_MIN_COSINE = 0.99
+BATCH_INVARIANCE_MIN_COSINE = 0.99999  # int8: a text batched with others vs the same text alone
 FORMAT = "fastembed_tune_onnx/1"
 
 Check = Callable[[Path], Dict]  # an .onnx file -> its parity figures
@@ -170,14 +177,29 @@ def _build(model: EmbeddingModel, src: Path, out: Path, tmp: Path, opts: _Option
     pad_id = _write_tokenizer_files(model, tmp)
     meta = _metadata(model, src, input_names, pad_id, opts.opset)
     (tmp / METADATA_FILE).write_text(json.dumps(meta, indent=2))
-    used, parity, attempts = _fp32_graph(model, src, tmp / MODEL_FILE, input_names, opts, check)
+    raw, portable = tmp / "_traced.onnx", tmp / PORTABLE_FILE
+    portable.parent.mkdir()
+    _trace(model, src, portable, opts.opset, input_names)
+    sentence_graph(portable, raw)
+    used, parity, attempts = _fp32_graph(raw, tmp / MODEL_FILE, model, opts, check)
+    portable_parity = check(portable)
+    if not passes(portable_parity, FP32_MIN_COSINE):
+        raise ParityError(f"ONNX export refused: the portable graph's min cosine to the PyTorch model "
+                          f"{portable_parity['min_cosine']} < {FP32_MIN_COSINE}")
+    _write_sentence_transformers_files(model, tmp)
     result = {"out_dir": str(out), "model": str(out / MODEL_FILE), "model_int8": None,
-              "dim": model.dim, "inputs": input_names, "optimizer": used,
-              "optimizer_attempts": attempts, "parity": {"fp32": parity}}
+              "model_portable": str(out / PORTABLE_FILE), "dim": model.dim, "inputs": input_names,
+              "optimizer": used, "optimizer_attempts": attempts,
+              "parity": {"fp32": parity, "portable": portable_parity}}
     meta["optimizer"] = used
-    meta["parity"] = {"fp32": parity}
+    meta["files"]["portable"] = PORTABLE_FILE
+    meta["parity"] = {"fp32": parity, "portable": portable_parity}
     if opts.quantize == "int8":
-        _record_int8(_int8_graph(tmp / MODEL_FILE, tmp / INT8_FILE, opts, texts, check), out, meta, result)
+        base = tmp / "_int8_base.onnx"
+        int8_base(raw, base, model, opts.optimize)
+        _record_int8(_int8_graph(base, tmp / INT8_FILE, opts, texts, check), out, meta, result)
+        base.unlink()
+    raw.unlink()
     (tmp / METADATA_FILE).write_text(json.dumps(meta, indent=2))
     return result
 
@@ -225,10 +247,23 @@ def _write_tokenizer_files(model: EmbeddingModel, out: Path) -> int:
     return int(pad_id)
 
 
+def _write_sentence_transformers_files(model: EmbeddingModel, out: Path) -> None:
+    """modules.json, sentence_bert_config.json, 1_Pooling/, 2_Normalize/: with the tokenizer files and
+    ``onnx/model.onnx`` the folder is what ``SentenceTransformer(out, backend="onnx")`` loads (no
+    PyTorch weights: the ONNX backend does not read them)."""
+    st = out / "_st"
+    model.save(st)
+    for name in ("modules.json", "sentence_bert_config.json", "config_sentence_transformers.json",
+                 "1_Pooling", "2_Normalize"):
+        if (st / name).exists():
+            os.replace(st / name, out / name)
+    shutil.rmtree(st)
+
+
 def _trace(model: EmbeddingModel, src: Path, raw: Path, opset: int, input_names: List[str]) -> None:
-    """:func:`trace_to_onnx`, with an untraceable architecture as one UserError."""
+    """:func:`trace_to_onnx` (with ``last_hidden_state``), with an untraceable architecture as one UserError."""
     try:
-        trace_to_onnx(model, raw, opset, input_names)
+        trace_to_onnx(model, raw, opset, input_names, hidden=True)
     except OSError:
         raise  # a full or read-only disk is the machine's fault, not the model's
     except Exception as e:  # an architecture the TorchScript exporter cannot trace
@@ -236,11 +271,10 @@ def _trace(model: EmbeddingModel, src: Path, raw: Path, opset: int, input_names:
         raise UserError(f"{src}: this model cannot be exported to ONNX ({first})") from e
 
 
-def _fp32_graph(model: EmbeddingModel, src: Path, fp32: Path, input_names: List[str], opts: _Options,
+def _fp32_graph(raw: Path, fp32: Path, model: EmbeddingModel, opts: _Options,
                 check: Check) -> Tuple[str, Dict, Dict]:
-    """Trace, then the first optimiser whose graph passes fp32 parity: (optimiser, parity, attempts)."""
-    raw = fp32.with_name("_traced.onnx")
-    _trace(model, src, raw, opts.opset, input_names)
+    """The first optimiser whose graph (from the traced ``raw``) passes fp32 parity, into ``fp32``:
+    (optimiser, parity, attempts)."""
     attempts, parity, used = {}, None, None
     for name, optimize in optimizers(opts.optimize):
         try:
@@ -258,17 +292,24 @@ def _fp32_graph(model: EmbeddingModel, src: Path, fp32: Path, input_names: List[
     if used is None:
         raise ParityError(f"ONNX export refused: fp32 min cosine to the PyTorch model "
                           f"{parity and parity['min_cosine']} < {FP32_MIN_COSINE} (tries: {attempts})")
-    raw.unlink()
     return used, parity, attempts
 
 
 def _int8_graph(fp32: Path, dst: Path, opts: _Options, texts: List[str], check: Check) -> Int8Result:
-    """The int8 graph, calibrated on the parity texts plus the user's calibration texts (or the
-    bundled sample); refused below ``INT8_MIN_COSINE`` or, unless allowed, when nothing is int8."""
+    """The int8 graph from ``fp32`` (:func:`~fastembed_tune.onnx_graph.int8_base`), calibrated on the
+    parity texts plus the user's calibration texts (or the bundled sample); refused below
+    ``INT8_MIN_COSINE``, when a text batched and alone differ (below ``BATCH_INVARIANCE_MIN_COSINE``)
+    or, unless allowed, when nothing is int8."""
     r = quantize_int8(fp32, dst, texts, check, INT8_MIN_COSINE, opts.calibration_texts)
     if not passes(r.parity, INT8_MIN_COSINE):
         raise ParityError(f"ONNX export refused: int8 min cosine to the PyTorch model "
                           f"{r.parity['min_cosine']} < {INT8_MIN_COSINE}")
+    emb = OnnxEmbedder(dst)
+    r.parity["batched_vs_alone"] = batch_invariance(
+        lambda batch, bs: emb.embed(batch, batch_size=bs, check_finite=False), texts[:33])
+    if not r.parity["batched_vs_alone"] >= BATCH_INVARIANCE_MIN_COSINE:  # NaN fails too
+        raise ParityError(f"ONNX export refused: the int8 graph answers differently for a text batched and "
+                          f"alone (min cosine {r.parity['batched_vs_alone']} < {BATCH_INVARIANCE_MIN_COSINE})")
     n, kept = r.weight_nodes, r.kept_fp32
     if n == 0 or len(kept) == n:
         msg = (f"int8: none of the {n} weight nodes could be quantised within the parity bound, so "

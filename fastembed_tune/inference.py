@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Callable, Dict, List, Optional, Sequence, Union
 
 import numpy as np
 
@@ -28,6 +28,8 @@ from .errors import UserError, check_finite_rows
 METADATA_FILE = "fastembed_tune_onnx.json"
 MODEL_FILE = "model.onnx"
 INT8_FILE = "model_int8.onnx"
+PORTABLE_FILE = "onnx/model.onnx"  # standard operators only: sentence-transformers' backend="onnx" layout
+ENGINES = ("onnxruntime", "openvino")
 OUTPUT_SUFFIXES = (".npy", ".jsonl")  # what write_embeddings writes
 KNOWN_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 _PASS_THROUGH = ("Cast", "Identity", "Reshape", "Unsqueeze", "Squeeze", "Flatten")
@@ -42,7 +44,10 @@ def _resolve(path: Union[str, os.PathLike]) -> tuple:
             raise UserError(f"{p}: no {MODEL_FILE} in this directory (is it an ONNX export?)")
         return p, f
     if p.is_file() and p.suffix == ".onnx":
-        return p.parent, p
+        home = p.parent
+        if not (home / "tokenizer.json").is_file() and (home.parent / "tokenizer.json").is_file():
+            home = home.parent  # onnx/model.onnx: sentence-transformers' layout keeps the tokenizer above
+        return home, p
     raise UserError(f"{p}: not an ONNX export directory or .onnx file")
 
 
@@ -113,6 +118,12 @@ class OnnxEmbedder:
     ``model_int8.onnx``). ``threads`` sets onnxruntime's intra-op threads (None: onnxruntime's
     default, all cores). ``providers`` defaults to ``["CPUExecutionProvider"]``.
 
+    ``engine="openvino"`` runs the graph with the OpenVINO runtime instead (it reads the ONNX file
+    itself; only graphs of standard operators, e.g. ``onnx/model.onnx``), at ``precision`` ``"bf16"``
+    (native on AMX / AVX512-BF16 CPUs) or ``"f32"``; ``providers`` does not apply then.
+    ``spin=False`` (onnxruntime): idle worker threads sleep at once instead of spinning after a
+    run, leaving the cores to the rest of the process (a server's event loop and tokenizer).
+
     >>> from fastembed_tune.export import export_onnx                    # doctest: +SKIP
     >>> from fastembed_tune.model import default_model_path              # doctest: +SKIP
     >>> info = export_onnx(default_model_path(), "/tmp/minilm_onnx")      # doctest: +SKIP
@@ -121,9 +132,9 @@ class OnnxEmbedder:
     """
 
     def __init__(self, path: Union[str, os.PathLike], threads: Optional[int] = None,
-                 providers: Optional[Sequence[str]] = None):
+                 providers: Optional[Sequence[str]] = None, engine: str = "onnxruntime",
+                 precision: Optional[str] = None, spin: bool = True):
         import onnx
-        import onnxruntime as ort
         from tokenizers import Tokenizer
 
         self.dir, self.model_file = _resolve(path)
@@ -158,6 +169,17 @@ class OnnxEmbedder:
 
         if threads is not None and (not isinstance(threads, int) or threads < 0):
             raise UserError(f"threads must be a non-negative integer, got {threads!r}")
+        if engine not in ENGINES:
+            raise UserError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+        self.engine = engine
+        if engine == "openvino":
+            self._open_openvino(threads, precision or "f32")
+        else:
+            self._open_onnxruntime(threads, providers, spin)
+
+    def _open_onnxruntime(self, threads: Optional[int], providers: Optional[Sequence[str]], spin: bool) -> None:
+        import onnxruntime as ort
+
         available = ort.get_available_providers()
         providers = list(providers or ["CPUExecutionProvider"])
         missing = [p for p in providers if p not in available]
@@ -171,10 +193,32 @@ class OnnxEmbedder:
         so.inter_op_num_threads = 1
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if not spin:  # idle workers sleep at once instead of spinning (a server between requests)
+            so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self.session = ort.InferenceSession(str(self.model_file), so, providers=providers)
         except Exception as e:
             raise UserError(f"{self.model_file}: onnxruntime cannot load it ({str(e).splitlines()[0]})") from None
+        self._run = lambda feed: self.session.run([self.output_name], feed)[0]
+
+    def _open_openvino(self, threads: Optional[int], precision: str) -> None:
+        try:
+            import openvino as ov
+        except ImportError:
+            raise UserError("engine='openvino' needs the openvino package: pip install 'fastembed-tune[openvino]'") from None
+        if precision not in ("bf16", "f32"):
+            raise UserError(f"openvino precision must be 'bf16' or 'f32', got {precision!r}")
+        config = {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY"}
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = threads
+        try:
+            core = ov.Core()
+            compiled = core.compile_model(core.read_model(str(self.model_file)), "CPU", config)
+        except Exception as e:
+            raise UserError(f"{self.model_file}: OpenVINO cannot load it ({str(e).splitlines()[0][:200]})") from None
+        self.session = compiled
+        request, output = compiled.create_infer_request(), compiled.output(self.output_name)
+        self._run = lambda feed: np.array(request.infer(feed)[output], dtype=np.float32, copy=True)
 
     # ---- load-time checks -----------------------------------------------------------------
     def _config_max_length(self) -> Optional[int]:
@@ -248,6 +292,17 @@ class OnnxEmbedder:
         feed = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
         return {k: feed[k] for k in self.input_names}
 
+    def run(self, feed: Dict[str, np.ndarray]) -> np.ndarray:
+        """The graph's output (float32 ``[batch, dim]``) for one input dict (:meth:`feed`,
+        :meth:`tokenize`), whichever engine runs it: use this, not ``session.run``, which only
+        onnxruntime has.
+
+        >>> e = OnnxEmbedder("/tmp/minilm_onnx")                    # doctest: +SKIP
+        >>> e.run(e.tokenize(["a", "b c"])).shape                   # doctest: +SKIP
+        (2, 384)
+        """
+        return self._run(feed)
+
     def tokenize(self, texts: Sequence[str]) -> Dict[str, np.ndarray]:
         """Tokenise ``texts`` (truncated to ``max_seq_length``) into ONE padded batch, in input order:
         the dict ``self.session.run`` takes (no length sorting, no batching; see :meth:`embed`).
@@ -282,7 +337,7 @@ class OnnxEmbedder:
         for s in tqdm(range(0, len(texts), batch_size), desc="embed (onnx)", unit="batch",
                       disable=not show_progress_bar):
             idx = order[s:s + batch_size]
-            emb = self.session.run([self.output_name], self.feed([encodings[i] for i in idx]))[0]
+            emb = self._run(self.feed([encodings[i] for i in idx]))
             if out is None:
                 out = np.empty((len(texts), emb.shape[1]), dtype=np.float32)
             out[idx] = emb
@@ -303,12 +358,21 @@ class OnnxEmbedder:
         return f"OnnxEmbedder({str(self.model_file)!r}, dim={self.dim}, max_seq_length={self.max_seq_length})"
 
 
-def load_embedder(model: Union[str, os.PathLike, None], int8: bool = False, threads: Optional[int] = None):
+def load_embedder(model: Union[str, os.PathLike, None], int8: bool = False, threads: Optional[int] = None,
+                  precision: Optional[str] = None, spin: bool = True):
     """What embeds texts from ``model``: an :class:`OnnxEmbedder` for an ONNX export directory or
     ``.onnx`` file (``int8`` picks ``model_int8.onnx``), else the PyTorch
     :class:`~fastembed_tune.model.EmbeddingModel` of a sentence-transformers directory (``None``:
     the built-in MiniLM). Both have ``encode(texts, batch_size=, show_progress_bar=, desc=)``, so
     ``eval`` scores exactly what a user deploys.
+
+    ``precision`` (an export directory): ``"auto"`` lets
+    :func:`fastembed_tune.precision.choose_precision` pick for this CPU (measured once, then cached),
+    or one of ``"fp32"``, ``"int8"``, ``"bf16"``; the embedder then carries the
+    :class:`~fastembed_tune.precision.Choice` as ``.choice`` (``.choice.description`` is the line to
+    show the user). ``"auto"`` and ``"fp32"`` on anything else (a ``.onnx`` file, a PyTorch model)
+    load it as it is; ``"int8"`` and ``"bf16"`` there are refused.
+    ``spin``: see :class:`OnnxEmbedder`.
 
     >>> from fastembed_tune.model import default_model_path
     >>> type(load_embedder(default_model_path())).__name__
@@ -316,6 +380,24 @@ def load_embedder(model: Union[str, os.PathLike, None], int8: bool = False, thre
     """
     p = Path(model) if model is not None else None
     is_onnx = p is not None and ((p.is_dir() and (p / MODEL_FILE).is_file()) or (p.is_file() and p.suffix == ".onnx"))
+    if int8 and precision not in (None, "auto", "int8"):
+        raise UserError(f"give either --int8 or --precision {precision}, not both")
+    as_is = precision in ("auto", "fp32") and not (is_onnx and p.is_dir())  # a PyTorch model or one .onnx file
+    if precision is not None and not int8 and not as_is:
+        from .precision import PRECISIONS, choose_precision
+
+        if precision != "auto" and precision not in PRECISIONS:
+            raise UserError(f"precision must be auto, {', '.join(PRECISIONS)}; got {precision!r}")
+        if not is_onnx or not p.is_dir():
+            raise UserError(f"{p}: --precision {precision} needs an ONNX export directory (fastembed-tune export)")
+        choice = choose_precision(p, threads=threads or None,
+                                  allow=PRECISIONS if precision == "auto" else (precision,))
+        if precision != "auto" and choice.precision != precision:
+            raise UserError(f"{p}: precision {precision} is not available here ({choice.reason}; "
+                            f"int8 needs model_int8.onnx, bf16 onnx/model.onnx, the openvino extra and a bf16 CPU)")
+        embedder = choice.load(spin=spin)
+        embedder.choice = choice
+        return embedder
     if is_onnx:
         if int8:
             if p.is_file():
@@ -323,7 +405,7 @@ def load_embedder(model: Union[str, os.PathLike, None], int8: bool = False, thre
             if not (p / INT8_FILE).is_file():
                 raise UserError(f"{p}: no {INT8_FILE} here; export with --quantize int8")
             p = p / INT8_FILE
-        return OnnxEmbedder(p, threads=threads or None)
+        return OnnxEmbedder(p, threads=threads or None, spin=spin)
     if int8:
         raise UserError(f"{p}: --int8 needs an ONNX export directory (fastembed-tune export --quantize int8)")
     from .model import EmbeddingModel
@@ -336,15 +418,19 @@ def load_embedder(model: Union[str, os.PathLike, None], int8: bool = False, thre
 
 def embed_file_texts(model: Union[str, os.PathLike], texts: Sequence[str], batch_size: int = 64,
                      threads: Optional[int] = None, int8: bool = False,
-                     show_progress_bar: bool = False) -> np.ndarray:
-    """Embed ``texts`` with what :func:`load_embedder` loads from ``model``.
+                     show_progress_bar: bool = False, precision: Optional[str] = None,
+                     log: Optional[Callable[[str], None]] = None) -> np.ndarray:
+    """Embed ``texts`` with what :func:`load_embedder` loads from ``model`` (``precision``: see
+    there; ``log`` gets the precision chosen, when one was).
 
     >>> from fastembed_tune.model import default_model_path
     >>> embed_file_texts(default_model_path(), ["a tuple", "a list"]).shape
     (2, 384)
     """
-    return load_embedder(model, int8=int8, threads=threads).encode(list(texts), batch_size=batch_size,
-                                                                   show_progress_bar=show_progress_bar)
+    emb = load_embedder(model, int8=int8, threads=threads, precision=precision)
+    if log is not None and getattr(emb, "choice", None) is not None:
+        log(emb.choice.description)
+    return emb.encode(list(texts), batch_size=batch_size, show_progress_bar=show_progress_bar)
 
 
 def write_embeddings(path: Union[str, os.PathLike], ids: Sequence[str], emb: np.ndarray) -> None:

@@ -29,8 +29,9 @@ Optimizer = Callable[[Path, Path, EmbeddingModel], None]  # (traced graph, desti
 class _SentenceGraph(torch.nn.Module):
     """token ids -> pooled (and normalised) sentence embedding; the module that is traced."""
 
-    def __init__(self, model: EmbeddingModel, use_token_type_ids: bool):
+    def __init__(self, model: EmbeddingModel, use_token_type_ids: bool, hidden: bool = False):
         super().__init__()
+        self.hidden = hidden
         self.transformer = model.transformer
         self.pooling = model.pooling
         self.normalize = model.normalize
@@ -45,7 +46,7 @@ class _SentenceGraph(torch.nn.Module):
         emb = pool(hidden, attention_mask, self.pooling)
         if self.normalize:
             emb = torch.nn.functional.normalize(emb, p=2, dim=1)
-        return emb
+        return (hidden, emb) if self.hidden else emb
 
 
 def graph_inputs(model: EmbeddingModel) -> List[str]:
@@ -67,10 +68,13 @@ def _set_attention(tf, implementation: str) -> None:
         tf.config._attn_implementation = implementation
 
 
-def trace_to_onnx(model: EmbeddingModel, path: Path, opset: int, input_names: List[str]) -> None:
+def trace_to_onnx(model: EmbeddingModel, path: Path, opset: int, input_names: List[str],
+                  hidden: bool = False) -> None:
     """Legacy (TorchScript) export of the eager-attention model from a padded 2-row example to ``path``;
     the output's embedding width is stated (the tracer leaves it symbolic). The model's attention
-    implementation is restored afterwards.
+    implementation is restored afterwards. ``hidden``: the token vectors are a first output,
+    ``last_hidden_state`` [batch, sequence, width] (what sentence-transformers' ONNX backend, optimum
+    and fastembed's own pooling read), before ``sentence_embedding``.
 
     >>> import onnx, tempfile
     >>> m, f = EmbeddingModel.load(), Path(tempfile.mkdtemp()) / "model.onnx"
@@ -90,14 +94,18 @@ def trace_to_onnx(model: EmbeddingModel, path: Path, opset: int, input_names: Li
         args = tuple(example[k] for k in input_names)
         axes = {k: {0: "batch", 1: "sequence"} for k in input_names}
         axes["sentence_embedding"] = {0: "batch"}
-        graph = _SentenceGraph(model, "token_type_ids" in input_names).eval()
+        outputs = ["sentence_embedding"]
+        if hidden:
+            axes["last_hidden_state"] = {0: "batch", 1: "sequence"}
+            outputs.insert(0, "last_hidden_state")
+        graph = _SentenceGraph(model, "token_type_ids" in input_names, hidden).eval()
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
             torch.onnx.export(graph, args, str(path), input_names=input_names,
-                              output_names=["sentence_embedding"], dynamic_axes=axes,
+                              output_names=outputs, dynamic_axes=axes,
                               opset_version=opset, do_constant_folding=True, dynamo=False)
         m = onnx.load(str(path))
-        dims = m.graph.output[0].type.tensor_type.shape.dim
+        dims = m.graph.output[-1].type.tensor_type.shape.dim
         dims[0].dim_param = "batch"
         dims[1].Clear()
         dims[1].dim_value = model.dim
@@ -107,14 +115,61 @@ def trace_to_onnx(model: EmbeddingModel, path: Path, opset: int, input_names: Li
             _set_attention(tf, previous)
 
 
-def _optimize_transformers(src: Path, dst: Path, model: EmbeddingModel) -> None:
+def sentence_graph(src: Path, dst: Path) -> None:
+    """A copy of the graph ``src`` with ``sentence_embedding`` as its only output.
+
+    >>> import onnx, tempfile
+    >>> m, d = EmbeddingModel.load(), Path(tempfile.mkdtemp())
+    >>> trace_to_onnx(m, d / "both.onnx", 17, graph_inputs(m), hidden=True)
+    >>> sentence_graph(d / "both.onnx", d / "one.onnx")
+    >>> [o.name for o in onnx.load(str(d / "one.onnx")).graph.output]
+    ['sentence_embedding']
+    """
+    import onnx
+
+    m = onnx.load(str(src))
+    keep = [o for o in m.graph.output if o.name == "sentence_embedding"]
+    del m.graph.output[:]
+    m.graph.output.extend(keep)
+    onnx.save(m, str(dst))
+
+
+def _optimize_transformers(src: Path, dst: Path, model: EmbeddingModel, embed_layer_norm: bool = True) -> None:
     from onnxruntime.transformers import optimizer
+    from onnxruntime.transformers.fusion_options import FusionOptions
 
     logging.getLogger("onnxruntime.transformers").setLevel(logging.ERROR)
     cfg = model.transformer.config
+    options = FusionOptions("bert")
+    options.enable_embed_layer_norm = embed_layer_norm
     om = optimizer.optimize_model(str(src), model_type="bert", num_heads=int(cfg.num_attention_heads),
-                                  hidden_size=int(cfg.hidden_size), opt_level=0, use_gpu=False)
+                                  hidden_size=int(cfg.hidden_size), opt_level=0, use_gpu=False,
+                                  optimization_options=options)
     om.save_model_to_file(str(dst))
+
+
+def int8_base(src: Path, dst: Path, model: EmbeddingModel, optimize: bool = True) -> str:
+    """The graph int8 quantises, from the traced ``src``: the BERT fusions (fused Attention, which
+    becomes ``QAttention``) with the embedding lookup left unfused, so that the word-embedding table
+    can be read as int8 rows; the traced graph itself when fusing fails or ``optimize`` is False.
+    Returns which: ``"onnxruntime.transformers"`` or ``"none"``.
+
+    >>> import tempfile
+    >>> m, d = EmbeddingModel.load(), Path(tempfile.mkdtemp())
+    >>> trace_to_onnx(m, d / "t.onnx", 17, graph_inputs(m))
+    >>> int8_base(d / "t.onnx", d / "b.onnx", m, optimize=False)
+    'none'
+    """
+    if optimize:
+        try:
+            _optimize_transformers(src, dst, model, embed_layer_norm=False)
+            return "onnxruntime.transformers"
+        except OSError:
+            raise
+        except Exception:  # an architecture the BERT fusions do not handle: the plain graph still quantises
+            pass
+    shutil.copyfile(src, dst)
+    return "none"
 
 
 def _optimize_ort(src: Path, dst: Path, model: EmbeddingModel) -> None:

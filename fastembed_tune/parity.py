@@ -136,6 +136,21 @@ def check_parity(embed: Embed, texts: List[str], cases: List[Case], ref: np.ndar
     return {"min_cosine": round(worst, 6), "cases": per_case, "worst_text": worst_text[:60]}
 
 
+def batch_invariance(embed: Embed, texts: List[str]) -> float:
+    """Min cosine, over ``texts``, of each text embedded in one batch with all the others vs alone
+    (batch 1): 1.0 for a graph whose answer for a text does not depend on its batch neighbours. NaN
+    when any output is NaN/Inf.
+
+    >>> table = {"a": [1.0, 0.0], "b": [0.0, 1.0]}
+    >>> batch_invariance(lambda batch, bs: np.array([table[t] for t in batch]), ["a", "b"])
+    1.0
+    """
+    together = embed(list(texts), len(texts))
+    alone = np.concatenate([embed([t], 1) for t in texts])
+    c = cosines(together, alone)
+    return round(float(c.min()), 7) if np.isfinite(c).all() else float("nan")
+
+
 def passes(parity: Optional[Dict], threshold: float) -> bool:
     """True only for a finite min cosine >= threshold (NaN compares false: refused).
 

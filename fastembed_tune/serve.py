@@ -42,6 +42,7 @@ from typing import Any, List, Optional, Sequence, Union
 
 import numpy as np
 
+from .atomic import cache_dir
 from .batching import Batcher, Draining, EngineError, OnnxEngine, Overloaded
 from .errors import UserError
 from .inference import INT8_FILE, METADATA_FILE, MODEL_FILE
@@ -406,16 +407,13 @@ def create_app(engine: Any, name: str, max_batch_tokens: int = 1024, max_batch_s
 
 # ---- the model: an export, or a sentence-transformers directory exported into a cache ----------------
 def default_cache_dir() -> Path:
-    """Where ``serve`` keeps exports of sentence-transformers directories: ``$FASTEMBED_TUNE_CACHE``,
+    """Where ``serve`` keeps exports of sentence-transformers directories: ``$FASTEMBED_TUNE_CACHE/onnx``,
     else ``$XDG_CACHE_HOME/fastembed-tune/onnx``, else ``~/.cache/fastembed-tune/onnx``.
 
     >>> default_cache_dir().name
     'onnx'
     """
-    if os.environ.get("FASTEMBED_TUNE_CACHE"):
-        return Path(os.environ["FASTEMBED_TUNE_CACHE"]) / "onnx"
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "fastembed-tune" / "onnx"
+    return cache_dir("onnx")
 
 
 def directory_fingerprint(model_dir: Union[str, os.PathLike]) -> str:
@@ -437,12 +435,18 @@ def directory_fingerprint(model_dir: Union[str, os.PathLike]) -> str:
     return h.hexdigest()[:16]
 
 
+def log(line: str) -> None:
+    """The server's messages before uvicorn takes over: one line on stderr."""
+    print(line, file=sys.stderr, flush=True)
+
+
 def resolve_model(model: Union[str, os.PathLike], int8: bool = False,
-                  cache_dir: Union[str, os.PathLike, None] = None,
-                  log=lambda line: print(line, file=sys.stderr, flush=True)) -> Path:
-    """The ONNX export directory to serve: ``model`` itself when it is one; a sentence-transformers
-    directory is exported first (parity-gated, with int8 when asked) into ``cache_dir`` under its
-    fingerprint, and the cached export is reused while the model's files are unchanged.
+                  cache_dir: Union[str, os.PathLike, None] = None, log=log,
+                  export_int8: Optional[bool] = None) -> Path:
+    """The ONNX export directory to serve: ``model`` itself when it is one (with ``model_int8.onnx``
+    when ``int8``); a sentence-transformers directory is exported first (parity-gated, with int8 when
+    ``export_int8``, default ``int8``) into ``cache_dir`` under its fingerprint, and the cached export
+    is reused while the model's files are unchanged.
 
     >>> resolve_model("/nonexistent")
     Traceback (most recent call last):
@@ -462,6 +466,7 @@ def resolve_model(model: Union[str, os.PathLike], int8: bool = False,
         raise UserError(f"--model {p}: neither an ONNX export ({MODEL_FILE}) nor a sentence-transformers directory")
     out = Path(cache_dir) if cache_dir else default_cache_dir()
     out = out / f"{p.resolve().name}-{directory_fingerprint(p)}"
+    int8 = int8 if export_int8 is None else export_int8 or int8
     if (out / METADATA_FILE).is_file() and (out / MODEL_FILE).is_file() and (not int8 or (out / INT8_FILE).is_file()):
         log(f"using the cached export {out}")
         return out
@@ -486,31 +491,25 @@ def default_name(export_dir: Union[str, os.PathLike]) -> str:
     return p.name
 
 
-def load_engine(export_dir: Union[str, os.PathLike], int8: bool = False, threads: Optional[int] = None) -> OnnxEngine:
+def load_engine(export_dir: Union[str, os.PathLike], int8: bool = False, threads: Optional[int] = None,
+                precision: Optional[str] = None, log=None) -> OnnxEngine:
     """An :class:`~fastembed_tune.batching.OnnxEngine` over ``export_dir`` (``model_int8.onnx`` with
-    ``int8``), warmed up with one run (which also fixes its embedding size).
+    ``int8``; ``precision="auto"`` or ``fp32``/``int8``/``bf16``: chosen as
+    :func:`~fastembed_tune.inference.load_embedder` does, the choice sent to ``log``), warmed up with
+    one run (which also fixes its embedding size).
 
     >>> load_engine("/tmp/minilm_onnx").dim  # doctest: +SKIP
     384
     """
-    import onnxruntime as ort
-
     from .inference import load_embedder
 
-    emb = load_embedder(export_dir, int8=int8, threads=threads)
-    if os.environ.get("FASTEMBED_TUNE_ORT_SPIN", "0") != "1":
-        # onnxruntime's idle worker threads spin for a while after each run; on a small machine they take
-        # the cores the event loop and the tokenizer need between runs
-        so = ort.SessionOptions()
-        so.log_severity_level = 3
-        if threads:
-            so.intra_op_num_threads = threads
-        so.inter_op_num_threads = 1
-        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        emb.session = ort.InferenceSession(str(emb.model_file), so, providers=emb.session.get_providers())
-    probe = emb.session.run([emb.output_name], emb.tokenize(["warm up"]))[0]
+    # onnxruntime's idle worker threads spin for a while after each run; on a small machine they take
+    # the cores the event loop and the tokenizer need between runs
+    spin = os.environ.get("FASTEMBED_TUNE_ORT_SPIN", "0") == "1"
+    emb = load_embedder(export_dir, int8=int8, threads=threads, precision=None if int8 else precision, spin=spin)
+    if log is not None and getattr(emb, "choice", None) is not None:
+        log(emb.choice.description)
+    probe = emb.run(emb.tokenize(["warm up"]))
     if not emb.dim:
         emb.dim = int(probe.shape[1])
     return OnnxEngine(emb)
@@ -598,8 +597,10 @@ def serve(model: Union[str, os.PathLike], int8: bool = False, host: str = "127.0
           name: Optional[str] = None, threads: Optional[int] = None, max_batch_tokens: int = 1024,
           max_batch_size: int = 128, max_queue: int = 4096, drain_timeout: float = 30.0,
           cache_dir: Union[str, os.PathLike, None] = None, adapter: Union[str, os.PathLike, None] = None,
-          adapter_side: str = "query") -> int:
+          adapter_side: str = "query", precision: Optional[str] = "auto") -> int:
     """``fastembed-tune serve``: load (or export, then load) ``model`` and serve it until SIGTERM;
+    ``precision`` (``auto``: measured on this CPU, see :mod:`fastembed_tune.precision`; or ``fp32``,
+    ``int8``, ``bf16``) picks the graph and engine, and the choice is logged;
     with ``adapter`` (a folder written by ``fastembed-tune adapt``) every vector served is adapted
     on ``adapter_side`` (``query``: the default, for a query-side adapter).
 
@@ -608,23 +609,28 @@ def serve(model: Union[str, os.PathLike], int8: bool = False, host: str = "127.0
     """
     if _MISSING:
         raise UserError(f"{INSTALL_HINT} (missing: {_MISSING})")
-    export_dir = resolve_model(model, int8=int8, cache_dir=cache_dir)
-    engine = load_engine(export_dir, int8=int8, threads=threads)
-    if adapter is not None:
-        from .adapter import Adapter
+    export_dir = resolve_model(model, int8=int8, cache_dir=cache_dir, export_int8=int8 or precision in ("auto", "int8"))
+    sock = bind(host, port)  # a busy port is said before the precision is measured, not after
+    try:
+        engine = load_engine(export_dir, int8=int8, threads=threads, precision=precision, log=log)
+        if adapter is not None:
+            from .adapter import Adapter
 
-        fitted = Adapter(adapter)
-        if fitted.dim != engine.dim:
-            raise UserError(f"--adapter {adapter}: it maps {fitted.dim}-d vectors, the model serves {engine.dim}-d; "
-                            f"give the adapter trained on this model's vectors")
-        engine = AdaptedEngine(engine, lambda rows: fitted.apply(rows, adapter_side))
-    name = name or default_name(model)
-    app = create_app(engine, name, max_batch_tokens=max_batch_tokens, max_batch_size=max_batch_size,
-                     max_queue=max_queue, drain_timeout=drain_timeout)
-    sock = bind(host, port)
+            fitted = Adapter(adapter)
+            if fitted.dim != engine.dim:
+                raise UserError(f"--adapter {adapter}: it maps {fitted.dim}-d vectors, the model serves "
+                                f"{engine.dim}-d; give the adapter trained on this model's vectors")
+            engine = AdaptedEngine(engine, lambda rows: fitted.apply(rows, adapter_side))
+        name = name or default_name(model)
+        app = create_app(engine, name, max_batch_tokens=max_batch_tokens, max_batch_size=max_batch_size,
+                         max_queue=max_queue, drain_timeout=drain_timeout)
+    except BaseException:
+        sock.close()
+        raise
     h, p = sock.getsockname()[:2]
     shown = f"[{h}]" if ":" in h else h
     adapted = f", adapted by {adapter} ({adapter_side} side)" if adapter is not None else ""
-    banner = (f"serving '{name}' ({engine.file}{adapted}, {engine.dim}-d, up to {engine.max_seq_length} tokens a text) "
+    prec = f", {engine.precision}" if engine.precision else ""
+    banner = (f"serving '{name}' ({engine.file}{prec}{adapted}, {engine.dim}-d, up to {engine.max_seq_length} tokens a text) "
               f"on http://{shown}:{p}/v1  (SIGTERM or Ctrl-C: finish the requests in flight, then exit)")
     return run_server(app, sock, banner, drain_timeout)

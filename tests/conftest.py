@@ -1,8 +1,11 @@
 import os
+import tempfile
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# serve's exports and the precision measured per export: a fresh cache per test session, not ~/.cache
+os.environ.setdefault("FASTEMBED_TUNE_CACHE", tempfile.mkdtemp(prefix="fastembed-tune-cache-"))
 
 from hypothesis import settings  # noqa: E402
 

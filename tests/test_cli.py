@@ -70,7 +70,8 @@ def test_eval_scores_an_onnx_export_like_its_model(tmp_path, tiny_model_dir):
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     assert main(["export", "--model", tiny_model_dir, "-o", str(tmp_path / "onnx"), "--quantize", "int8"]) == 0
     assert main(["eval", "--data", str(data), "--model", tiny_model_dir, "--model", str(tmp_path / "onnx"),
-                 "--model", str(tmp_path / "onnx" / "model_int8.onnx"), "-o", str(tmp_path / "rep"), "--quiet"]) == 0
+                 "--model", str(tmp_path / "onnx" / "model_int8.onnx"), "-o", str(tmp_path / "rep"), "--quiet",
+                 "--precision", "fp32"]) == 0
     m = json.loads((tmp_path / "rep" / "metrics.json").read_text())["metrics"]
     torch_ndcg, fp32, int8 = (v["ndcg@10"] for v in m.values())
     assert fp32 == pytest.approx(torch_ndcg, abs=1e-3) and int8 == pytest.approx(torch_ndcg, abs=0.05)

@@ -71,13 +71,14 @@ def test_layout_and_metadata(exported):
 
     out, info = exported
     for f in ("model.onnx", "model_int8.onnx", "tokenizer.json", "tokenizer_config.json", "config.json",
-              "special_tokens_map.json", "fastembed_tune_onnx.json"):
+              "special_tokens_map.json", "fastembed_tune_onnx.json", "onnx/model.onnx", "modules.json",
+              "1_Pooling/config.json", "sentence_bert_config.json"):
         assert (out / f).is_file(), f
     assert not [p for p in os.listdir(out.parent) if p.startswith(".minilm.tmp")]
     meta = json.loads((out / "fastembed_tune_onnx.json").read_text())
     assert meta["pooling"] == "mean" and meta["normalize"] is True
     assert meta["max_seq_length"] == 256 and meta["dim"] == 384
-    assert meta["files"] == {"fp32": "model.onnx", "int8": "model_int8.onnx"}
+    assert meta["files"] == {"fp32": "model.onnx", "int8": "model_int8.onnx", "portable": "onnx/model.onnx"}
     g = onnx.load(str(out / "model.onnx"), load_external_data=False).graph
     assert [i.name for i in g.input] == ["input_ids", "attention_mask", "token_type_ids"]
     assert [o.name for o in g.output] == ["sentence_embedding"]
@@ -93,6 +94,122 @@ def test_parity_figures(exported):
     assert set(fp["cases"]) == {"batch33_padded", "batch1_one_token", "batch1_sentence", "batch1_long"}
     assert min(fp["cases"].values()) >= 0.9999
     assert min(q["cases"].values()) >= 0.99
+    assert q["batched_vs_alone"] >= 0.99999
+    assert info["parity"]["portable"]["min_cosine"] >= 0.9999
+
+
+# ---- int8: batch-invariant, int8 word embeddings ------------------------------------------------------
+def test_int8_is_batch_invariant(exported):
+    """A text gets the same int8 vector alone and batched beside texts of every length (per-token
+    activation scales; the dynamic per-tensor scales of before gave 0.9987)."""
+    q = OnnxEmbedder(exported[0] / "model_int8.onnx", threads=2)
+    texts = ["ok", LONG, "What is a tuple?"] + corpus(20, skip=300)
+    together = q.embed(texts, batch_size=len(texts))
+    alone = np.concatenate([q.embed([t], batch_size=1) for t in texts])
+    assert cos(together, alone).min() >= 0.99999
+    shuffled = q.embed(texts[::-1], batch_size=5)[::-1]  # other neighbours, other padding
+    assert cos(shuffled, alone).min() >= 0.99999
+
+
+def test_int8_file_and_word_embeddings(exported):
+    import onnx
+    from onnx import numpy_helper
+
+    out, _ = exported
+    assert os.path.getsize(out / "model_int8.onnx") < 0.35 * os.path.getsize(out / "model.onnx")
+    g = onnx.load(str(out / "model_int8.onnx")).graph
+    big = [i for i in g.initializer if i.dims and i.dims[0] == 30522]
+    assert [numpy_helper.to_array(i).dtype for i in big if len(i.dims) == 2 and i.dims[1] == 384] == [np.int8]
+    # the int8 rows times their scales are the fp32 table, within half a step
+    table = EmbeddingModel.load().transformer.get_input_embeddings().weight.detach().numpy()
+    rows = {i.name: numpy_helper.to_array(i) for i in big}
+    q8 = next(v for v in rows.values() if v.dtype == np.int8)
+    scale = next(v for v in rows.values() if v.dtype == np.float32 and v.shape == (30522, 1))
+    assert np.all(np.abs(q8 * scale - table) <= scale * 0.5 + 1e-7)
+
+
+# ---- the portable graph: standard operators, sentence-transformers' ONNX layout ----------------------
+def test_portable_graph(exported, fp32, minilm):
+    import onnx
+
+    out, _ = exported
+    m = onnx.load(str(out / "onnx" / "model.onnx"))
+    assert {n.domain for n in m.graph.node} <= {"", "ai.onnx"}  # no onnxruntime contrib operators
+    assert [o.name for o in m.graph.output] == ["last_hidden_state", "sentence_embedding"]
+    p = OnnxEmbedder(out / "onnx" / "model.onnx", threads=2)
+    texts = ["ok", LONG, "What is a tuple?"]
+    feed = p.tokenize(texts)
+    hidden, emb = p.session.run(None, feed)
+    mask = feed["attention_mask"][..., None].astype(np.float32)
+    pooled = (hidden * mask).sum(1) / mask.sum(1)  # numpy reference: mean pooling + L2
+    pooled /= np.linalg.norm(pooled, axis=1, keepdims=True)
+    np.testing.assert_allclose(emb, pooled, atol=1e-5)
+    assert cos(emb, minilm.encode(texts)).min() >= 0.9999
+    modules = json.loads((out / "modules.json").read_text())
+    assert [x["type"].rsplit(".", 1)[1] for x in modules] == ["Transformer", "Pooling", "Normalize"]
+
+
+def test_portable_graph_in_openvino(exported, minilm):
+    pytest.importorskip("openvino")
+    texts = ["ok", LONG, "What is a tuple?", "Garbage collection reclaims memory."]
+    ref = minilm.encode(texts)
+    f32 = OnnxEmbedder(exported[0] / "onnx" / "model.onnx", threads=2, engine="openvino", precision="f32")
+    assert cos(f32.embed(texts, batch_size=2), ref).min() >= 0.9999
+    assert cos(f32.run(f32.tokenize(texts)), ref).min() >= 0.9999  # the engine-neutral call the server uses
+    bf16 = OnnxEmbedder(exported[0] / "onnx" / "model.onnx", threads=2, engine="openvino", precision="bf16")
+    assert cos(bf16.embed(texts, batch_size=2), ref).min() >= 0.999
+    with pytest.raises(UserError, match="precision"):
+        OnnxEmbedder(exported[0] / "onnx" / "model.onnx", engine="openvino", precision="int4")
+    with pytest.raises(UserError, match="engine"):
+        OnnxEmbedder(exported[0], engine="tensorrt")
+
+
+def test_portable_layout_in_sentence_transformers(exported, minilm):
+    pytest.importorskip("optimum.onnxruntime")
+    from sentence_transformers import SentenceTransformer
+
+    st = SentenceTransformer(str(exported[0]), backend="onnx", device="cpu")
+    texts = ["ok", LONG, "What is a tuple?"]
+    assert cos(st.encode(texts), minilm.encode(texts)).min() >= 0.9999
+
+
+def test_portable_layout_through_sentence_transformers_modules(exported, minilm):
+    """What ``backend="onnx"`` does, without optimum (which needs transformers < 5): the graph's
+    ``last_hidden_state`` through the Pooling and Normalize modules the folder's modules.json names."""
+    import importlib
+
+    import onnxruntime as ort
+    import torch
+
+    out = exported[0]
+    texts = ["ok", LONG, "What is a tuple?"]
+    mods = json.loads((out / "modules.json").read_text())
+    sess = ort.InferenceSession(str(out / "onnx" / "model.onnx"), providers=["CPUExecutionProvider"])
+    feed = OnnxEmbedder(out / "onnx" / "model.onnx").tokenize(texts)
+    hidden = sess.run(["last_hidden_state"], {i.name: feed[i.name] for i in sess.get_inputs()})[0]
+    features = {"token_embeddings": torch.from_numpy(hidden), "attention_mask": torch.from_numpy(feed["attention_mask"])}
+    for m in mods[1:]:
+        mod, cls = m["type"].rsplit(".", 1)
+        module = getattr(importlib.import_module(mod), cls)
+        features = (module.load(str(out / m["path"])) if m["path"] else module())(features)
+    assert cos(features["sentence_embedding"].numpy(), minilm.encode(texts)).min() >= 0.9999
+
+
+def test_exports_load_in_fastembed(exported, minilm):
+    """fastembed (the real client) loads both graphs: the portable one pooling ``last_hidden_state``
+    itself, the optimised one with pooling and normalisation already in the graph."""
+    pytest.importorskip("fastembed")
+    from fastembed import TextEmbedding
+    from fastembed.common.model_description import ModelSource, PoolingType
+
+    texts = ["ok", LONG, "What is a tuple?"]
+    ref = minilm.encode(texts)
+    for name, file, pooling, norm in (("fet/portable", "onnx/model.onnx", PoolingType.MEAN, True),
+                                      ("fet/optimised", "model.onnx", PoolingType.DISABLED, False)):
+        TextEmbedding.add_custom_model(model=name, pooling=pooling, normalization=norm, sources=ModelSource(hf=name),
+                                       dim=384, model_file=file)
+        got = np.stack(list(TextEmbedding(model_name=name, specific_model_path=str(exported[0])).embed(texts)))
+        assert cos(got, ref).min() >= 0.9999, name
 
 
 # ---- the "cosine 0.90" trap -------------------------------------------------------------------------
@@ -283,7 +400,8 @@ def test_cli_export_and_embed(tmp_path, capsys, minilm):
     (tmp_path / "in.jsonl").write_text("".join(json.dumps({"id": f"d{i}", "text": t}) + "\n"
                                                for i, t in enumerate(texts)))
     ref = EmbeddingModel.load(model).encode(texts)
-    for extra, name, tol in (([], "fp32.npy", 1e-4), (["--int8"], "int8.npy", 0.05)):
+    for extra, name, tol in ((["--precision", "fp32"], "fp32.npy", 1e-4), (["--int8"], "int8.npy", 0.05),
+                             (["--precision", "int8"], "int8b.npy", 0.05), ([], "auto.npy", 0.05)):
         assert main(["embed", "--model", str(out), "-i", str(tmp_path / "in.jsonl"), "-o",
                      str(tmp_path / name), "--quiet", *extra]) == 0
         got = np.load(tmp_path / name)

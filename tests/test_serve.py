@@ -97,7 +97,8 @@ def cache_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def server(tiny_model_dir, cache_dir):
     """The tiny sentence-transformers directory served (exported into ``cache_dir`` first)."""
-    s = Server(["--model", tiny_model_dir, "--name", NAME, "--cache-dir", str(cache_dir), "--threads", "1"])
+    s = Server(["--model", tiny_model_dir, "--name", NAME, "--cache-dir", str(cache_dir), "--threads", "1",
+                "--precision", "fp32"])
     yield s
     assert s.stop() == 0
 
@@ -444,6 +445,31 @@ def test_cli_user_errors(tmp_path, export_dir, capsys, monkeypatch):
     monkeypatch.setattr(serve_mod, "_MISSING", "uvicorn")
     assert main(["serve", "--model", str(export_dir)]) == 2
     assert 'pip install "fastembed-tune[serve]"' in capsys.readouterr().err
+
+
+def test_auto_precision_is_chosen_logged_and_served(tiny_model_dir, tmp_path):
+    """``serve`` without --precision measures the candidates on this CPU, says which it serves, and
+    serves exactly that graph: answers match the chosen precision's own single-text answers."""
+    from fastembed_tune.inference import load_embedder
+
+    s = Server(["--model", tiny_model_dir, "--name", NAME, "--cache-dir", str(tmp_path), "--threads", "1"])
+    try:
+        for _ in range(100):  # stderr is read by another thread: give it a moment
+            lines = [x for x in s.stderr if x.startswith("precision: ")]
+            if lines:
+                break
+            time.sleep(0.05)
+        assert len(lines) == 1 and "CPU: " in lines[0], s.stderr
+        chosen = lines[0].split()[1]
+        export = serve_mod.resolve_model(tiny_model_dir, cache_dir=tmp_path, log=lambda line: None)
+        assert (export / "model_int8.onnx").is_file()  # auto exports int8 too, so it can be chosen
+        ref = load_embedder(export, threads=1, precision=chosen)
+        c = openai.OpenAI(base_url=s.url + "/v1", api_key="unused", max_retries=0, timeout=60)
+        got = [d.embedding for d in c.embeddings.create(model=NAME, input=TEXTS[:5]).data]
+        want = np.stack([ref.embed([t])[0] for t in TEXTS[:5]])
+        assert cosine(got, want).min() >= (0.999 if chosen == "bf16" else MIN_COS), chosen
+    finally:
+        assert s.stop() == 0
 
 
 def test_cached_export_is_reused(tiny_model_dir, cache_dir, export_dir, monkeypatch):

@@ -1,0 +1,237 @@
+"""Which precision and engine to embed an export with, chosen on THIS CPU at run time.
+
+The fastest path is not the same on every CPU (all-MiniLM-L6-v2, batch 64, 2 threads): on an Intel
+Xeon with AMX, bf16 runs ~2.3x fp32 and int8 about as fast; on AMD Zen 4 (AVX-512 VNNI, AVX512-BF16
+without AMX) our int8 was 3.25x; on AVX2-only CPUs int8 has no VNNI and fp32 may win. So:
+
+* candidates, from :func:`fastembed_tune.cpu.cpu_features` and what the export holds: ``bf16``
+  (OpenVINO reading the portable ``onnx/model.onnx``; onnxruntime has no bf16 GEMM on x86) where
+  the CPU has AMX-BF16 or AVX512-BF16 and openvino is installed; ``int8`` (``model_int8.onnx``)
+  where it exists; ``fp32`` (``model.onnx``) always;
+* without a probe, the first by features: bf16 with AMX, int8 with VNNI (AVX512-VNNI, AVX-VNNI or
+  AMX-INT8), else fp32;
+* with a probe (the default), each candidate embeds the same few texts: it must stay within its
+  parity gate of the fp32 graph (bf16 >= ``BF16_MIN_COSINE``, int8 >= ``INT8_MIN_COSINE``; the fp32
+  graph is itself gated >= 0.9999 to PyTorch at export) and the fastest passing one is chosen.
+
+:func:`choose_precision` returns a :class:`Choice`; ``Choice.description`` is the one line to show
+the user (``embed``, ``serve``, ``eval`` of an export), ``Choice.load()`` the embedder.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Union
+
+import numpy as np
+
+from .atomic import atomic_write, cache_dir
+from .cpu import cpu_description, cpu_features
+from .errors import UserError
+from .inference import INT8_FILE, MODEL_FILE, PORTABLE_FILE, OnnxEmbedder
+from .parity import TYPICAL_TEXTS, cosines
+
+BF16_MIN_COSINE = 0.999
+INT8_MIN_COSINE = 0.99
+GATES = {"fp32": 0.9999, "bf16": BF16_MIN_COSINE, "int8": INT8_MIN_COSINE}
+PRECISIONS = ("bf16", "int8", "fp32")
+VNNI = ("avx512_vnni", "avx_vnni", "amx_int8")
+BF16 = ("amx_bf16", "avx512_bf16")
+PROBE_REPEATS = 2
+
+
+@dataclass
+class Choice:
+    """A precision and engine for one export on this CPU, and why.
+
+    >>> Choice("fp32", "onnxruntime", Path("m/model.onnx"), "no probe").precision
+    'fp32'
+    """
+
+    precision: str  # "bf16", "int8" or "fp32"
+    engine: str  # "onnxruntime" or "openvino"
+    file: Path
+    reason: str
+    measured: Dict[str, Dict] = field(default_factory=dict)  # precision -> {"sent_per_s", "min_cosine"}
+    threads: Optional[int] = None
+
+    @property
+    def description(self) -> str:
+        """One line for the user: what runs, on which CPU, and why."""
+        name = PORTABLE_FILE if self.precision == "bf16" else self.file.name
+        return f"precision: {self.precision} ({self.engine}, {name}) — {self.reason}; CPU: {cpu_description()}"
+
+    def load(self, spin: bool = True) -> OnnxEmbedder:
+        """The embedder for this choice (``spin``: see :class:`~fastembed_tune.inference.OnnxEmbedder`)."""
+        return _open(self.precision, self.file, self.threads, spin)
+
+
+def _openvino_available() -> bool:
+    try:
+        import openvino  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def candidates(export_dir: Union[str, os.PathLike], features: Optional[frozenset] = None,
+               openvino: Optional[bool] = None) -> List[str]:
+    """The precisions this export can run at on a CPU with ``features`` (default: this CPU's), the
+    one preferred by features first.
+
+    >>> import tempfile
+    >>> d = Path(tempfile.mkdtemp()); (d / "model.onnx").touch(); (d / "model_int8.onnx").touch()
+    >>> candidates(d, frozenset({"avx2"}), openvino=False), candidates(d, frozenset({"avx512_vnni"}), openvino=False)
+    (['fp32', 'int8'], ['int8', 'fp32'])
+    """
+    d = Path(export_dir)
+    f = cpu_features() if features is None else features
+    ov = _openvino_available() if openvino is None else openvino
+    have = {"fp32": (d / MODEL_FILE).is_file(), "int8": (d / INT8_FILE).is_file(),
+            "bf16": (d / PORTABLE_FILE).is_file() and ov and any(x in f for x in BF16)}
+    if "amx_bf16" in f:
+        order = ["bf16", "int8", "fp32"]
+    elif any(x in f for x in VNNI):
+        order = ["int8", "bf16", "fp32"]
+    else:
+        order = ["fp32", "int8", "bf16"]
+    return [p for p in order if have[p]]
+
+
+def _file(export_dir: Path, precision: str) -> Path:
+    return export_dir / {"fp32": MODEL_FILE, "int8": INT8_FILE, "bf16": PORTABLE_FILE}[precision]
+
+
+def _open(precision: str, file: Path, threads: Optional[int], spin: bool = True) -> OnnxEmbedder:
+    if precision == "bf16":
+        return OnnxEmbedder(file, threads=threads, engine="openvino", precision="bf16")
+    return OnnxEmbedder(file, threads=threads, spin=spin)
+
+
+def _speed(emb: OnnxEmbedder, texts: List[str], batch_size: int) -> float:
+    emb.embed(texts[:batch_size], batch_size=batch_size)  # warm-up
+    best = float("inf")
+    for _ in range(PROBE_REPEATS):
+        t0 = time.perf_counter()
+        emb.embed(texts, batch_size=batch_size)
+        best = min(best, time.perf_counter() - t0)
+    return len(texts) / best
+
+
+def choose_precision(export_dir: Union[str, os.PathLike], probe: bool = True, threads: Optional[int] = None,
+                     texts: Optional[Sequence[str]] = None, batch_size: int = 32,
+                     allow: Sequence[str] = PRECISIONS, cache: bool = True) -> Choice:
+    """The precision and engine to embed the export ``export_dir`` with on this CPU.
+
+    ``probe``: measure every candidate on ``texts`` (default: 64 built-in sentences, a few seconds)
+    and take the fastest within its parity gate of the fp32 graph; otherwise the first by CPU
+    features. ``allow`` restricts the precisions considered (e.g. ``("fp32",)`` to force fp32).
+    A candidate that fails to load or to pass its gate is skipped, and the reason kept in
+    ``Choice.measured``. With ``cache`` (and the built-in probe texts) the measured choice is kept
+    in :func:`~fastembed_tune.atomic.cache_dir` ``("precision")`` under a key of the export's files
+    (path, size, mtime), this CPU, the threads and the runtimes' versions, so the probe runs once.
+
+    >>> from fastembed_tune.export import export_onnx                               # doctest: +SKIP
+    >>> c = choose_precision("/tmp/minilm_onnx", threads=2)                        # doctest: +SKIP
+    >>> c.precision in ("bf16", "int8", "fp32"), c.description.startswith("precision: ")  # doctest: +SKIP
+    (True, True)
+    """
+    d = Path(export_dir)
+    if not (d / MODEL_FILE).is_file():
+        raise UserError(f"{d}: no {MODEL_FILE} here (is it an ONNX export directory?)")
+    bad = [p for p in allow if p not in PRECISIONS]
+    if bad or not allow:
+        raise UserError(f"allow must name some of {', '.join(PRECISIONS)}, got {list(allow)!r}")
+    order = [p for p in candidates(d) if p in allow] or ["fp32"]
+    if not probe or order == ["fp32"]:
+        why = "chosen by CPU features" if len(order) > 1 else "the only candidate here"
+        return Choice(order[0], _engine(order[0]), _file(d, order[0]), why, threads=threads)
+    key = _cache_key(d, order, threads, batch_size) if cache and not texts else None
+    cached = _cache_read(key)
+    if cached is not None:
+        return Choice(cached["precision"], _engine(cached["precision"]), _file(d, cached["precision"]),
+                      cached["reason"] + " (measured earlier on this CPU)", cached["measured"], threads)
+    choice = _measure(d, order, threads, list(texts) if texts else _probe_texts(), batch_size)
+    if key is not None:
+        _cache_write(key, {"precision": choice.precision, "reason": choice.reason, "measured": choice.measured})
+    return choice
+
+
+def _measure(d: Path, order: List[str], threads: Optional[int], probe_texts: List[str], batch_size: int) -> Choice:
+    """Every candidate in ``order`` timed on ``probe_texts`` and gated against the fp32 graph."""
+    fp32 = OnnxEmbedder(d / MODEL_FILE, threads=threads)
+    ref = fp32.embed(probe_texts, batch_size=batch_size)
+    measured: Dict[str, Dict] = {"fp32": {"sent_per_s": round(_speed(fp32, probe_texts, batch_size), 1),
+                                          "min_cosine": 1.0}}
+    for p in order:
+        if p == "fp32":
+            continue
+        try:
+            emb = _open(p, _file(d, p), threads)
+            got = emb.embed(probe_texts, batch_size=batch_size, check_finite=False)
+        except UserError as e:
+            measured[p] = {"skipped": str(e)}
+            continue
+        c = cosines(got, ref)
+        worst = float(c.min()) if np.isfinite(c).all() else float("nan")
+        measured[p] = {"sent_per_s": round(_speed(emb, probe_texts, batch_size), 1), "min_cosine": round(worst, 6)}
+        if not worst >= GATES[p]:  # NaN fails too
+            measured[p]["skipped"] = f"min cosine {worst:.5f} to fp32 < {GATES[p]}"
+    ok = {p: m for p, m in measured.items() if "skipped" not in m and p in order}
+    if not ok:
+        why = "; ".join(f"{p}: {m.get('skipped')}" for p, m in measured.items() if p != "fp32")
+        raise UserError(f"{d}: no precision of {', '.join(order)} passed its parity gate here ({why})")
+    best = max(ok, key=lambda p: ok[p]["sent_per_s"])
+    base = measured["fp32"]["sent_per_s"]
+    others = ", ".join(f"{p} {m['sent_per_s']:.0f}" for p, m in measured.items() if p != best and "sent_per_s" in m)
+    why = (f"measured {ok[best]['sent_per_s']:.0f} sent/s, {ok[best]['sent_per_s'] / base:.2f}x fp32"
+           f"{' (' + others + ')' if others else ''}, min cosine {ok[best]['min_cosine']:.5f} to fp32")
+    return Choice(best, _engine(best), _file(d, best), why, measured, threads)
+
+
+def _cache_key(d: Path, order: List[str], threads: Optional[int], batch_size: int) -> str:
+    """What the measured choice depends on: the candidate files, the CPU, threads, runtimes."""
+    import onnxruntime
+
+    files = []
+    for p in order:
+        st = _file(d, p).stat()
+        files.append([p, st.st_size, st.st_mtime_ns])
+    try:
+        import openvino
+        ov = openvino.__version__
+    except ImportError:
+        ov = None
+    what = [str(d.resolve()), files, cpu_description(), threads, batch_size, onnxruntime.__version__, ov, PROBE_REPEATS]
+    return hashlib.sha256(json.dumps(what).encode()).hexdigest()[:32]
+
+
+def _cache_read(key: Optional[str]) -> Optional[Dict]:
+    if key is None:
+        return None
+    try:
+        got = json.loads((cache_dir("precision") / f"{key}.json").read_text())
+        return got if got.get("precision") in PRECISIONS else None
+    except (OSError, ValueError, AttributeError):
+        return None  # no cache, or a damaged one: measure again
+
+
+def _cache_write(key: str, value: Dict) -> None:
+    try:
+        atomic_write(cache_dir("precision") / f"{key}.json", lambda f: f.write(json.dumps(value)))
+    except OSError:
+        pass  # a read-only home: measure again next time
+
+
+def _engine(precision: str) -> str:
+    return "openvino" if precision == "bf16" else "onnxruntime"
+
+
+def _probe_texts() -> List[str]:
+    """64 texts of mixed length: the parity sentences and pairs of them joined."""
+    pairs = [a + " " + b for a, b in zip(TYPICAL_TEXTS, TYPICAL_TEXTS[1:] + TYPICAL_TEXTS[:1])]
+    return (TYPICAL_TEXTS + pairs)[:64] + ["ok"]

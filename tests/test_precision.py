@@ -1,0 +1,144 @@
+"""precision.choose_precision: candidates by CPU features, the measured probe, the parity gates.
+
+A tiny random BERT (MiniLM's tokenizer) is exported once (fp32 + int8 + portable): seconds.
+"""
+import numpy as np
+import pytest
+import torch
+
+from fastembed_tune import precision as P
+from fastembed_tune.errors import UserError
+from fastembed_tune.export import export_onnx
+from fastembed_tune.model import EmbeddingModel
+
+TEXTS = ["ok", "a short sentence", "garbage collection reclaims memory that is no longer reachable"] * 4
+
+
+@pytest.fixture(scope="module")
+def tiny_export(tmp_path_factory):
+    from transformers import BertConfig, BertModel
+
+    d = tmp_path_factory.mktemp("prec")
+    base = EmbeddingModel.load()
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=base.tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2,
+                     num_attention_heads=2, intermediate_size=64, max_position_embeddings=512)
+    EmbeddingModel(BertModel(cfg).eval(), base.tokenizer, "mean", True, 128).save(d / "tiny")
+    export_onnx(d / "tiny", d / "onnx", quantize="int8", optimize=False)
+    return d / "onnx"
+
+
+@pytest.mark.parametrize("features,openvino,want", [
+    ({"avx2", "fma"}, True, ["fp32", "int8"]),  # AVX2-only EPYC: no VNNI, no bf16
+    ({"avx512f", "avx512_vnni", "avx512_bf16"}, True, ["int8", "bf16", "fp32"]),  # Zen 4
+    ({"avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8"}, True, ["bf16", "int8", "fp32"]),  # AMX
+    ({"avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8"}, False, ["int8", "fp32"]),  # no openvino
+])
+def test_candidates_by_features(tiny_export, features, openvino, want):
+    assert P.candidates(tiny_export, frozenset(features), openvino=openvino) == want
+
+
+def test_no_probe_picks_by_features(tiny_export, monkeypatch):
+    monkeypatch.setattr(P, "cpu_features", lambda: frozenset({"avx512_vnni"}))
+    c = P.choose_precision(tiny_export, probe=False)
+    assert (c.precision, c.engine, c.file.name) == ("int8", "onnxruntime", "model_int8.onnx")
+    assert c.description.startswith("precision: int8 (onnxruntime, model_int8.onnx)") and "CPU: " in c.description
+    c = P.choose_precision(tiny_export, probe=False, allow=("fp32",))
+    assert c.precision == "fp32" and c.file.name == "model.onnx"
+
+
+def test_probe_measures_and_gates(tiny_export):
+    c = P.choose_precision(tiny_export, threads=2, texts=TEXTS, batch_size=4)
+    assert c.precision in P.candidates(tiny_export)
+    assert "fp32" in c.measured and c.measured["fp32"]["sent_per_s"] > 0
+    chosen = c.measured[c.precision]
+    assert "skipped" not in chosen and chosen["min_cosine"] >= P.GATES[c.precision]
+    assert all(m.get("sent_per_s", 0) <= chosen["sent_per_s"] for p, m in c.measured.items() if "skipped" not in m)
+    ref = P.choose_precision(tiny_export, probe=False, allow=("fp32",)).load().embed(TEXTS)
+    got = c.load().embed(TEXTS)
+    cosine = (got * ref).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(ref, axis=1)
+    assert cosine.min() >= P.GATES[c.precision]
+
+
+def test_probe_refuses_a_candidate_below_its_gate(tiny_export, monkeypatch):
+    monkeypatch.setitem(P.GATES, "int8", 1.01)  # nothing reaches it: int8 is measured, then skipped
+    c = P.choose_precision(tiny_export, threads=2, texts=TEXTS, batch_size=4, allow=("int8", "fp32"))
+    assert c.precision == "fp32" and "skipped" in c.measured["int8"]
+
+
+def test_bad_arguments(tmp_path, tiny_export):
+    with pytest.raises(UserError, match="no model.onnx"):
+        P.choose_precision(tmp_path)
+    with pytest.raises(UserError, match="allow"):
+        P.choose_precision(tiny_export, allow=("int4",))
+
+
+def test_forced_precision_is_still_gated(tiny_export, monkeypatch):
+    monkeypatch.setitem(P.GATES, "int8", 1.01)
+    with pytest.raises(UserError, match="no precision of int8 passed its parity gate"):
+        P.choose_precision(tiny_export, threads=2, texts=TEXTS, batch_size=4, allow=("int8",))
+
+
+def test_load_embedder_precision(tiny_export):
+    from fastembed_tune.inference import load_embedder
+    from fastembed_tune.model import default_model_path
+
+    e = load_embedder(tiny_export, threads=2, precision="int8")
+    assert e.choice.precision == "int8" and e.model_file.name == "model_int8.onnx"
+    assert e.encode(TEXTS).shape == (len(TEXTS), 32)
+    assert load_embedder(tiny_export, threads=2, precision="auto").choice.description.startswith("precision: ")
+    with pytest.raises(UserError, match="export directory"):
+        load_embedder(default_model_path(), precision="int8")
+    assert type(load_embedder(default_model_path(), precision="auto")).__name__ == "EmbeddingModel"  # as it is
+    assert not hasattr(load_embedder(tiny_export / "model.onnx", precision="auto"), "choice")  # one file: as it is
+    with pytest.raises(UserError, match="precision must be"):
+        load_embedder(tiny_export, precision="int4")
+    with pytest.raises(UserError, match="not both"):
+        load_embedder(tiny_export, int8=True, precision="fp32")
+
+
+def test_unavailable_precision_is_refused_not_replaced(tiny_export, monkeypatch):
+    """--precision bf16 where it cannot run is one clear error, never a silent fp32."""
+    from fastembed_tune.inference import load_embedder
+
+    monkeypatch.setattr(P, "_openvino_available", lambda: False)
+    with pytest.raises(UserError, match="precision bf16 is not available here"):
+        load_embedder(tiny_export, precision="bf16")
+
+
+def test_measured_choice_is_cached_per_export_and_cpu(tiny_export, tmp_path, monkeypatch):
+    monkeypatch.setenv("FASTEMBED_TUNE_CACHE", str(tmp_path / "cache"))
+    first = P.choose_precision(tiny_export, threads=2, batch_size=4)
+    assert len(list((tmp_path / "cache" / "precision").glob("*.json"))) == 1
+
+    def no_probe(*a, **k):
+        raise AssertionError("measured again")
+
+    monkeypatch.setattr(P, "_measure", no_probe)
+    again = P.choose_precision(tiny_export, threads=2, batch_size=4)
+    assert (again.precision, again.measured) == (first.precision, first.measured)
+    assert "measured earlier" in again.reason
+    # another thread count, or other texts, is another measurement
+    with pytest.raises(AssertionError, match="measured again"):
+        P.choose_precision(tiny_export, threads=1, batch_size=4)
+    with pytest.raises(AssertionError, match="measured again"):
+        P.choose_precision(tiny_export, threads=2, batch_size=4, texts=TEXTS)
+    # a damaged cache file is measured again, not trusted
+    for f in (tmp_path / "cache" / "precision").glob("*.json"):
+        f.write_text("{not json")
+    with pytest.raises(AssertionError, match="measured again"):
+        P.choose_precision(tiny_export, threads=2, batch_size=4)
+
+
+def test_cli_embed_prints_the_choice_and_embeds_with_it(tiny_export, tmp_path, capsys):
+    from fastembed_tune.cli import main
+    from fastembed_tune.inference import load_embedder
+
+    (tmp_path / "t.txt").write_text("\n".join(TEXTS) + "\n")
+    assert main(["embed", "--model", str(tiny_export), "-i", str(tmp_path / "t.txt"), "-o",
+                 str(tmp_path / "e.npy"), "--threads", "2", "--quiet"]) == 0
+    line = [x for x in capsys.readouterr().err.splitlines() if x.startswith("precision: ")]
+    assert len(line) == 1 and "CPU: " in line[0]
+    chosen = line[0].split()[1]
+    want = load_embedder(tiny_export, threads=2, precision=chosen).encode(TEXTS)
+    np.testing.assert_allclose(np.load(tmp_path / "e.npy"), want, atol=1e-5)
