@@ -31,7 +31,8 @@ def _cmd_mine(a: argparse.Namespace) -> int:
         init_from_env()
         summary = mine_to_file(pairs, a.output, model, corpus, summary_path=a.summary,
                                num_negatives=a.num_negatives, skip_top=a.skip_top, max_ratio=a.max_ratio,
-                               batch_size=a.batch_size, threads=a.threads, show_progress_bar=not a.quiet)
+                               batch_size=a.batch_size, threads=a.threads, show_progress_bar=not a.quiet,
+                               scan=a.scan)
     if summary is None:  # another rank of a torchrun job: rank 0 reports
         return 0
     print(format_summary(summary))
@@ -316,6 +317,9 @@ def _mine_parser(sub) -> None:
                    help="drop candidates scoring above RATIO x the positive's score (e.g. 0.95)")
     m.add_argument("--batch-size", type=_positive_int, default=64)
     m.add_argument("--threads", type=_nonneg_int, default=0)
+    m.add_argument("--scan", choices=["auto", "fp32", "int8"], default="auto",
+                   help="the top-k scan: int8 candidates + exact fp32 rescoring (the same negatives, faster on "
+                        "VNNI CPUs), fp32, or auto (int8 on VNNI CPUs from 20,000 corpus rows)")
     m.add_argument("--summary", help="also write the summary as JSON to this path")
     m.add_argument("--quiet", action="store_true", help="no progress bars")
     m.add_argument("--nproc", type=_positive_int, default=None, help="shortcut: run under torchrun with N processes")

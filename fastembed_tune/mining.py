@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from .atomic import atomic_write, write_json
 from .data import Pair
 from .distributed import barrier, shard, world
-from .kernels import topk_cosine, unit_rows
+from .kernels import quantize_corpus, topk_cosine, topk_cosine_lowp, unit_rows
 
 HIST_BINS = np.linspace(-0.2, 1.0, 13)
 
@@ -49,6 +49,7 @@ def mine_hard_negatives(
     show_progress_bar: bool = True,
     embeddings: Optional[tuple[np.ndarray, np.ndarray]] = None,
     shard_dir: Optional[str] = None,
+    scan: str = "auto",
 ) -> MiningResult:
     """Fill each pair's ``negatives`` with the closest corpus documents that are not its positives.
 
@@ -69,6 +70,11 @@ def mine_hard_negatives(
             corpus embeddings are computed once, each rank filling its share of the batches of
             one memory-mapped file there, and this rank mines only its contiguous shard of the
             pairs (``MiningResult.pairs`` holds that shard; see ``merge_shards``).
+        scan: ``"fp32"`` (:func:`~fastembed_tune.kernels.topk_cosine`), ``"int8"``
+            (:func:`~fastembed_tune.kernels.topk_cosine_lowp`: an int8 candidate scan, then exact
+            fp32 rescoring; the same negatives, bit for bit) or ``"auto"``: int8 where the CPU has
+            int8 dot-product instructions (VNNI) and the corpus has at least ``LOWP_MIN_ROWS``
+            rows, else fp32. The summary says which ran.
 
     Returns:
         MiningResult with new Pair objects (existing negatives kept first) and a summary dict.
@@ -95,20 +101,47 @@ def mine_hard_negatives(
     pairs, exclude = list(pairs)[rows], ix.exclusions(pairs)[rows]
     pos_ids = np.array([ix.index[p.positive] for p in pairs])
     pos_scores = np.einsum("ij,ij->i", qemb.astype(np.float64), demb[pos_ids].astype(np.float64))
-    scores, ids = topk_cosine(qemb, demb, k, exclude=exclude, skip_top=skip_top,
-                              max_ratio=max_ratio, positive_scores=pos_scores if max_ratio else None,
-                              threads=threads)
+    search = _search(scan, demb, threads)
+    scores, ids = search(qemb, demb, k, exclude=exclude, skip_top=skip_top,
+                         max_ratio=max_ratio, positive_scores=pos_scores if max_ratio else None, threads=threads)
     dropped = pairs_hit = 0
     if max_ratio is not None:
         # The same search without the ratio filter tells how many candidates it removed.
-        s2, _ = topk_cosine(qemb, demb, k, exclude=exclude, skip_top=skip_top, threads=threads)
+        s2, _ = search(qemb, demb, k, exclude=exclude, skip_top=skip_top, threads=threads)
         over = (s2 > (max_ratio * pos_scores)[:, None]) & np.isfinite(s2)
         dropped, pairs_hit = int(over.sum()), int(over.any(1).sum())
     out = [Pair(p.query, p.positive, list(dict.fromkeys(list(p.negatives) + [ix.docs[j] for j in ids[r] if j >= 0])),
                 p.source) for r, p in enumerate(pairs)]
     summary = _summary(scores, ids, pos_scores, len(ix.docs), ix.added if corpus is not None else 0, num_negatives,
                        skip_top, max_ratio, dropped, pairs_hit)
+    summary["scan"] = search.name
     return MiningResult(out, summary)
+
+
+LOWP_MIN_ROWS = 20_000  # below this the fp32 scan takes well under a second and quantising costs as much
+_VNNI = ("avx512_vnni", "avx_vnni", "amx_int8")
+
+
+def _search(scan: str, corpus: np.ndarray, threads: int):
+    """The top-k function ``scan`` names (see :func:`mine_hard_negatives`), with a ``.name``; the int8
+    one quantises ``corpus`` once and reuses it for every call."""
+    if scan not in ("auto", "fp32", "int8"):
+        raise ValueError(f"scan must be 'auto', 'fp32' or 'int8', got {scan!r}")
+    if scan == "auto":
+        from .cpu import cpu_features
+
+        fast = any(f in cpu_features() for f in _VNNI)
+        scan = "int8" if fast and len(corpus) >= LOWP_MIN_ROWS else "fp32"
+    if scan == "fp32":
+        def search(*a, **k):
+            return topk_cosine(*a, **k)
+    else:
+        quantized = quantize_corpus(corpus, threads=threads)
+
+        def search(*a, **k):
+            return topk_cosine_lowp(*a, quantized=quantized, **k)
+    search.name = "int8 candidates + fp32 rescoring" if scan == "int8" else "fp32"
+    return search
 
 
 def _summary(scores: np.ndarray, ids: np.ndarray, pos_scores: np.ndarray, corpus_size: int, added: int,

@@ -25,8 +25,9 @@ def brute(qemb, demb, excl, k, skip, upper):
     return out
 
 
+@pytest.mark.parametrize("scan", ["fp32", "int8"])
 @pytest.mark.parametrize("skip,ratio", [(0, None), (2, None), (0, 0.9), (1, 0.8)])
-def test_matches_brute_force(skip, ratio):
+def test_matches_brute_force(skip, ratio, scan):
     rng = np.random.default_rng(0)
     docs = [f"doc {i}" for i in range(60)]
     pairs = [Pair(f"q{i % 25}", docs[(3 * i) % 60]) for i in range(40)]  # repeated queries: several positives
@@ -34,7 +35,8 @@ def test_matches_brute_force(skip, ratio):
     for i, p in enumerate(pairs):  # same query text -> same embedding
         qemb[i] = qemb[int(p.query[1:])]
     res = mine_hard_negatives(pairs, corpus=docs, num_negatives=4, skip_top=skip, max_ratio=ratio,
-                              embeddings=(qemb, demb), show_progress_bar=False)
+                              embeddings=(qemb, demb), show_progress_bar=False, scan=scan)
+    assert res.summary["scan"].startswith(scan)
     pos_ids = {}
     for p in pairs:
         pos_ids.setdefault(p.query, set()).add(docs.index(p.positive))
@@ -48,6 +50,36 @@ def test_matches_brute_force(skip, ratio):
         assert got.negatives == [docs[j] for j in w]
         assert not set(got.negatives) & {docs[j] for j in pos_ids[p.query]}
     assert res.summary["pairs"] == 40
+
+
+def test_int8_scan_mines_the_same_negatives_on_near_ties(monkeypatch):
+    """Corpus rows that differ by less than the int8 step (near-ties) and exact duplicates: the
+    int8 candidate scan + fp32 rescoring mines exactly what the fp32 scan mines, summary included;
+    ``auto`` takes it on a VNNI CPU from ``LOWP_MIN_ROWS`` rows."""
+    from fastembed_tune import cpu, mining
+
+    rng = np.random.default_rng(7)
+    base = unit(rng, 50, 32)
+    demb = np.concatenate([base, base + 1e-4 * rng.standard_normal(base.shape).astype(np.float32), base[:10]])
+    demb = (demb / np.linalg.norm(demb, axis=1, keepdims=True)).astype(np.float32)
+    docs = [f"d{i}" for i in range(len(demb))]
+    pairs = [Pair(f"q{i}", docs[i]) for i in range(30)]
+    qemb = (base[:30] + 0.3 * unit(rng, 30, 32)).astype(np.float32)
+    qemb /= np.linalg.norm(qemb, axis=1, keepdims=True)
+    got = {scan: mine_hard_negatives(pairs, corpus=docs, num_negatives=6, max_ratio=0.99, embeddings=(qemb, demb),
+                                     show_progress_bar=False, scan=scan) for scan in ("fp32", "int8")}
+    assert [p.negatives for p in got["int8"].pairs] == [p.negatives for p in got["fp32"].pairs]
+    assert {k: v for k, v in got["int8"].summary.items() if k != "scan"} == \
+        {k: v for k, v in got["fp32"].summary.items() if k != "scan"}
+    monkeypatch.setattr(cpu, "cpu_features", lambda: frozenset({"avx512_vnni"}))
+    monkeypatch.setattr(mining, "LOWP_MIN_ROWS", len(demb))
+    auto = mine_hard_negatives(pairs, corpus=docs, num_negatives=6, embeddings=(qemb, demb), show_progress_bar=False)
+    assert auto.summary["scan"].startswith("int8")
+    monkeypatch.setattr(mining, "LOWP_MIN_ROWS", len(demb) + 1)
+    auto = mine_hard_negatives(pairs, corpus=docs, num_negatives=6, embeddings=(qemb, demb), show_progress_bar=False)
+    assert auto.summary["scan"] == "fp32"
+    with pytest.raises(ValueError, match="scan must be"):
+        mine_hard_negatives(pairs, corpus=docs, embeddings=(qemb, demb), show_progress_bar=False, scan="bf16")
 
 
 def test_max_ratio_summary_counts_dropped():
