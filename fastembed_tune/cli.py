@@ -92,7 +92,7 @@ def _cmd_eval(a: argparse.Namespace) -> int:
     models = [load_embedder(path, precision=a.precision) for path in a.model or [None]]  # all checked before any work
     for m in models:
         if getattr(m, "choice", None) is not None:
-            print(f"{m.choice.file}: {m.choice.description}", file=sys.stderr)
+            print(f"{m.choice.file}: {m.choice.description}")
     with output_lock(a.output) if a.output else nullcontext():
         return _eval_locked(a, evalset, models)
 
@@ -179,7 +179,7 @@ def _cmd_embed(a: argparse.Namespace) -> int:
     with output_lock(a.output):
         emb = embed_file_texts(a.model, list(docs.values()), batch_size=a.batch_size, threads=a.threads,
                                int8=a.int8, show_progress_bar=not a.quiet, precision=a.precision,
-                               log=lambda line: print(line, file=sys.stderr))
+                               log=print)
         if adapter is not None:
             emb = adapter.apply(emb, a.adapter_side)
         write_embeddings(a.output, list(docs), emb)

@@ -137,7 +137,7 @@ def test_cli_embed_prints_the_choice_and_embeds_with_it(tiny_export, tmp_path, c
     (tmp_path / "t.txt").write_text("\n".join(TEXTS) + "\n")
     assert main(["embed", "--model", str(tiny_export), "-i", str(tmp_path / "t.txt"), "-o",
                  str(tmp_path / "e.npy"), "--threads", "2", "--quiet"]) == 0
-    line = [x for x in capsys.readouterr().err.splitlines() if x.startswith("precision: ")]
+    line = [x for x in capsys.readouterr().out.splitlines() if x.startswith("precision: ")]
     assert len(line) == 1 and "CPU: " in line[0]
     chosen = line[0].split()[1]
     want = load_embedder(tiny_export, threads=2, precision=chosen).encode(TEXTS)
