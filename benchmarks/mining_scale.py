@@ -68,10 +68,10 @@ def main() -> None:
     t0 = time.perf_counter()
     with PeakRSS() as mq:
         if not os.path.exists(qpath):
-            quantize_corpus(x, threads=threads).save(qpath)
+            quantize_corpus(x, threads=threads, out=qpath)  # block by block into memory-mapped files
     t_quant = time.perf_counter() - t0
     qc = QuantizedCorpus.load(qpath)  # memory-mapped
-    print(f"quantize_corpus + save (once per corpus): {t_quant:.2f} s, +{mq.extra / 2**20:.0f} MiB; "
+    print(f"quantize_corpus to disk (once per corpus): {t_quant:.2f} s, +{mq.extra / 2**20:.0f} MiB; "
           f"int8 corpus {qc.nbytes / 2**20:.0f} MiB")
 
     rows, results, notes = [], {}, {}

@@ -81,15 +81,16 @@ def unit_rows(x: Any) -> np.ndarray:
     return np.ascontiguousarray(x / np.maximum(norms, 1e-12), dtype=np.float32)
 
 
-def _check_rows(x: np.ndarray, name: str, normalized: bool, threads: int) -> None:
+def _check_rows(x: np.ndarray, name: str, normalized: bool, threads: int, offset: int = 0) -> None:
+    """NaN/Inf and (``normalized``) non-unit rows refused; ``offset``: x's first row in the whole."""
     r = _native.check_rows(x, 1e-2 if normalized else -1.0, threads)
     if r["nonfinite_row"] >= 0:
         v = x[r["nonfinite_row"], r["nonfinite_col"]]
         raise ValueError(
-            f"{name} row {r['nonfinite_row']} column {r['nonfinite_col']} is {v}; embeddings must be finite")
+            f"{name} row {r['nonfinite_row'] + offset} column {r['nonfinite_col']} is {v}; embeddings must be finite")
     if r["badnorm_row"] >= 0:
         raise ValueError(
-            f"{name} row {r['badnorm_row']} has L2 norm {r['badnorm']:.4g}, not 1: cosine top-k needs "
+            f"{name} row {r['badnorm_row'] + offset} has L2 norm {r['badnorm']:.4g}, not 1: cosine top-k needs "
             f"L2-normalised rows (divide by np.linalg.norm(x, axis=1, keepdims=True)), or pass "
             f"normalized=False for a raw inner-product search")
 
@@ -422,8 +423,18 @@ def available_lowp() -> list[str]:
     return list(_native.available_lowp())
 
 
-def quantize_corpus(corpus: ArrayLike, *, normalized: bool = True, threads: int = 0) -> QuantizedCorpus:
+LOWP_PANEL = 16  # rows per packed panel of the int8 codes (csrc/lowp.h kLowpPanel)
+
+
+def quantize_corpus(corpus: ArrayLike, *, normalized: bool = True, threads: int = 0,
+                    out: Optional[str] = None, block_rows: int = 1 << 18) -> QuantizedCorpus:
     """Quantises float32 rows ``[N, d]`` for :func:`topk_cosine_lowp` (one pass, multithreaded).
+
+    With ``out`` (a folder path) the corpus is read and quantised ``block_rows`` rows at a time
+    straight into memory-mapped files there (written under a temporary name, then renamed): a
+    memory-mapped corpus larger than RAM is quantised in bounded memory, each block's pages released
+    once read (``madvise(MADV_DONTNEED)``), and the result returned memory-mapped, the same
+    :class:`QuantizedCorpus` that ``quantize_corpus(corpus).save(out)`` would write.
 
     >>> x = np.eye(4, dtype=np.float32)
     >>> qc = quantize_corpus(x); (qc.N, qc.d, qc.codes.dtype.name)
@@ -436,9 +447,73 @@ def quantize_corpus(corpus: ArrayLike, *, normalized: bool = True, threads: int 
         raise ValueError(f"the int8 scan supports dimensions up to 65536, got {x.shape[1]}")
     if x.shape[0] >= 2**31:
         raise ValueError(f"the int8 scan supports up to 2^31 - 1 rows, got {x.shape[0]}")
+    if out is not None:
+        return _quantize_to_disk(x, out, normalized, int(threads), block_rows)
     _check_rows(x, "corpus", normalized, threads)
     codes, colsum, scale, nx, ex = _native.quantise_corpus(x, int(threads))
     return QuantizedCorpus(codes, colsum, scale, nx, ex, x.shape[0], x.shape[1], _fingerprint(x))
+
+
+def _release(a: np.ndarray) -> None:
+    """Drop a memory-mapped array's pages from this process (they stay in the page cache)."""
+    import mmap
+
+    m = getattr(a, "_mmap", None)
+    if m is None and isinstance(getattr(a, "base", None), np.memmap):
+        m = getattr(a.base, "_mmap", None)
+    if m is not None and hasattr(m, "madvise"):
+        try:
+            m.madvise(mmap.MADV_DONTNEED)
+        except (OSError, ValueError):
+            pass  # advice only
+
+
+def _quantize_to_disk(x: np.ndarray, out: str, normalized: bool, threads: int, block_rows: int) -> QuantizedCorpus:
+    """:func:`quantize_corpus` block by block into memory-mapped .npy files in ``out``."""
+    import json
+    import os
+    import shutil
+    import tempfile
+
+    if isinstance(block_rows, bool) or not isinstance(block_rows, (int, np.integer)) or block_rows < LOWP_PANEL:
+        raise ValueError(f"block_rows must be an integer >= {LOWP_PANEL}, got {block_rows!r}")
+    block = int(block_rows) // LOWP_PANEL * LOWP_PANEL  # whole panels: blocks concatenate exactly
+    N, d = x.shape
+    npad, dpad = -(-N // LOWP_PANEL) * LOWP_PANEL, -(-d // 4) * 4
+    out = os.fspath(out)
+    parent = os.path.dirname(os.path.abspath(out))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".qcorpus-", dir=parent)
+    try:
+        shapes = {"codes": ((npad * dpad,), np.int8), "colsum": ((npad,), np.int32), "scale": ((npad,), np.float32),
+                  "nx": ((npad,), np.float32), "ex": ((npad,), np.float32)}
+        arrays = {f: np.lib.format.open_memmap(os.path.join(tmp, f + ".npy"), mode="w+", dtype=t, shape=sh)
+                  for f, (sh, t) in shapes.items()}
+        for b in range(0, N, block):
+            rows = np.ascontiguousarray(x[b:b + block])
+            _check_rows(rows, "corpus", normalized, threads, offset=b)
+            parts = _native.quantise_corpus(rows, threads)
+            n = len(parts[1]) if b + block < N else npad - b  # the last block carries the padding rows
+            for f, part in zip(QuantizedCorpus._FIELDS, parts):
+                per = dpad if f == "codes" else 1
+                arrays[f][b * per:(b + n) * per] = part[:n * per]
+            del rows, parts
+            _release(x)
+            for a in arrays.values():
+                a.flush()
+                _release(a)
+        for a in arrays.values():
+            a.flush()
+        del arrays
+        with open(os.path.join(tmp, "meta.json"), "w") as fh:
+            json.dump({"N": N, "d": d, "fingerprint": _fingerprint(x), "format": 1}, fh)
+        if os.path.exists(out):
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return QuantizedCorpus.load(out)
 
 
 def topk_cosine_lowp(

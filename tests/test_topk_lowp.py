@@ -117,6 +117,33 @@ def test_quantized_corpus_reuse_save_load_memmap(tmp_path):
     assert isinstance(ti, torch.Tensor) and np.array_equal(ti.numpy(), i) and np.array_equal(ts.numpy(), s)
 
 
+@pytest.mark.parametrize("N,block", [(1000, 16), (1000, 100), (1003, 64), (17, 1 << 18), (16, 16)])
+def test_quantize_to_disk_in_blocks_equals_in_memory(tmp_path, N, block):
+    """A memory-mapped corpus quantised block by block into files equals the in-memory quantisation
+    field by field (padding rows included), and the scan over it equals the fp32 top-k."""
+    rng = np.random.default_rng(N + block)
+    x = unit(rng, N, 40)
+    np.save(tmp_path / "x.npy", x)
+    xm = np.load(tmp_path / "x.npy", mmap_mode="r")
+    whole = kernels.quantize_corpus(x)
+    disk = kernels.quantize_corpus(xm, out=str(tmp_path / "qc"), block_rows=block)
+    assert isinstance(disk.codes, np.memmap) and (disk.N, disk.d, disk.fingerprint) == (whole.N, whole.d, whole.fingerprint)
+    for f in kernels.QuantizedCorpus._FIELDS:
+        np.testing.assert_array_equal(np.asarray(getattr(disk, f)), getattr(whole, f), err_msg=f)
+    same(unit(rng, 7, 40), xm, min(5, N), "auto", quantized=disk)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".qcorpus-")]  # no temp folder left
+
+
+def test_quantize_to_disk_refuses_bad_rows_and_leaves_nothing(tmp_path):
+    x = unit(np.random.default_rng(0), 100, 8)
+    x[70, 3] = np.nan
+    with pytest.raises(ValueError, match="corpus row 70 column 3"):
+        kernels.quantize_corpus(x, out=str(tmp_path / "qc"), block_rows=32)
+    with pytest.raises(ValueError, match="block_rows"):
+        kernels.quantize_corpus(unit(np.random.default_rng(0), 10, 8), out=str(tmp_path / "qc"), block_rows=8)
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("threads", [1, 2, 3])
 def test_thread_layouts(threads):
     rng = np.random.default_rng(7)
