@@ -319,7 +319,7 @@ def _mine_parser(sub) -> None:
     m.add_argument("--threads", type=_nonneg_int, default=0)
     m.add_argument("--scan", choices=["auto", "fp32", "int8"], default="auto",
                    help="the top-k scan: int8 candidates + exact fp32 rescoring (the same negatives, faster on "
-                        "VNNI CPUs), fp32, or auto (int8 on VNNI CPUs from 20,000 corpus rows)")
+                        "VNNI/AVX2 CPUs), fp32, or auto (int8 on VNNI or AVX2 CPUs from 20,000 corpus rows)")
     m.add_argument("--summary", help="also write the summary as JSON to this path")
     m.add_argument("--quiet", action="store_true", help="no progress bars")
     m.add_argument("--nproc", type=_positive_int, default=None, help="shortcut: run under torchrun with N processes")

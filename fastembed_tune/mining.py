@@ -73,8 +73,8 @@ def mine_hard_negatives(
         scan: ``"fp32"`` (:func:`~fastembed_tune.kernels.topk_cosine`), ``"int8"``
             (:func:`~fastembed_tune.kernels.topk_cosine_lowp`: an int8 candidate scan, then exact
             fp32 rescoring; the same negatives, bit for bit) or ``"auto"``: int8 where the CPU has
-            int8 dot-product instructions (VNNI) and the corpus has at least ``LOWP_MIN_ROWS``
-            rows, else fp32. The summary says which ran.
+            int8 dot products (VNNI or AVX2) and the corpus has at least ``LOWP_MIN_ROWS`` rows,
+            else fp32. The summary says which ran.
 
     Returns:
         MiningResult with new Pair objects (existing negatives kept first) and a summary dict.
@@ -119,7 +119,8 @@ def mine_hard_negatives(
 
 
 LOWP_MIN_ROWS = 20_000  # below this the fp32 scan takes well under a second and quantising costs as much
-_VNNI = ("avx512_vnni", "avx_vnni", "amx_int8")
+# int8 dot products: VNNI, or AVX2's pmaddubsw (forced AVX2 paths on a Zen 4, 100k x 1024: int8 1.45-1.64x fp32)
+_INT8_DOT = ("avx512_vnni", "avx_vnni", "amx_int8", "avx2")
 
 
 def _search(scan: str, corpus: np.ndarray, threads: int):
@@ -130,7 +131,7 @@ def _search(scan: str, corpus: np.ndarray, threads: int):
     if scan == "auto":
         from .cpu import cpu_features
 
-        fast = any(f in cpu_features() for f in _VNNI)
+        fast = any(f in cpu_features() for f in _INT8_DOT)
         scan = "int8" if fast and len(corpus) >= LOWP_MIN_ROWS else "fp32"
     if scan == "fp32":
         def search(*a, **k):
