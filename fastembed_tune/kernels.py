@@ -7,7 +7,7 @@ take a pure-torch path with the same maths and the same API.
 """
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Callable, Optional, Sequence, Union
 
 import numpy as np
 
@@ -367,25 +367,14 @@ class QuantizedCorpus:
 
     def save(self, path) -> None:
         """Writes a folder of .npy files (+ meta.json) under a temporary name, then renames it."""
-        import json
         import os
-        import shutil
-        import tempfile
 
-        path = os.fspath(path)
-        parent = os.path.dirname(os.path.abspath(path))
-        tmp = tempfile.mkdtemp(prefix=".qcorpus-", dir=parent)
-        try:
+        def fill(tmp: str) -> "QuantizedCorpus":
             for f in self._FIELDS:
                 np.save(os.path.join(tmp, f + ".npy"), getattr(self, f))
-            with open(os.path.join(tmp, "meta.json"), "w") as fh:
-                json.dump({"N": self.N, "d": self.d, "fingerprint": self.fingerprint, "format": 1}, fh)
-            if os.path.exists(path):
-                shutil.rmtree(path)
-            os.replace(tmp, path)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+            return self
+
+        _commit_qcorpus(path, fill)
 
     @classmethod
     def load(cls, path, mmap: bool = True) -> "QuantizedCorpus":
@@ -468,23 +457,43 @@ def _release(a: np.ndarray) -> None:
             pass  # advice only
 
 
-def _quantize_to_disk(x: np.ndarray, out: str, normalized: bool, threads: int, block_rows: int) -> QuantizedCorpus:
-    """:func:`quantize_corpus` block by block into memory-mapped .npy files in ``out``."""
+def _commit_qcorpus(path, fill: Callable[[str], "QuantizedCorpus"]) -> None:
+    """``fill(tmp)`` writes the arrays into a temporary folder beside ``path`` and returns what
+    describes them (N, d, fingerprint); meta.json is added and the folder renamed to ``path``
+    (replacing an older one); on any error the temporary folder goes and ``path`` is untouched."""
     import json
     import os
     import shutil
     import tempfile
+
+    path = os.fspath(path)
+    parent = os.path.dirname(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".qcorpus-", dir=parent)
+    try:
+        what = fill(tmp)
+        with open(os.path.join(tmp, "meta.json"), "w") as fh:
+            json.dump({"N": what.N, "d": what.d, "fingerprint": what.fingerprint, "format": 1}, fh)
+        if os.path.exists(path):
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _quantize_to_disk(x: np.ndarray, out: str, normalized: bool, threads: int, block_rows: int) -> QuantizedCorpus:
+    """:func:`quantize_corpus` block by block into memory-mapped .npy files in ``out``."""
+    import os
+    from types import SimpleNamespace
 
     if isinstance(block_rows, bool) or not isinstance(block_rows, (int, np.integer)) or block_rows < LOWP_PANEL:
         raise ValueError(f"block_rows must be an integer >= {LOWP_PANEL}, got {block_rows!r}")
     block = int(block_rows) // LOWP_PANEL * LOWP_PANEL  # whole panels: blocks concatenate exactly
     N, d = x.shape
     npad, dpad = -(-N // LOWP_PANEL) * LOWP_PANEL, -(-d // 4) * 4
-    out = os.fspath(out)
-    parent = os.path.dirname(os.path.abspath(out))
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".qcorpus-", dir=parent)
-    try:
+
+    def fill(tmp: str):
         shapes = {"codes": ((npad * dpad,), np.int8), "colsum": ((npad,), np.int32), "scale": ((npad,), np.float32),
                   "nx": ((npad,), np.float32), "ex": ((npad,), np.float32)}
         arrays = {f: np.lib.format.open_memmap(os.path.join(tmp, f + ".npy"), mode="w+", dtype=t, shape=sh)
@@ -504,15 +513,9 @@ def _quantize_to_disk(x: np.ndarray, out: str, normalized: bool, threads: int, b
                 _release(a)
         for a in arrays.values():
             a.flush()
-        del arrays
-        with open(os.path.join(tmp, "meta.json"), "w") as fh:
-            json.dump({"N": N, "d": d, "fingerprint": _fingerprint(x), "format": 1}, fh)
-        if os.path.exists(out):
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        return SimpleNamespace(N=N, d=d, fingerprint=_fingerprint(x))
+
+    _commit_qcorpus(out, fill)
     return QuantizedCorpus.load(out)
 
 
