@@ -596,7 +596,14 @@ def topk_cosine_lowp(
         if (quantized.N, quantized.d) != (N, d) or quantized.fingerprint != _fingerprint(x):
             raise ValueError(f"quantized was made from another corpus (shape {quantized.N} x {quantized.d}, "
                              f"corpus {N} x {d}); run quantize_corpus(corpus) again")
-        _check_rows(x, "corpus", normalized, threads)
+        # quantize_corpus refused NaN/Inf rows already; the row norms it kept (nx) check normalisation
+        # without another pass over the fp32 corpus (which may be far larger than RAM)
+        nx = np.asarray(quantized.nx[:N])
+        bad = np.flatnonzero(~np.isfinite(nx) | ((np.abs(nx - 1.0) > 1e-2) if normalized else False))
+        if bad.size:
+            raise ValueError(f"corpus row {bad[0]} has L2 norm {nx[bad[0]]:.4g}, not 1: cosine top-k needs "
+                             f"L2-normalised rows (divide by np.linalg.norm(x, axis=1, keepdims=True)), or pass "
+                             f"normalized=False for a raw inner-product search")
     if not normalized and (float(np.max(quantized.nx)) > 1e15 or float(np.max(np.abs(q))) > 1e15):
         # Scores near float32 overflow: the error bound would be infinite; the exact scan is as fast.
         out = topk_cosine(queries, corpus, k, exclude=exclude, skip_top=skip_top, max_ratio=max_ratio,

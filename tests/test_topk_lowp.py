@@ -196,3 +196,16 @@ def test_unnormalised_and_zero_rows():
     q[3] = 0
     for scan in SCANS:
         same(q, x, 7, scan, normalized=False, skip_top=1)
+
+
+def test_precomputed_quantized_corpus_still_refuses_unnormalised_rows():
+    """With ``quantized`` given the fp32 corpus is not read again in full: the row norms kept at
+    quantisation time refuse a non-unit row under normalized=True, naming it."""
+    rng = np.random.default_rng(3)
+    x = unit(rng, 50, 16)
+    x[17] *= 3.0
+    qc = kernels.quantize_corpus(x, normalized=False)
+    with pytest.raises(ValueError, match="corpus row 17 has L2 norm 3"):
+        kernels.topk_cosine_lowp(unit(rng, 2, 16), x, 5, quantized=qc)
+    s, i = kernels.topk_cosine_lowp(unit(rng, 2, 16), x, 5, quantized=qc, normalized=False)
+    assert i.shape == (2, 5)
