@@ -11,7 +11,10 @@ at 128 tokens).
 Prints the CPU, then a table (kept layers, epochs chosen / run, distil seconds, validation ratio,
 test nDCG@10, ratio to the teacher) and writes it as JSON (``--results``). The layer count to ship is
 the smallest whose validation nDCG@10 keeps ``--keep`` of the teacher's (never the test set).
-``--baseline`` adds the MSE-only, 1-epoch student ``run`` makes today.
+``--baseline`` adds the MSE-only, 1-epoch student ``run`` makes today. ``--corpus full`` distils on
+every corpus document (and pseudo-queries cut from each), test-relevant ones included: the corpus is
+unlabeled text a user deploys over, so this uses no test label (no qrel; a pseudo-query that happens
+to spell a test query is dropped; the validation split and its distractors stay leak-free).
 """
 from __future__ import annotations
 
@@ -39,6 +42,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--contrastive-weight", type=float, default=0.0,
                     help="0: MSE only; 1e-3 pulls about as hard as the per-element MSE at the start (d = 384), "
                          "and on the sample cost 0.07x of the teacher's test nDCG@10 (3 layers, 3 epochs)")
+    ap.add_argument("--corpus", choices=("leakfree", "full"), default="leakfree",
+                    help="documents to distil on: the corpus minus every test-relevant document, or all of it")
     ap.add_argument("--pseudo-per-doc", type=int, default=1, help="pseudo-queries cut from each document")
     ap.add_argument("--msl", type=int, default=128, help="max_seq_length while distilling")
     ap.add_argument("--keep", type=float, default=0.95, help="validation ratio the shipped layer count keeps")
@@ -112,8 +117,12 @@ def main(argv=None) -> None:
     teacher.max_seq_length = 128
     n_layers = teacher.transformer.config.num_hidden_layers
     t_val, t_test = a.teacher_scores or (validation.score(teacher), score_test(a.teacher, ev))
-    texts = distillation_texts(fit, corpus, pseudo_per_doc=a.pseudo_per_doc, seed=a.seed)
-    plain = distillation_texts(fit, corpus)
+    docs = list(dict.fromkeys(ev.corpus.values())) if a.corpus == "full" else corpus
+    texts = distillation_texts(fit, docs, pseudo_per_doc=a.pseudo_per_doc, seed=a.seed)
+    plain = distillation_texts(fit, docs)
+    if a.corpus == "full":  # a pseudo-query may happen to spell a test query ("interface"): drop those
+        test_queries = set(ev.queries.values())
+        texts, plain = ([t for t in ts if t not in test_queries] for ts in (texts, plain))
     teacher.max_seq_length = a.msl  # the teacher's targets, computed once for every student
     every = list(dict.fromkeys(texts + plain))
     t0 = time.perf_counter()
@@ -124,8 +133,8 @@ def main(argv=None) -> None:
     print(cpu_description(), f"torch {torch.__version__}, {torch.get_num_threads()} threads", flush=True)
     print(f"teacher {a.teacher}: {n_layers} layers, validation nDCG@10 {t_val:.4f} ({len(val)} queries), "
           f"test nDCG@10 {t_test:.4f} ({len(ev.qrels)} queries); {len(texts)} distillation texts "
-          f"({a.pseudo_per_doc} pseudo-queries per document), {len(fit)} training pairs; teacher targets "
-          f"{teacher_s:.0f} s", flush=True)
+          f"({a.pseudo_per_doc} pseudo-queries per document, {a.corpus} corpus: {len(docs)} documents), "
+          f"{len(fit)} training pairs; teacher targets {teacher_s:.0f} s", flush=True)
 
     plans = [(f"l{k}", k, spread_layers(n_layers, k), texts, dict(
         epochs=a.epochs, lr=a.lr, per_epoch=True, patience=a.patience,

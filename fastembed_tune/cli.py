@@ -69,7 +69,13 @@ def _cmd_train(a: argparse.Namespace) -> int:
     from .train import TrainConfig, train
 
     check_output(a.output, "dir")
-    pairs = read_pairs(a.pairs)
+    if a.stream:
+        from .stream import PairStream
+
+        pairs = PairStream(a.pairs, window=a.stream_window, validation_share=a.validation_share, seed=a.seed,
+                           show_progress_bar=not a.quiet)
+    else:
+        pairs = read_pairs(a.pairs)
     cfg = TrainConfig(output_dir=a.output, model=a.model, epochs=a.epochs, max_steps=a.max_steps,
                       batch_size=a.batch_size, lr=a.lr, warmup_ratio=a.warmup_ratio, seed=a.seed, loss=a.loss,
                       scale=a.scale, symmetric=a.symmetric, mini_batch_size=a.mini_batch_size, num_negatives=a.num_negatives,
@@ -226,7 +232,8 @@ def add_precision_arg(p: argparse.ArgumentParser) -> None:
     """
     p.add_argument("--precision", choices=list(PRECISIONS), default="auto",
                    help="auto: bf16 autocast where the hardware has it (CUDA, AVX512-BF16/AMX CPUs), else fp32; "
-                        "evaluation is always fp32")
+                        "for the training steps and for the PyTorch models' embeddings (validation, and run's "
+                        "evaluations); ONNX graphs always run as exported")
 
 
 def add_export_precision_arg(p: argparse.ArgumentParser) -> None:
@@ -342,6 +349,11 @@ def _train_parser(sub) -> None:
     t.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in OUTPUT")
     t.add_argument("--replay", help="old training data mixed in so the old domain is not forgotten")
     t.add_argument("--replay-ratio", type=float, default=0.0)
+    t.add_argument("--stream", action="store_true",
+                   help="read --pairs (.jsonl or .parquet) window by window, never the whole file in memory: an "
+                        "epoch visits the windows in a seeded order and shuffles within each; resume stays exact")
+    t.add_argument("--stream-window", type=_positive_int, default=100_000,
+                   help="pairs per window with --stream (in-batch negatives come from the same window)")
     t.add_argument("--max-seq-length", type=_positive_int, default=None)
     t.add_argument("--nproc", type=_positive_int, default=None, help="shortcut: run under torchrun with N processes")
     t.set_defaults(func=_cmd_train)

@@ -13,6 +13,7 @@ import os
 import sys
 import time
 import weakref
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -26,6 +27,7 @@ from .export import export_onnx
 from .forgetting import choose_alpha, relative_forgetting
 from .gate import compare, describe, mean_ci, significant_gain
 from .inference import INT8_FILE, OnnxEmbedder
+from .loop import use_bf16
 from .mining import format_summary, leakfree_corpus, mine_hard_negatives, negatives_warning, write_pairs_jsonl
 from .model import EmbeddingModel
 from .store import EmbeddingCache
@@ -84,6 +86,32 @@ class RunConfig:
     max_forgetting: Optional[float] = 0.03  # relative guard loss allowed; else interpolate with the base (None: off)
 
 
+class StageClock:
+    """Wall seconds by stage, in the order the stages first ran (a stage timed twice adds up).
+
+    >>> clock = StageClock()
+    >>> with clock("mining"):
+    ...     pass
+    >>> list(clock.seconds), clock.line().startswith("- time by stage: mining 0 s")
+    (['mining'], True)
+    """
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, stage: str):
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - t0
+
+    def line(self) -> str:
+        """The report's line: every stage and its seconds."""
+        return "- time by stage: " + ", ".join(f"{k} {v:.0f} s" for k, v in self.seconds.items())
+
+
 def guard_paths() -> dict[str, str]:
     """The forgetting guard: general-English word -> definition retrieval from WordNet, a source and
     domain the sample does not use (see ``guard_data/README.md``).
@@ -125,32 +153,38 @@ def run_pipeline(output_dir: str, log=print, **settings) -> dict:
 
 def _run(c: RunConfig, out: Path, log, t_start: float) -> dict:
     """The stages, in order, once the output folder is locked."""
+    clock = StageClock()
     train_pairs, evalset, drep = _load_data(c, log)
-    base_model, base, own_len = _embedder(c.model, c.max_seq_length)
-    m_base = evaluate(base, evalset, show_progress_bar=c.show_progress_bar)
+    base_model, base, own_len = _embedder(c.model, c.max_seq_length, c.bf16)
+    with clock("base evaluation"):
+        m_base = evaluate(base, evalset, show_progress_bar=c.show_progress_bar)
     log(f"base nDCG@10 = {m_base['metrics']['ndcg@10']:.4f}")
     guard = _guard_set() if c.guard else None
-    guard_base = evaluate(base, guard) if guard else None  # now: training changes base_model in place
+    with clock("guard"):
+        guard_base = evaluate(base, guard) if guard else None  # now: training changes base_model in place
 
     corpus = leakfree_corpus(evalset)  # never a test document: mining, validation, distillation, calibration
-    mined = mine_hard_negatives(train_pairs, base, corpus=corpus,
-                                num_negatives=max(1, c.num_negatives), skip_top=c.skip_top, max_ratio=c.max_ratio,
-                                show_progress_bar=c.show_progress_bar)
+    with clock("mining"):
+        mined = mine_hard_negatives(train_pairs, base, corpus=corpus,
+                                    num_negatives=max(1, c.num_negatives), skip_top=c.skip_top,
+                                    max_ratio=c.max_ratio, show_progress_bar=c.show_progress_bar)
     _check_mining(c, mined.summary, len(train_pairs), log)
     write_pairs_jsonl(mined.pairs, str(out / "mined.jsonl"))
 
     base_model.max_seq_length = own_len  # what the saved fine-tuned model will carry
     fit, val_pairs = split_validation(mined.pairs if c.num_negatives > 0 else train_pairs, c.validation_share, 500,
                                       c.seed, avoid=set(evalset.queries.values()))
-    tsum = train(fit, TrainConfig(
-        output_dir=str(out / "train"), epochs=c.epochs, max_steps=c.max_steps, batch_size=c.batch_size, lr=c.lr,
-        num_negatives=c.num_negatives, seed=c.seed, max_seq_length=c.train_max_seq_length, symmetric=c.symmetric,
-        bf16=c.bf16, show_progress_bar=c.show_progress_bar, validation_pairs=val_pairs,
-        validation_corpus=corpus, eval_every=c.eval_every, patience=c.patience), model=base_model)
+    with clock("training (with its validations)"):
+        tsum = train(fit, TrainConfig(
+            output_dir=str(out / "train"), epochs=c.epochs, max_steps=c.max_steps, batch_size=c.batch_size, lr=c.lr,
+            num_negatives=c.num_negatives, seed=c.seed, max_seq_length=c.train_max_seq_length, symmetric=c.symmetric,
+            bf16=c.bf16, show_progress_bar=c.show_progress_bar, validation_pairs=val_pairs,
+            validation_corpus=corpus, eval_every=c.eval_every, patience=c.patience), model=base_model)
 
-    _, tuned, _ = _embedder(tsum["output"], c.max_seq_length)
+    _, tuned, _ = _embedder(tsum["output"], c.max_seq_length, c.bf16)
     tuned_dir = tsum["output"]
-    m_tuned = evaluate(tuned, evalset, show_progress_bar=c.show_progress_bar)
+    with clock("fine-tuned evaluation"):
+        m_tuned = evaluate(tuned, evalset, show_progress_bar=c.show_progress_bar)
     log(f"fine-tuned nDCG@10 = {m_tuned['metrics']['ndcg@10']:.4f}")
     rows = [("base", m_base["metrics"]), ("fine-tuned", m_tuned["metrics"])]
     result = {"base": m_base, "fine_tuned": m_tuned, "train": tsum, "mining": mined.summary,
@@ -158,12 +192,16 @@ def _run(c: RunConfig, out: Path, log, t_start: float) -> dict:
     validation = Validation(list(val_pairs), corpus, seed=c.seed) if val_pairs else None
     guard_lines = []
     if guard:
-        m_gt = evaluate(tuned, guard)
+        with clock("guard"):
+            m_gt = evaluate(tuned, guard)
         if c.max_forgetting is not None:
-            merged = _keep_forgetting(c, out, tuned, guard, guard_base, m_gt, validation, own_len, result, log)
+            with clock("forgetting bound"):
+                merged = _keep_forgetting(c, out, tuned, guard, guard_base, m_gt, validation, own_len, result,
+                                          log)
             if merged is not None:  # the interpolated model takes the fine-tuned model's place from here on
                 tuned, tuned_dir, m_gt = merged
-                m_raw, m_tuned = m_tuned, evaluate(tuned, evalset, show_progress_bar=c.show_progress_bar)
+                with clock("fine-tuned evaluation"):
+                    m_raw, m_tuned = m_tuned, evaluate(tuned, evalset, show_progress_bar=c.show_progress_bar)
                 log(f"fine-tuned, interpolated nDCG@10 = {m_tuned['metrics']['ndcg@10']:.4f}")
                 rows[1:] = [("fine-tuned, raw (alpha 1)", m_raw["metrics"]), ("fine-tuned", m_tuned["metrics"])]
                 result.update(fine_tuned=m_tuned, fine_tuned_raw=m_raw)
@@ -172,17 +210,19 @@ def _run(c: RunConfig, out: Path, log, t_start: float) -> dict:
                     "fine-tuned vs fine-tuned, raw": compare(_ndcg(m_raw), _ndcg(m_tuned), seed=c.seed)}
         guard_lines = _guard(c, guard, guard_base, m_gt, result, log)
     lines = guard_lines + _artifact_stages(c, out, fit, val_pairs, evalset, corpus, tuned, tuned_dir,
-                                           m_tuned, rows, result, log, validation)
+                                           m_tuned, rows, result, log, validation, clock)
     lines = [f"- {name}, nDCG@10: {describe(cmp)}" for name, cmp in result["comparisons"].items()] + lines
     lines.append("- embeddings computed (texts run through the model) / served again from its cache: " + ", ".join(
         f"{name} {cache.embedded} / {cache.served}" for name, cache in (("base", base), ("fine-tuned", tuned))))
     result["embedded"] = {"base": [base.embedded, base.served], "fine-tuned": [tuned.embedded, tuned.served]}
+    lines.append(clock.line())
+    result["stages_s"] = {k: round(v, 1) for k, v in clock.seconds.items()}
     evaluations = {"base": m_base, "fine-tuned": m_tuned, **result.get("artifacts", {})}
     intervals = {label: {"ndcg@10": mean_ci(_ndcg(m), seed=c.seed)} for label, m in evaluations.items()}
     report = write_report(out, rows, "fastembed-tune: base vs fine-tuned",
                           _report_md(c, train_pairs, evalset, mined.summary, tsum, lines, drep, t_start),
                           comparisons=result["comparisons"], intervals=intervals,
-                          extra={k: _public(result[k]) for k in ("guard", "ship") if k in result})
+                          extra={k: _public(result[k]) for k in ("guard", "ship", "stages_s") if k in result})
     log(format_table(rows))
     gain = result["comparisons"]["fine-tuned vs base"]
     b, t = m_base["metrics"]["ndcg@10"], m_tuned["metrics"]["ndcg@10"]
@@ -237,7 +277,7 @@ def _keep_forgetting(c: RunConfig, out: Path, tuned, guard, m_gb: dict, m_gt: di
         evaluations[id(model)] = (weakref.ref(model), evaluate(model, guard))
         return evaluations[id(model)][1]["metrics"]["ndcg@10"]
 
-    pick = choose_alpha(lambda: _embedder(c.model, c.max_seq_length)[0], tuned.model, guard_score,
+    pick = choose_alpha(lambda: _embedder(c.model, c.max_seq_length, c.bf16)[0], tuned.model, guard_score,
                         validation.score if validation else (lambda model: 0.0), before, after, c.max_forgetting)
     merged = pick.pop("model")
     if pick["alpha"] == 1.0 and pick["met"]:
@@ -295,10 +335,12 @@ def _load_data(c: RunConfig, log) -> tuple:
     return train_pairs, evalset, drep
 
 
-def _embedder(path: Optional[str], max_seq_length: Optional[int]) -> tuple:
+def _embedder(path: Optional[str], max_seq_length: Optional[int], bf16: Optional[bool] = False) -> tuple:
     """(the model, an EmbeddingCache of it embedding at ``min(its own, max_seq_length)`` tokens,
-    the model's own max_seq_length)."""
+    under bf16 autocast when :func:`~fastembed_tune.loop.use_bf16` says so for ``bf16``; the
+    model's own max_seq_length)."""
     model = EmbeddingModel.load(path)
+    model.bf16 = use_bf16(model.device, bf16)
     own = model.max_seq_length
     if max_seq_length:
         model.max_seq_length = min(own, max_seq_length)
@@ -319,35 +361,42 @@ def _check_mining(c: RunConfig, summary: dict, n_pairs: int, log) -> None:
 
 
 def _artifact_stages(c: RunConfig, out: Path, fit_pairs, val_pairs, evalset, corpus: list[str], tuned,
-                     tuned_dir: str, m_tuned: dict, rows: list, result: dict, log, validation=None) -> list[str]:
+                     tuned_dir: str, m_tuned: dict, rows: list, result: dict, log, validation=None,
+                     clock: Optional[StageClock] = None) -> list[str]:
     """Export the fine-tuned model (``onnx/``: fp32 + int8), distil it into a student on the training
     split's texts (``fit_pairs``: never a validation or test query) and export that
     (``student/onnx/``), evaluate every artifact on the test set against the fine-tuned model, and
     choose the one to ship on the validation split (:func:`_choose`); returns the report's lines."""
+    clock = clock or StageClock()
     lines: list[str] = []
     artifacts: dict = {}  # label -> (embedder, path)
     calibration = corpus or distillation_texts(fit_pairs, corpus)  # a corpus of test documents only: training text
     if c.export:
-        artifacts.update(_export(out / "onnx", tuned_dir, "fine-tuned", calibration, result, lines))
+        with clock("ONNX export"):
+            artifacts.update(_export(out / "onnx", tuned_dir, "fine-tuned", calibration, result, lines))
     if c.distill:
-        dsum = distill(tuned_dir, distillation_texts(fit_pairs, corpus), out / "student", layers=c.distill_layers,
-                       epochs=c.distill_epochs, lr=c.distill_lr, kl_weight=c.distill_kl_weight, seed=c.seed,
-                       max_seq_length=tuned.model.max_seq_length, show_progress_bar=c.show_progress_bar,
-                       precomputed=tuned, bf16=c.bf16)
+        with clock("distillation"):
+            dsum = distill(tuned_dir, distillation_texts(fit_pairs, corpus), out / "student", layers=c.distill_layers,
+                           epochs=c.distill_epochs, lr=c.distill_lr, kl_weight=c.distill_kl_weight, seed=c.seed,
+                           max_seq_length=tuned.model.max_seq_length, show_progress_bar=c.show_progress_bar,
+                           precomputed=tuned, bf16=c.bf16)
         result["distill"] = dsum
         n = dsum["student_num_layers"]
         name = f"student ({n} layer{'s' if n != 1 else ''})"
         lines.append(f"- distillation: layers {dsum['student_layers']} of {dsum['teacher_num_layers']}, "
                      f"{dsum['texts']} texts, {dsum['steps']} steps, lr {c.distill_lr}, {dsum['seconds']:.0f} s")
         if c.export:
-            artifacts.update(_export(out / "student" / "onnx", dsum["output"], name, calibration, result, lines))
+            with clock("ONNX export"):
+                artifacts.update(_export(out / "student" / "onnx", dsum["output"], name, calibration, result,
+                                         lines))
         else:
-            artifacts[name] = (_embedder(dsum["output"], c.max_seq_length)[1], Path(dsum["output"]))
+            artifacts[name] = (_embedder(dsum["output"], c.max_seq_length, c.bf16)[1], Path(dsum["output"]))
     ndcg = {}
     for label, (embedder, _) in artifacts.items():
         if label == "fine-tuned, ONNX fp32":  # the PyTorch model itself (parity >= 0.9999): its row stands
             continue
-        m_a = evaluate(embedder, evalset, show_progress_bar=c.show_progress_bar)
+        with clock("artifact evaluations"):
+            m_a = evaluate(embedder, evalset, show_progress_bar=c.show_progress_bar)
         result["comparisons"][f"{label} vs fine-tuned"] = compare(_ndcg(m_tuned), _ndcg(m_a), seed=c.seed)
         rows.append((label, m_a["metrics"]))
         result.setdefault("artifacts", {})[label] = m_a
@@ -357,7 +406,8 @@ def _artifact_stages(c: RunConfig, out: Path, fit_pairs, val_pairs, evalset, cor
         lines.append("- vs the fine-tuned model (PyTorch), nDCG@10: " + ", ".join(
             f"{label} {v / m_tuned['metrics']['ndcg@10']:.2f}x" for label, v in ndcg.items()))
     if artifacts:
-        lines.append(_choose(c, artifacts, tuned, tuned_dir, validation, result))
+        with clock("choosing the artifact (validation)"):
+            lines.append(_choose(c, artifacts, tuned, tuned_dir, validation, result))
     return lines
 
 
@@ -414,7 +464,8 @@ def _report_md(c: RunConfig, train_pairs, evalset, mining: dict, tsum: dict, lin
         f"{mining['candidates_dropped_as_false_negatives']} likely false negatives dropped",
         f"- training: {tsum['steps']} steps, batch {c.batch_size}, lr {c.lr}, max_seq_length "
         f"{c.train_max_seq_length}, {tsum['pairs_per_s']} pairs/s, {tsum['seconds']:.0f} s, "
-        f"{'bf16 autocast' if tsum['bf16'] else 'fp32'}; evaluation max_seq_length {c.max_seq_length} (fp32)",
+        f"{'bf16 autocast' if tsum['bf16'] else 'fp32'}; evaluation max_seq_length {c.max_seq_length} "
+        f"({'bf16 autocast' if tsum['bf16'] else 'fp32'} for the PyTorch models; ONNX graphs as exported)",
         *_validation_lines(tsum), *lines, f"- total wall time: {time.perf_counter() - t_start:.0f} s", "",
         "## Data", "", "```", json.dumps(drep, indent=2), "```"])
 

@@ -95,8 +95,8 @@ def text_key(text: str) -> bytes:
 
 def model_fingerprint(model: Any) -> str:
     """A digest of what decides a model's embeddings: its weights (names, shapes, dtypes, bytes),
-    pooling, normalisation, lower-casing, tokenizer and ``max_seq_length``. For anything else (an API
-    client, say) ``model.fingerprint`` (a string) is used as it is.
+    pooling, normalisation, lower-casing, tokenizer, ``max_seq_length`` and bf16 encoding. For
+    anything else (an API client, say) ``model.fingerprint`` (a string) is used as it is.
 
     >>> from fastembed_tune.model import EmbeddingModel
     >>> m = EmbeddingModel.load(); a = model_fingerprint(m); m.max_seq_length = 16
@@ -112,7 +112,8 @@ def model_fingerprint(model: Any) -> str:
                          "normalize": getattr(model, "normalize", None),
                          "do_lower_case": getattr(model, "do_lower_case", None),
                          "max_seq_length": getattr(model, "max_seq_length", None),
-                         "tokenizer": [type(tok).__name__, len(tok) if tok is not None else None]}).encode())
+                         "tokenizer": [type(tok).__name__, len(tok) if tok is not None else None],
+                         **({"bf16": True} if getattr(model, "bf16", False) is True else {})}).encode())
     for name, t in model.state_dict().items():
         t = t.detach().cpu().contiguous()
         h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())

@@ -68,6 +68,7 @@ from .errors import UserError
 from .loop import WindowLog, length_grouped, make_optimizer, make_scheduler, optimizer_step, set_seed, use_bf16
 from .losses import CachedFusedMNRLoss, FusedMNRLoss, TripletLoss, text_keys
 from .model import EmbeddingModel
+from .stream import PairStream, StreamEpoch
 from .validation import BestTracker, Validation, split_validation
 
 LOSSES = ("mnrl", "cached_mnrl", "triplet")
@@ -188,9 +189,11 @@ class TrainConfig:
 # data: replay mixing, batches, columns
 
 
-def mix_replay(pairs: Sequence[Pair], replay: Sequence[Pair], ratio: float, seed: int, epoch: int) -> list[Pair]:
+def mix_replay(pairs: Sequence[Pair], replay: Sequence[Pair], ratio: float, seed: int, epoch: int,
+               key: Sequence[int] = ()) -> list[Pair]:
     """The epoch's training set: ``pairs`` plus ``round(ratio * len(pairs))`` pairs sampled from
-    ``replay`` with ``default_rng([seed, epoch, 1])`` (without replacement when replay is big enough).
+    ``replay`` with ``default_rng([seed, epoch, 1, *key])`` (without replacement when replay is big
+    enough; ``key``: a streamed window's number).
 
     >>> new = [Pair(f"q{i}", f"d{i}") for i in range(10)]; old = [Pair(f"o{i}", f"e{i}") for i in range(100)]
     >>> mixed = mix_replay(new, old, 0.3, seed=0, epoch=0)
@@ -200,7 +203,7 @@ def mix_replay(pairs: Sequence[Pair], replay: Sequence[Pair], ratio: float, seed
     k = int(round(ratio * len(pairs))) if replay else 0
     if k <= 0:
         return list(pairs)
-    rng = np.random.default_rng([seed, epoch, 1])
+    rng = np.random.default_rng([seed, epoch, 1, *key])
     idx = rng.choice(len(replay), size=k, replace=k > len(replay))
     return list(pairs) + [replay[int(i)] for i in idx]
 
@@ -236,10 +239,11 @@ def no_duplicate_batches(order: Sequence[int], texts: Sequence[frozenset], batch
 
 
 def epoch_batches(pairs: Sequence[Pair], batch_size: int, seed: int, epoch: int, num_negatives: int = 1,
-                  length_window: int = 50) -> list[list[int]]:
-    """The epoch's batches (lists of indices into ``pairs``): seeded shuffle, length grouping
-    within windows of ``length_window`` batches, no duplicate text in a batch, batches of fewer
-    than 2 pairs dropped, batch order shuffled. A pure function of its arguments.
+                  length_window: int = 50, key: Sequence[int] = ()) -> list[list[int]]:
+    """The epoch's batches (lists of indices into ``pairs``): shuffle by ``default_rng([seed,
+    epoch, *key])`` (``key``: a streamed window's number), length grouping within windows of
+    ``length_window`` batches, no duplicate text in a batch, batches of fewer than 2 pairs dropped,
+    batch order shuffled. A pure function of its arguments.
 
     >>> ps = [Pair(f"q{i}", f"d{i}") for i in range(10)] + [Pair("q0", "other")]
     >>> bs = epoch_batches(ps, 4, seed=0, epoch=0)
@@ -248,7 +252,7 @@ def epoch_batches(pairs: Sequence[Pair], batch_size: int, seed: int, epoch: int,
     >>> bs == epoch_batches(ps, 4, seed=0, epoch=0) != epoch_batches(ps, 4, seed=0, epoch=1)
     True
     """
-    rng = np.random.default_rng([seed, epoch])
+    rng = np.random.default_rng([seed, epoch, *key])
     order = length_grouped(rng.permutation(len(pairs)), [len(p.query) + len(p.positive) for p in pairs],
                            batch_size, length_window)
     texts = [_pair_texts(p, num_negatives) for p in pairs]
@@ -269,21 +273,34 @@ def batch_columns(pairs: Sequence[Pair], num_negatives: int) -> list[list[str]]:
     return cols
 
 
-def negatives_shortfall(pairs: Sequence[Pair], num_negatives: int) -> Optional[str]:
+def _negative_counts(pairs: Sequence[Pair]) -> dict[int, int]:
+    """Pairs by how many hard negatives they hold: {number of negatives: pairs}."""
+    counts: dict[int, int] = {}
+    for p in pairs:
+        counts[len(p.negatives)] = counts.get(len(p.negatives), 0) + 1
+    return counts
+
+
+def negatives_shortfall(pairs: Union[Sequence[Pair], dict[int, int]], num_negatives: int) -> Optional[str]:
     """A plain-words warning when pairs hold fewer hard negatives than ``num_negatives`` asks for
-    (a batch uses as many negative columns as its poorest pair has), else None.
+    (a batch uses as many negative columns as its poorest pair has), else None. ``pairs`` may be
+    given as counts: {number of negatives: pairs}.
 
     >>> print(negatives_shortfall([Pair("q", "d"), Pair("r", "e", ["n"])], 1))
     warning: --num-negatives 1 asks for 1 hard negative per pair, but 1 of 2 pairs have no negatives; batches holding such a pair train on in-batch negatives only; mine them first (fastembed-tune mine)
+    >>> negatives_shortfall({0: 1, 1: 1}, 1) == negatives_shortfall([Pair("q", "d"), Pair("r", "e", ["n"])], 1)
+    True
     """
     if num_negatives < 1:
         return None
-    none = sum(not p.negatives for p in pairs)
-    fewer = sum(len(p.negatives) < num_negatives for p in pairs)
+    counts = pairs if isinstance(pairs, dict) else _negative_counts(pairs)
+    total = sum(counts.values())
+    none = counts.get(0, 0)
+    fewer = sum(v for n, v in counts.items() if n < num_negatives)
     if not fewer:
         return None
-    what = (f"{none} of {len(pairs)} pairs have no negatives" if none else
-            f"{fewer} of {len(pairs)} pairs have fewer than {num_negatives}")
+    what = (f"{none} of {total} pairs have no negatives" if none else
+            f"{fewer} of {total} pairs have fewer than {num_negatives}")
     return (f"warning: --num-negatives {num_negatives} asks for {num_negatives} hard negative"
             f"{'s' if num_negatives > 1 else ''} per pair, but {what}; batches holding such a pair train on "
             f"{'in-batch negatives only' if none else 'fewer negative columns'}; mine them first (fastembed-tune mine)")
@@ -438,10 +455,15 @@ def _distributed_step(ddp, model, loss_fn, batch: list[Pair], config: TrainConfi
     return shown / wsize
 
 
-def train(pairs: Sequence[Pair], config: TrainConfig, model: Optional[EmbeddingModel] = None) -> dict:
+def train(pairs: Union[Sequence[Pair], PairStream], config: TrainConfig,
+          model: Optional[EmbeddingModel] = None) -> dict:
     """Fine-tune ``model`` (default: ``EmbeddingModel.load(config.model)``) on ``pairs`` and save
     it to ``config.output_dir/model``; returns a summary (steps, final_loss, pairs_per_s, seconds,
     output, ...). The model passed in is trained in place.
+
+    ``pairs`` may be a :class:`~fastembed_tune.stream.PairStream` (a file read window by window,
+    never whole): it holds out its own validation queries (``validation_pairs`` of the config, when
+    given, replace them) and resumes as exactly as a list does.
 
     >>> import tempfile, transformers
     >>> from fastembed_tune.model import default_model_path
@@ -456,24 +478,29 @@ def train(pairs: Sequence[Pair], config: TrainConfig, model: Optional[EmbeddingM
     """
     t_start = time.perf_counter()
     config.validate()
-    pairs = list(pairs)
-    if config.loss == "triplet":
-        lacking = [p for p in pairs if not p.negatives]
-        if lacking:
-            raise UserError(f"the triplet loss needs a negative for every pair; {len(lacking)} of {len(pairs)} "
-                            f"have none (first: {lacking[0].source or lacking[0].query!r}); mine negatives first")
+    stream = pairs if isinstance(pairs, PairStream) else None
+    if stream is None:
+        pairs = list(pairs)
+    counts = stream.negatives if stream else _negative_counts(pairs)
+    if config.loss == "triplet" and counts.get(0):
+        first = next((p.source or repr(p.query) for p in pairs if not p.negatives), "") if stream is None else ""
+        raise UserError(f"the triplet loss needs a negative for every pair; {counts[0]} of {len(pairs)} have none"
+                        + (f" (first: {first})" if first else "") + "; mine negatives first")
     replay = read_pairs(config.replay) if config.replay and config.replay_ratio > 0 else []
     if len(pairs) < 2:
         raise UserError(f"training needs at least 2 pairs; got {len(pairs)}")
     if config.validation_pairs is not None:  # the caller split already (run scores its artifacts on them too)
         val_pairs = list(config.validation_pairs)
+    elif stream is not None:
+        val_pairs = stream.validation_pairs
     else:
         pairs, val_pairs = split_validation(pairs, config.validation_share, config.validation_max_queries,
                                             config.seed, config.validation_avoid)
+        counts = _negative_counts(pairs)
     if config.num_negatives is None:  # not asked for: up to 1 where the pairs have one, silently
         config = dataclasses.replace(config, num_negatives=1)
     elif config.loss != "triplet" and launch_rank() == 0:
-        warning = negatives_shortfall(pairs, config.num_negatives)
+        warning = negatives_shortfall(counts, config.num_negatives)
         if warning:
             print(warning, file=sys.stderr)
     out_dir = check_output(config.output_dir, "dir")
@@ -515,26 +542,49 @@ class _Run:
     stopped_early: bool = False
 
 
+class _ListEpoch:
+    """One epoch of pairs held in memory: ``len`` batches, ``batch(i)``, a digest of the batches."""
+
+    def __init__(self, pairs: list[Pair], batches: list[list[int]], extra_pairs: int):
+        self.pairs, self.batches, self.extra_pairs = pairs, batches, extra_pairs
+        self.digest = _digest(batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def batch(self, i: int) -> list[Pair]:
+        return [self.pairs[j] for j in self.batches[i]]
+
+
 class _EpochData:
-    """The epochs' data and batches, a pure function of (data, seed, epoch); the last one is kept."""
+    """The epochs' batches, a pure function of (data, seed, epoch): a list of pairs, or a
+    :class:`~fastembed_tune.stream.PairStream` read window by window. The last epoch is kept."""
 
-    def __init__(self, pairs: list[Pair], replay: list[Pair], config: TrainConfig):
+    def __init__(self, pairs: Union[list[Pair], PairStream], replay: list[Pair], config: TrainConfig):
         self.pairs, self.replay, self.config = pairs, replay, config
-        self.cache: dict[int, tuple[list[Pair], list[list[int]]]] = {}
+        self.cache: dict[int, Union[_ListEpoch, StreamEpoch]] = {}
 
-    def __call__(self, e: int) -> tuple[list[Pair], list[list[int]]]:
+    def _batches(self, pairs: list[Pair], e: int, key: Sequence[int] = ()) -> tuple[list[Pair], list[list[int]]]:
         c = self.config
+        ep = mix_replay(pairs, self.replay, c.replay_ratio, c.seed, e, key)
+        return ep, epoch_batches(ep, c.batch_size, c.seed, e, c.num_negatives, c.length_window, key)
+
+    def __call__(self, e: int) -> Union[_ListEpoch, StreamEpoch]:
         if e not in self.cache:
             self.cache.clear()
-            ep = mix_replay(self.pairs, self.replay, c.replay_ratio, c.seed, e)
-            bs = epoch_batches(ep, c.batch_size, c.seed, e, c.num_negatives, c.length_window)
-            if not bs:
+            if isinstance(self.pairs, PairStream):
+                epoch = StreamEpoch(self.pairs, e, lambda pairs, key: self._batches(pairs, e, key),
+                                    self.config.show_progress_bar)
+            else:
+                ep, bs = self._batches(self.pairs, e)
+                epoch = _ListEpoch(ep, bs, len(ep) - len(self.pairs))
+            if not len(epoch):
                 raise UserError("no batch of 2 or more pairs without a repeated text can be formed from this data")
-            self.cache[e] = (ep, bs)
+            self.cache[e] = epoch
         return self.cache[e]
 
 
-def _prepare(pairs: list[Pair], replay: list[Pair], config: TrainConfig, model: Optional[EmbeddingModel],
+def _prepare(pairs: Union[list[Pair], PairStream], replay: list[Pair], config: TrainConfig, model: Optional[EmbeddingModel],
              out_dir: Path) -> _Run:
     """Device and process group, the model (training may truncate harder than the saved model's own
     max_seq_length), the loss, the epochs' batches, the optimizer and the schedule."""
@@ -555,13 +605,14 @@ def _prepare(pairs: list[Pair], replay: list[Pair], config: TrainConfig, model: 
         model.max_seq_length = config.max_seq_length
     model.to(device)
     epochs = _EpochData(pairs, replay, config)
-    total = config.max_steps if config.max_steps is not None else sum(len(epochs(e)[1]) for e in range(config.epochs))
+    total = config.max_steps if config.max_steps is not None else sum(len(epochs(e)) for e in range(config.epochs))
     optimizer = make_optimizer(model, config.lr, config.weight_decay)
     log_file = Path(config.resolved_log_file())
     log_file.parent.mkdir(parents=True, exist_ok=True)
     return _Run(config, model, build_loss(model, config).to(device), device, rank, wsize, use_bf16(device, config.bf16),
                 epochs, total, optimizer, make_scheduler(optimizer, config.warmup_ratio, total),
-                _data_digest(pairs) + ":" + _data_digest(replay), out_dir, log_file, saved_max_len)
+                (pairs.digest if isinstance(pairs, PairStream) else _data_digest(pairs)) + ":" + _data_digest(replay),
+                out_dir, log_file, saved_max_len)
 
 
 def _resume(run: _Run) -> bool:
@@ -581,7 +632,7 @@ def _resume(run: _Run) -> bool:
     run.step, run.epoch, run.bidx = int(position["step"]), int(position["epoch"]), int(position["batch_index"])
     run.elapsed0 = float(position.get("elapsed", 0.0))
     run.log_window = position.get("log_window") if "sums" in position.get("log_window", {}) else None
-    if _digest(run.epochs(run.epoch)[1]) != position["batch_order_digest"]:
+    if run.epochs(run.epoch).digest != position["batch_order_digest"]:
         raise UserError(f"{ckpt} was written with other batch settings (seed, batch_size, num_negatives, "
                         f"length_window); resume with the same ones, or choose another output_dir")
     run.model.load_state_dict(state["model"])
@@ -610,11 +661,11 @@ def _step(run: _Run, batch: list[Pair]) -> float:
     return float(loss.detach())
 
 
-def _checkpoint(run: _Run, batches: list[list[int]], log: WindowLog) -> None:
+def _checkpoint(run: _Run, epoch: Union[_ListEpoch, StreamEpoch], log: WindowLog) -> None:
     """Save checkpoint-{step} (rank 0 writes; the others wait so nobody runs ahead of it)."""
     c = run.config
     position = {"step": run.step, "epoch": run.epoch, "batch_index": run.bidx, "seed": c.seed,
-                "batch_order_digest": _digest(batches), "num_batches": len(batches),
+                "batch_order_digest": epoch.digest, "num_batches": len(epoch),
                 "data_digest": run.data_digest, "total_steps": run.total_steps,
                 "elapsed": run.elapsed0 + time.perf_counter() - log.t0, "log_window": log.state(),
                 "validation": run.tracker.state(),
@@ -629,7 +680,8 @@ def _checkpoint(run: _Run, batches: list[list[int]], log: WindowLog) -> None:
 def _validate(run: _Run, log_file) -> None:
     """Score the held-out training queries; log it; keep the best model in ``best/`` (saved with
     the model's own max_seq_length). Every rank scores (same weights, same decision), rank 0 writes."""
-    score = run.validation.score(run.model)
+    with torch.autocast(device_type=run.device.type, dtype=torch.bfloat16, enabled=run.bf16):
+        score = run.validation.score(run.model)  # scored as trained: bf16 where the steps are
     improved = run.tracker.update(score, run.step)
     log_file.write(json.dumps({"step": run.step, "val_ndcg@10": round(score, 6), "best": improved}) + "\n")
     log_file.flush()
@@ -650,16 +702,16 @@ def _loop(run: _Run) -> tuple[int, float, float]:
     with open(run.log_file if run.rank == 0 else os.devnull, "a", encoding="utf-8") as f:
         log = WindowLog(f, c.logging_steps, "pairs_per_s", run.elapsed0, run.log_window)
         while run.step < run.total_steps:
-            ep_pairs, batches = run.epochs(run.epoch)
-            if run.bidx >= len(batches):
+            epoch = run.epochs(run.epoch)
+            if run.bidx >= len(epoch):
                 run.epoch, run.bidx = run.epoch + 1, 0
                 continue
-            batch = [ep_pairs[i] for i in batches[run.bidx]]
+            batch = epoch.batch(run.bidx)
             lr = run.scheduler.get_last_lr()[0]
             last_loss = _step(run, batch)
             run.step, run.bidx = run.step + 1, run.bidx + 1
             pairs_done += len(batch)
-            rec = log.add(run.step, run.epoch + run.bidx / len(batches), lr, len(batch), run.total_steps,
+            rec = log.add(run.step, run.epoch + run.bidx / len(epoch), lr, len(batch), run.total_steps,
                           loss=last_loss)
             if rec:
                 bar.set_postfix(loss=f"{rec['loss']:.4f}", pairs_s=f"{rec['pairs_per_s']:.1f}")
@@ -667,7 +719,7 @@ def _loop(run: _Run) -> tuple[int, float, float]:
             if run.validation is not None and (run.step % run.eval_every == 0 or run.step == run.total_steps):
                 _validate(run, f)
             if c.checkpoint_every and run.step % c.checkpoint_every == 0:
-                _checkpoint(run, batches, log)
+                _checkpoint(run, epoch, log)
             if run.tracker.should_stop:
                 run.stopped_early = True
                 break
@@ -675,14 +727,14 @@ def _loop(run: _Run) -> tuple[int, float, float]:
     return pairs_done, last_loss, time.perf_counter() - t_loop
 
 
-def _train_locked(pairs: list[Pair], replay: list[Pair], config: TrainConfig, model: Optional[EmbeddingModel],
+def _train_locked(pairs: Union[list[Pair], PairStream], replay: list[Pair], config: TrainConfig, model: Optional[EmbeddingModel],
                   out_dir: Path, t_start: float, val_pairs: Sequence[Pair] = ()) -> dict:
     """The training run once ``out_dir`` is locked: set-up, resume, the loop, the final save
     (the best validated model when there is a validation split)."""
     run = _prepare(pairs, replay, config, model, out_dir)
     if val_pairs:
-        run.validation = Validation(list(val_pairs), config.validation_corpus or [p.positive for p in pairs],
-                                    seed=config.seed)
+        run.validation = Validation(list(val_pairs), config.validation_corpus or (
+            pairs.distractors if isinstance(pairs, PairStream) else [p.positive for p in pairs]), seed=config.seed)
         run.eval_every = config.eval_every or max(1, run.total_steps // 4)
         run.tracker = BestTracker(patience=config.patience)
     resumed = _resume(run)
@@ -701,14 +753,14 @@ def _train_locked(pairs: list[Pair], replay: list[Pair], config: TrainConfig, mo
             replace_dir(out_dir / "best", final)  # the best validated model is the one that ships
         else:
             run.model.save(final)
-    ep_pairs, batches = run.epochs(run.epoch)
+    epoch = run.epochs(run.epoch)
     summary = {"steps": run.step, "steps_this_run": run.step - start_step,
-               "epochs": round(run.epoch + run.bidx / len(batches), 4),
+               "epochs": round(run.epoch + run.bidx / len(epoch), 4),
                "final_loss": last_loss if run.step > start_step else None,
                "pairs_per_s": round(pairs_done / max(loop_s, 1e-9), 2),
                "seconds": round(time.perf_counter() - t_start, 3), "output": str(final),
                "log_file": str(run.log_file), "resumed_from": start_step if resumed else None,
-               "replay_pairs_per_epoch": len(ep_pairs) - len(pairs), "device": str(run.device), "bf16": run.bf16}
+               "replay_pairs_per_epoch": epoch.extra_pairs, "device": str(run.device), "bf16": run.bf16}
     if run.validation is not None:
         summary["validation"] = {"queries": len(run.validation.evalset.qrels), "docs": len(run.validation.evalset.corpus),
                                  "eval_every": run.eval_every, "best_step": run.tracker.best_step,
