@@ -171,17 +171,29 @@ def _cmd_export(a: argparse.Namespace) -> int:
 
 def _cmd_embed(a: argparse.Namespace) -> int:
     from .data import read_texts
-    from .inference import OUTPUT_SUFFIXES, embed_file_texts, write_embeddings
+    from .inference import OUTPUT_SUFFIXES, embed_file_texts, embed_stream_to_file, load_embedder, write_embeddings
+    from .stream import CorpusStream
 
     check_output(a.output, "file")
     if os.path.splitext(a.output)[1] not in OUTPUT_SUFFIXES:
         raise UserError(f"--output {a.output}: must end in {' or '.join(OUTPUT_SUFFIXES)}")
-    docs = read_texts(a.input)
+    docs = CorpusStream(a.input, window=a.stream_window, show_progress_bar=not a.quiet) if a.stream \
+        else read_texts(a.input)
     adapter = None
     if a.adapter:
         from .adapter import Adapter
 
         adapter = Adapter(a.adapter)  # checked before any embedding
+    if a.stream:
+        with output_lock(a.output):
+            model = load_embedder(a.model, int8=a.int8, threads=a.threads, precision=a.precision)
+            if getattr(model, "choice", None) is not None:
+                print(model.choice.description)
+            n, dim = embed_stream_to_file(model, docs.windows(), len(docs), a.output, batch_size=a.batch_size,
+                                          transform=(lambda e: adapter.apply(e, a.adapter_side)) if adapter else None,
+                                          show_progress_bar=not a.quiet)
+        print(f"wrote {n} x {dim} embeddings to {a.output}")
+        return 0
     with output_lock(a.output):
         emb = embed_file_texts(a.model, list(docs.values()), batch_size=a.batch_size, threads=a.threads,
                                int8=a.int8, show_progress_bar=not a.quiet, precision=a.precision,
@@ -422,6 +434,10 @@ def _embed_parser(sub) -> None:
     b.add_argument("--threads", type=_nonneg_int, default=0, help="onnxruntime intra-op threads (0: all cores)")
     b.add_argument("--quiet", action="store_true")
     b.add_argument("--adapter", metavar="DIR", help="apply an adapter written by `fastembed-tune adapt` to the vectors")
+    b.add_argument("--stream", action="store_true",
+                   help="read --input (.jsonl, .txt or .parquet) and write --output window by window, never the "
+                        "whole corpus in memory (.npy is filled memory-mapped)")
+    b.add_argument("--stream-window", type=_positive_int, default=50_000, help="texts per window with --stream")
     b.add_argument("--adapter-side", choices=["query", "document"], default="query",
                    help="which side of the adapter: query (default) or document (unchanged vectors, normalised, "
                         "unless the adapter was trained with --sides both)")

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Union
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Union
 
 import numpy as np
 
@@ -452,3 +452,59 @@ def write_embeddings(path: Union[str, os.PathLike], ids: Sequence[str], emb: np.
     else:
         atomic_write(path, lambda f: f.writelines(json.dumps({"id": i, "embedding": [float(x) for x in row]}) + "\n"
                                                   for i, row in zip(ids, emb)))
+
+
+def embed_stream_to_file(embedder, windows: Iterator[tuple[list[str], list[str]]], count: int,
+                         path: Union[str, os.PathLike], batch_size: int = 64,
+                         transform: Optional[Callable[[np.ndarray], np.ndarray]] = None,
+                         show_progress_bar: bool = False) -> tuple[int, int]:
+    """Embed ``count`` texts handed over as ``(ids, texts)`` windows (e.g.
+    :meth:`fastembed_tune.stream.CorpusStream.windows`) into ``path`` without holding more than one
+    window: ``.npy`` is a memory-mapped matrix filled window by window, ``.jsonl`` is appended to;
+    either is written under a temporary name and renamed when complete. ``transform`` (an adapter,
+    say) maps each window's rows. Returns the matrix's shape.
+
+    >>> import tempfile, os
+    >>> from fastembed_tune.model import EmbeddingModel
+    >>> f = os.path.join(tempfile.mkdtemp(), "e.npy")
+    >>> embed_stream_to_file(EmbeddingModel.load(), iter([(["a"], ["a cat"]), (["b"], ["a dog"])]), 2, f)
+    (2, 384)
+    """
+    from tqdm.auto import tqdm
+
+    from .atomic import temp_path
+
+    path = Path(path)
+    if path.suffix not in OUTPUT_SUFFIXES:
+        raise UserError(f"{path}: the output must end in .npy or .jsonl")
+    done, dim = 0, None
+    with temp_path(path) as tmp, tqdm(total=count, desc="embed", unit="text", disable=not show_progress_bar) as bar:
+        out, jf = None, (open(tmp, "w", encoding="utf-8") if path.suffix == ".jsonl" else None)
+        try:
+            for ids, texts in windows:
+                emb = np.asarray(embedder.encode(texts, batch_size=batch_size), dtype=np.float32)
+                if transform is not None:
+                    emb = np.asarray(transform(emb), dtype=np.float32)
+                if done + len(emb) > count:
+                    raise ValueError(f"more than the {count} texts announced")
+                dim = emb.shape[1]
+                if jf is not None:
+                    jf.writelines(json.dumps({"id": i, "embedding": [float(x) for x in row]}) + "\n"
+                                  for i, row in zip(ids, emb))
+                else:
+                    if out is None:
+                        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(count, dim))
+                    out[done:done + len(emb)] = emb
+                done += len(emb)
+                bar.update(len(emb))
+            if done != count:
+                raise ValueError(f"{done} texts embedded, {count} announced")
+        finally:
+            if jf is not None:
+                jf.flush()
+                os.fsync(jf.fileno())
+                jf.close()
+            if out is not None:
+                out.flush()
+                del out
+    return done, int(dim or 0)

@@ -9,10 +9,12 @@ each window starts, and holds out validation queries by a seeded hash of the que
 
 An epoch visits the windows in an order drawn from ``(seed, epoch)``; each window is shuffled and
 cut into batches by :func:`~fastembed_tune.train.epoch_batches` with the key ``(seed, epoch,
-window)``. So the batches of an epoch are a pure function of (file, seed, epoch, window size), and a
-resumed run re-reads only the window it stopped in. Pairs meet in-batch negatives from their own
-window only: keep the window large (the default holds 100,000 pairs, about 100 MB of text).
-A file that fits in one window trains exactly as the same pairs read into memory.
+window)``. So the batches of an epoch are a pure function of (file, seed, epoch, window size): a
+resumed run counts the epoch's batches again (one pass over the file, no model) and goes on from
+the checkpoint's batch, bit for bit. Each epoch costs one such counting pass besides training.
+Pairs meet in-batch negatives from their own window only: keep the window large (the default holds
+100,000 pairs, about 100 MB of text). A file that fits in one window trains exactly as the same
+pairs read into memory.
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ import hashlib
 import json
 import os
 from dataclasses import dataclass
-from typing import Collection, Iterator, Optional
+from typing import Collection, Iterator, Optional, Sequence
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -44,6 +46,67 @@ def held_out(query: str, seed: int, share: float) -> bool:
     """
     h = hashlib.blake2b(query.encode("utf-8", "surrogatepass"), digest_size=8, key=str(seed).encode()).digest()
     return int.from_bytes(h, "little") / 2.0**64 < share
+
+
+def jsonl_objects(path: str, start: int = 0, line: int = 1) -> Iterator[tuple[int, int, dict]]:
+    """(byte offset, 1-based line number, object) of each non-blank line of a JSONL file from byte
+    ``start`` (which is line ``line``), decoded and checked one line at a time as ``data`` does."""
+    for pos, i, text, _ in _lines(path, start, line):
+        if not text.strip():
+            continue
+        try:
+            obj = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise UserError(f"{path} line {i}: malformed JSON ({e.msg} at column {e.colno})") from None
+        if not isinstance(obj, dict):
+            raise UserError(f"{path} line {i}: expected a JSON object, got {_typename(obj)}")
+        yield pos, i, obj
+
+
+def _lines(path: str, start: int = 0, line: int = 1) -> Iterator[tuple[int, int, str, bool]]:
+    """(byte offset, 1-based line number, text, whether a newline ended it) of every line from byte
+    ``start``, UTF-8 checked."""
+    try:
+        f = open(path, "rb")
+    except OSError as e:
+        raise UserError(f"{path}: cannot be read ({e.strerror})") from None
+    with f:
+        f.seek(start)
+        pos = start
+        for raw in f:
+            here, pos, i = pos, pos + len(raw), line
+            line += 1
+            if here == 0 and raw.startswith(_BOM):
+                raw = raw[len(_BOM):]
+            ended = raw.endswith(b"\n")
+            raw = raw[:-1] if ended else raw
+            if raw.endswith(b"\r"):
+                raw = raw[:-1]
+            try:
+                yield here, i, raw.decode("utf-8"), ended
+            except UnicodeDecodeError as e:
+                raise _utf8_error(path, raw, e, line=i) from None
+
+
+def parquet_records(path: str, start: int = 0, need: Sequence = ()) -> Iterator[tuple[int, dict]]:
+    """(0-based row, record) of a Parquet file from row ``start``, one row group in memory at a
+    time; ``need``: the columns to check first (:func:`~fastembed_tune.data._check_header`'s form)."""
+    import pyarrow.parquet as pq
+
+    try:
+        pf = pq.ParquetFile(path)
+    except Exception as e:  # pyarrow raises several types for a bad file
+        raise UserError(f"{path}: not a readable Parquet file ({' '.join(str(e).split())})") from None
+    if need:
+        _check_header(list(pf.schema_arrow.names), path, list(need))
+    ends = np.cumsum([pf.metadata.row_group(g).num_rows for g in range(pf.num_row_groups)])
+    first = int(np.searchsorted(ends, start, side="right"))
+    row = int(ends[first - 1]) if first > 0 else 0
+    for g in range(first, pf.num_row_groups):
+        for rec in pf.read_row_group(g).to_pylist():
+            if row >= start:
+                yield row, rec
+            row += 1
 
 
 @dataclass
@@ -148,54 +211,13 @@ class PairStream:
             yield row
 
     def _jsonl_rows(self, start: int, line: int) -> Iterator[tuple[int, int, Pair]]:
-        try:
-            f = open(self.path, "rb")
-        except OSError as e:
-            raise UserError(f"{self.path}: cannot be read ({e.strerror})") from None
-        with f:
-            f.seek(start)
-            pos = start
-            for raw in f:
-                here, pos, i = pos, pos + len(raw), line
-                line += 1
-                if here == 0 and raw.startswith(_BOM):
-                    raw = raw[len(_BOM):]
-                raw = raw.rstrip(b"\n")
-                if raw.endswith(b"\r"):
-                    raw = raw[:-1]
-                try:
-                    text = raw.decode("utf-8")
-                except UnicodeDecodeError as e:
-                    raise _utf8_error(self.path, raw, e, line=i) from None
-                if not text.strip():
-                    continue
-                try:
-                    obj = json.loads(text)
-                except json.JSONDecodeError as e:
-                    raise UserError(f"{self.path} line {i}: malformed JSON ({e.msg} at column {e.colno})") from None
-                if not isinstance(obj, dict):
-                    raise UserError(f"{self.path} line {i}: expected a JSON object, got {_typename(obj)}")
-                yield here, i, _pair(obj, f"{self.path} line {i}", f"{self.path}:{i}", False)
+        for pos, i, obj in jsonl_objects(self.path, start, line):
+            yield pos, i, _pair(obj, f"{self.path} line {i}", f"{self.path}:{i}", False)
 
     def _parquet_rows(self, start: int, line: int) -> Iterator[tuple[int, int, Pair]]:
-        import pyarrow.parquet as pq
-
-        try:
-            pf = pq.ParquetFile(self.path)
-        except Exception as e:  # pyarrow raises several types for a bad file
-            raise UserError(f"{self.path}: not a readable Parquet file ({' '.join(str(e).split())})") from None
-        names = list(pf.schema_arrow.names)
-        if start == 0:
-            _check_header(names, self.path, [(_QUERY_KEYS, "query"), (_POSITIVE_KEYS, "positive")])
-        ends = np.cumsum([pf.metadata.row_group(g).num_rows for g in range(pf.num_row_groups)])
-        first = int(np.searchsorted(ends, start, side="right"))
-        row = int(ends[first - 1]) if first > 0 else 0
-        for g in range(first, pf.num_row_groups):
-            for rec in pf.read_row_group(g).to_pylist():
-                if row >= start:
-                    where = f"{self.path} row {row + 1}"
-                    yield row, row + 1, _pair(rec, where, f"{self.path}:{row + 1}", True)
-                row += 1
+        need = [(_QUERY_KEYS, "query"), (_POSITIVE_KEYS, "positive")] if start == 0 else []
+        for row, rec in parquet_records(self.path, start, need):
+            yield row, row + 1, _pair(rec, f"{self.path} row {row + 1}", f"{self.path}:{row + 1}", True)
 
     def window_pairs(self, w: int) -> list[Pair]:
         """The training pairs of window ``w`` (file order; validation pairs left out)."""
@@ -265,3 +287,100 @@ class StreamEpoch:
         local = i - (self.ends[slot - 1] if slot else 0)
         return [pairs[j] for j in batches[local]]
 
+
+
+class CorpusStream:
+    """Texts to embed from ``path`` (``.jsonl``, ``.txt`` or ``.parquet``), handed over ``window``
+    at a time by :meth:`windows`; the rules are :func:`~fastembed_tune.data.read_texts`' (ids,
+    title + text, a ``.txt`` line per row and a blank one refused, duplicate ids refused), checked
+    in one pass when it opens, which keeps 8 bytes per document (a hash of its id) and nothing else.
+
+    >>> import tempfile, os
+    >>> p = os.path.join(tempfile.mkdtemp(), "texts.txt")
+    >>> _ = open(p, "w").write("a feline\\na dog\\na car\\n")
+    >>> s = CorpusStream(p, window=2)
+    >>> len(s), list(s.windows())
+    (3, [(['0', '1'], ['a feline', 'a dog']), (['2'], ['a car'])])
+    """
+
+    EXTS = (".jsonl", ".txt", ".parquet")
+
+    def __init__(self, path: str, window: int = DEFAULT_WINDOW, show_progress_bar: bool = False):
+        path = os.fspath(path)
+        if os.path.isdir(path):
+            path = os.path.join(path, "corpus.jsonl")
+        ext = os.path.splitext(path)[1].lower()
+        if not os.path.exists(path):
+            raise UserError(f"{path}: file not found")
+        if ext not in self.EXTS:
+            raise UserError(f"{path}: streaming reads .jsonl, .txt or .parquet texts, not '{ext or '(none)'}' "
+                            f"(convert it, or embed without --stream)")
+        if not isinstance(window, int) or isinstance(window, bool) or window < 1:
+            raise UserError(f"the stream window must be a positive integer; got {window!r}")
+        self.path, self.ext, self.window = path, ext, window
+        keys = np.empty(1024, dtype=np.uint64)
+        n = 0
+        for i, _text in tqdm(self._docs(), desc="index texts", unit="text", disable=not show_progress_bar):
+            if n == len(keys):
+                keys = np.resize(keys, 2 * n)
+            keys[n] = _id_key(i)
+            n += 1
+        if n == 0:
+            raise UserError(f"{path}: empty file (no documents)")
+        self.count = n
+        uniq, counts = np.unique(keys[:n], return_counts=True)
+        if (counts > 1).any():
+            self._report_duplicate(set(int(k) for k in uniq[counts > 1]))
+
+    def _docs(self) -> Iterator[tuple[str, str]]:
+        """(id, text) of every document, checked."""
+        return (d for d, _ in self._docs_where())
+
+    def _docs_where(self) -> Iterator[tuple[tuple[str, str], str]]:
+        from .data import _doc
+
+        if self.ext == ".txt":
+            for _, i, text, ended in _lines(self.path):
+                if not text.strip():
+                    if not ended and not text:
+                        continue  # a lone "\r" after the last newline
+                    raise UserError(f"{self.path} line {i}: blank line; every line is one output row, so each "
+                                    f"needs a text (remove the line, or use a .jsonl corpus with ids)")
+                yield (str(i - 1), text), f"{self.path} line {i}"
+        elif self.ext == ".jsonl":
+            for _, i, obj in jsonl_objects(self.path):
+                where = f"{self.path} line {i}"
+                yield _doc(obj, where, False, True), where
+        else:
+            for row, rec in parquet_records(self.path, 0, [(("id", "_id"), "id"), (("text",), "text")]):
+                where = f"{self.path} row {row + 1}"
+                yield _doc(rec, where, True, True), where
+
+    def _report_duplicate(self, suspects: set) -> None:
+        first: dict[str, str] = {}
+        for (i, _), where in self._docs_where():
+            if _id_key(i) in suspects:
+                if i in first:
+                    raise UserError(f"{where}: duplicate id '{i}' (first seen at {first[i][len(self.path) + 1:]})")
+                first[i] = where
+        # only 64-bit hash collisions of distinct ids: nothing is wrong
+
+    def __len__(self) -> int:
+        return self.count
+
+    def windows(self) -> Iterator[tuple[list[str], list[str]]]:
+        """(ids, texts) of ``window`` documents at a time, in file order."""
+        ids: list[str] = []
+        texts: list[str] = []
+        for i, t in self._docs():
+            ids.append(i)
+            texts.append(t)
+            if len(ids) == self.window:
+                yield ids, texts
+                ids, texts = [], []
+        if ids:
+            yield ids, texts
+
+
+def _id_key(doc_id: str) -> int:
+    return int.from_bytes(hashlib.blake2b(doc_id.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little")

@@ -8,6 +8,7 @@ import json
 import os
 import tracemalloc
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -15,9 +16,10 @@ from safetensors.torch import load_file
 
 from fastembed_tune import losses
 from fastembed_tune.cli import main
-from fastembed_tune.data import Pair, read_pairs
+from fastembed_tune.data import read_pairs, read_texts
 from fastembed_tune.errors import UserError
-from fastembed_tune.stream import PairStream, StreamEpoch, held_out
+from fastembed_tune.inference import embed_stream_to_file
+from fastembed_tune.stream import CorpusStream, PairStream, StreamEpoch, held_out
 from fastembed_tune.train import TrainConfig, _data_digest, _EpochData, train
 
 
@@ -216,3 +218,105 @@ def test_train_cli_streams(tmp_path, tiny_model_dir):
                  "--quiet", "--precision", "fp32"]) == 0
     assert (out / "model" / "modules.json").is_file()
     assert main(["train", "--pairs", f, "--stream", "--stream-window", "1", "-o", str(tmp_path / "o2")]) == 2
+
+
+# ---- corpora: CorpusStream and embed --stream ------------------------------------------------
+
+def _corpus_files(tmp_path) -> dict:
+    pa, pq = pytest.importorskip("pyarrow"), pytest.importorskip("pyarrow.parquet")
+    docs = [{"_id": f"d{i}", "title": "T" if i % 3 == 0 else "", "text": f"document number {i} " + "w " * (i % 7)}
+            for i in range(23)]
+    out = {"jsonl": _jsonl(tmp_path / "c.jsonl", docs)}
+    (tmp_path / "c.txt").write_bytes(b"\xef\xbb\xbf" + "".join(f"line {i}\n" for i in range(23)).encode())
+    out["txt"] = str(tmp_path / "c.txt")
+    pq.write_table(pa.Table.from_pylist([{"id": d["_id"], "text": d["text"], "title": d["title"]} for d in docs]),
+                   tmp_path / "c.parquet", row_group_size=4)
+    out["parquet"] = str(tmp_path / "c.parquet")
+    return out
+
+
+@settings(max_examples=10, deadline=None)
+@given(window=st.integers(1, 30))
+def test_corpus_windows_are_read_texts_in_order(tmp_path_factory, window):
+    for path in _corpus_files(tmp_path_factory.mktemp("c")).values():
+        s = CorpusStream(path, window=window)
+        got = [(i, t) for ids, texts in s.windows() for i, t in zip(ids, texts)]
+        assert got == list(read_texts(path).items()) and len(s) == len(got)
+        assert all(len(ids) <= window for ids, _ in s.windows())
+
+
+@pytest.mark.parametrize("name, content", [
+    ("dup.jsonl", '{"_id": "a", "text": "x"}\n{"_id": "b", "text": "y"}\n{"_id": "a", "text": "z"}\n'),
+    ("missing.jsonl", '{"_id": "a", "text": "x"}\n{"_id": "b"}\n'),
+    ("blank.txt", "a\n\nb\n"),
+    ("trailing.txt", "a\nb\n\n"),
+    ("spaces.txt", "a\n  \n"),
+    ("empty.txt", ""),
+    ("bad.jsonl", '{"_id": "a", "text": "x"}\n{"_id": 1.5, "text": "y"}\n'),
+])
+def test_a_bad_corpus_is_refused_as_read_texts_refuses_it(tmp_path, name, content):
+    f = tmp_path / name
+    f.write_text(content)
+    with pytest.raises(UserError) as listed:
+        read_texts(str(f))
+    with pytest.raises(UserError) as streamed:
+        CorpusStream(str(f), window=1)
+    assert str(streamed.value) == str(listed.value)
+
+
+def test_a_final_carriage_return_is_not_a_row(tmp_path):
+    f = tmp_path / "cr.txt"
+    f.write_bytes(b"a\nb\n\r")
+    assert [t for _, ts in CorpusStream(str(f)).windows() for t in ts] == list(read_texts(str(f)).values())
+
+
+@pytest.mark.parametrize("suffix", [".npy", ".jsonl"])
+def test_embed_stream_writes_what_embed_writes(tmp_path, tiny_model_dir, suffix):
+    src = _corpus_files(tmp_path)["jsonl"]
+    a, b = str(tmp_path / f"a{suffix}"), str(tmp_path / f"b{suffix}")
+    assert main(["embed", "--model", tiny_model_dir, "-i", src, "-o", a, "--quiet"]) == 0
+    assert main(["embed", "--model", tiny_model_dir, "-i", src, "-o", b, "--quiet", "--stream",
+                 "--stream-window", "5"]) == 0
+    if suffix == ".npy":
+        x, y = np.load(a), np.load(b)
+        assert x.shape == y.shape == (23, 32) and np.abs(x - y).max() < 1e-5
+    else:
+        x, y = [json.loads(l) for l in open(a)], [json.loads(l) for l in open(b)]
+        assert [r["id"] for r in x] == [r["id"] for r in y] == [f"d{i}" for i in range(23)]
+        assert np.abs(np.array([r["embedding"] for r in x]) - np.array([r["embedding"] for r in y])).max() < 1e-5
+
+
+def test_a_failed_stream_leaves_nothing(tmp_path):
+    class Breaks:
+        calls = 0
+
+        def encode(self, texts, batch_size=64):
+            Breaks.calls += 1
+            if Breaks.calls == 2:
+                raise RuntimeError("boom")
+            return np.ones((len(texts), 3), np.float32)
+
+    out = tmp_path / "e.npy"
+    with pytest.raises(RuntimeError, match="boom"):
+        embed_stream_to_file(Breaks(), iter([(["a"], ["x"]), (["b"], ["y"])]), 2, out)
+    assert os.listdir(tmp_path) == []
+
+
+def test_corpus_streaming_holds_a_window_not_the_file(tmp_path):
+    f = _jsonl(tmp_path / "c.jsonl", [{"_id": f"doc-{i}", "text": f"a document {i} " + "word " * 30}
+                                      for i in range(20000)])
+
+    def peak(fn) -> int:
+        gc.collect()
+        tracemalloc.start()
+        fn()
+        top = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        return top
+
+    def streamed():
+        for _ in CorpusStream(f, window=500).windows():
+            pass
+
+    a, b = peak(lambda: read_texts(f)), peak(streamed)
+    assert b < a / 8, (a, b)
