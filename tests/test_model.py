@@ -40,3 +40,18 @@ def test_not_a_model(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match="not a model directory"):
         EmbeddingModel.load(tmp_path / "empty")
+
+
+def test_bf16_encoding_is_close_to_fp32_and_fingerprinted_apart():
+    """``model.bf16``: encode under bfloat16 autocast (what run evaluates with where training uses bf16)."""
+    from fastembed_tune.store import model_fingerprint
+
+    m = EmbeddingModel.load()
+    texts = ["a tuple is an ordered list", "the kernel schedules processes", "x"]
+    a, fa = m.encode(texts), model_fingerprint(m)
+    m.bf16 = True
+    b, fb = m.encode(texts), model_fingerprint(m)
+    assert a.dtype == b.dtype == np.float32 and not np.array_equal(a, b)  # it did run in bf16
+    assert float((a * b).sum(1).min()) > 0.999 and fa != fb
+    m.bf16 = False
+    assert np.array_equal(m.encode(texts), a) and model_fingerprint(m) == fa

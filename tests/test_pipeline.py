@@ -12,7 +12,7 @@ def write_jsonl(path, rows):
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
-def test_run_writes_report_and_model(tmp_path, tiny_model_dir, capsys):
+def test_run_writes_report_and_model(tmp_path, tiny_model_dir, capsys, monkeypatch):
     terms = [f"term{i}" for i in range(40)]
     train = [{"query": t, "positive": f"definition of {t} number {i}"} for i, t in enumerate(terms[:30])]
     test = [{"query": t, "positive": f"definition of {t} number {i + 30}"} for i, t in enumerate(terms[30:])]
@@ -21,10 +21,19 @@ def test_run_writes_report_and_model(tmp_path, tiny_model_dir, capsys):
     for name, rows in (("train", train), ("test", test), ("corpus", corpus)):
         write_jsonl(tmp_path / f"{name}.jsonl", rows)
     out = tmp_path / "run"
+    from fastembed_tune import pipeline
+
+    distilled, real_distill = [], pipeline.distill
+    monkeypatch.setattr(pipeline, "distill", lambda teacher, texts, *a, **kw: distilled.extend(texts) or
+                        real_distill(teacher, texts, *a, **kw))
     rc = main(["run", "--model", tiny_model_dir, "--train", str(tmp_path / "train.jsonl"), "--test",
                str(tmp_path / "test.jsonl"), "--corpus", str(tmp_path / "corpus.jsonl"), "-o", str(out),
                "--max-steps", "3", "--batch-size", "8", "--quiet", "--allow-no-gain"])
     assert rc == 0
+    # the student learns every corpus document (test ones too: unlabeled), never a test or validation query
+    assert {r["text"] for r in corpus} <= set(distilled) and not {r["query"] for r in test} & set(distilled)
+    held = {r["query"] for r in train} - set(distilled)
+    assert held and len(held) == round(0.1 * len(train))  # the validation queries
     for f in ("report.md", "metrics.json", "metrics.png", "mined.jsonl", "train/model/modules.json",
               "student/model/modules.json", "onnx/model.onnx", "onnx/model_int8.onnx",
               "student/onnx/model.onnx", "student/onnx/model_int8.onnx"):
@@ -54,8 +63,11 @@ def test_run_writes_report_and_model(tmp_path, tiny_model_dir, capsys):
 
     corpus_rows = [json.loads(x) for x in (tmp_path / "corpus.jsonl").read_text().splitlines()]
     qrels = {f"q{i}": {f"d{30 + i}": 1} for i in range(10)}  # test positive i is corpus doc d{30+i}
+    from fastembed_tune.loop import use_bf16
+
     for label, path in (("base", tiny_model_dir), ("fine-tuned", str(out / "train" / "model"))):
         m = EmbeddingModel.load(path)
+        m.bf16 = use_bf16("cpu")  # run embeds its PyTorch models as it trains them (bf16 where native)
         c = m.encode([r["text"] for r in corpus_rows])
         q = m.encode([r["query"] for r in test])
         s = q @ c.T
