@@ -13,8 +13,9 @@ test nDCG@10, ratio to the teacher) and writes it as JSON (``--results``). The l
 the smallest whose validation nDCG@10 keeps ``--keep`` of the teacher's (never the test set).
 ``--baseline`` adds the MSE-only, 1-epoch student ``run`` makes today. ``--corpus full`` distils on
 every corpus document (and pseudo-queries cut from each), test-relevant ones included: the corpus is
-unlabeled text a user deploys over, so this uses no test label (no qrel; a pseudo-query that happens
-to spell a test query is dropped; the validation split and its distractors stay leak-free).
+unlabeled text a user deploys over, so this uses no test label (no qrel; the validation split and
+its distractors stay leak-free). In either mode a pseudo-query that happens to spell a test or
+validation query is dropped (sessions before 2026-12-04 kept the ~20 such short phrases).
 """
 from __future__ import annotations
 
@@ -120,9 +121,9 @@ def main(argv=None) -> None:
     docs = list(dict.fromkeys(ev.corpus.values())) if a.corpus == "full" else corpus
     texts = distillation_texts(fit, docs, pseudo_per_doc=a.pseudo_per_doc, seed=a.seed)
     plain = distillation_texts(fit, docs)
-    if a.corpus == "full":  # a pseudo-query may happen to spell a test query ("interface"): drop those
-        test_queries = set(ev.queries.values())
-        texts, plain = ([t for t in ts if t not in test_queries] for ts in (texts, plain))
+    # a pseudo-query may happen to spell a test or validation query ("interface"): never distil on those
+    held = set(ev.queries.values()) | {p.query for p in val}
+    texts, plain = ([t for t in ts if t not in held] for ts in (texts, plain))
     teacher.max_seq_length = a.msl  # the teacher's targets, computed once for every student
     every = list(dict.fromkeys(texts + plain))
     t0 = time.perf_counter()

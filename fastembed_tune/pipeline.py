@@ -380,7 +380,9 @@ def _artifact_stages(c: RunConfig, out: Path, fit_pairs, val_pairs, evalset, cor
     if c.distill:
         with clock("distillation"):
             docs = list(dict.fromkeys(evalset.corpus.values()))
-            dsum = distill(tuned_dir, distillation_texts(fit_pairs, docs), out / "student", layers=c.distill_layers,
+            held = set(evalset.queries.values()) | {p.query for p in val_pairs}  # a document may spell one
+            texts = [t for t in distillation_texts(fit_pairs, docs) if t not in held]
+            dsum = distill(tuned_dir, texts, out / "student", layers=c.distill_layers,
                            epochs=c.distill_epochs, lr=c.distill_lr, kl_weight=c.distill_kl_weight, seed=c.seed,
                            max_seq_length=tuned.model.max_seq_length, show_progress_bar=c.show_progress_bar,
                            precomputed=tuned, bf16=c.bf16)
