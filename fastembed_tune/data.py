@@ -139,13 +139,18 @@ def _json_rows(path: str) -> Iterator[tuple[str, str, dict]]:
             yield where, f"{path}:item{i}", obj
         return
     for i, line in _text_lines(path, data):
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise UserError(f"{path} line {i}: malformed JSON ({e.msg} at column {e.colno})") from None
-        if not isinstance(obj, dict):
-            raise UserError(f"{path} line {i}: expected a JSON object, got {_typename(obj)}")
-        yield f"{path} line {i}", f"{path}:{i}", obj
+        yield f"{path} line {i}", f"{path}:{i}", _json_line(path, i, line)
+
+
+def _json_line(path: str, i: int, line: str) -> dict:
+    """Line ``i`` of a JSONL file as its object, or the one-sentence error naming the line."""
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path} line {i}: malformed JSON ({e.msg} at column {e.colno})") from None
+    if not isinstance(obj, dict):
+        raise UserError(f"{path} line {i}: expected a JSON object, got {_typename(obj)}")
+    return obj
 
 
 def _csv_rows(path: str) -> Iterator[tuple[str, str, dict]]:

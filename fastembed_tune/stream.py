@@ -28,7 +28,7 @@ from typing import Collection, Iterator, Optional, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from .data import _BOM, _POSITIVE_KEYS, _QUERY_KEYS, Pair, _check_header, _pair, _typename, _utf8_error
+from .data import _BOM, _POSITIVE_KEYS, _QUERY_KEYS, Pair, _check_header, _json_line, _pair, _utf8_error
 from .errors import UserError
 
 STREAM_EXTS = (".jsonl", ".parquet")
@@ -52,15 +52,8 @@ def jsonl_objects(path: str, start: int = 0, line: int = 1) -> Iterator[tuple[in
     """(byte offset, 1-based line number, object) of each non-blank line of a JSONL file from byte
     ``start`` (which is line ``line``), decoded and checked one line at a time as ``data`` does."""
     for pos, i, text, _ in _lines(path, start, line):
-        if not text.strip():
-            continue
-        try:
-            obj = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise UserError(f"{path} line {i}: malformed JSON ({e.msg} at column {e.colno})") from None
-        if not isinstance(obj, dict):
-            raise UserError(f"{path} line {i}: expected a JSON object, got {_typename(obj)}")
-        yield pos, i, obj
+        if text.strip():
+            yield pos, i, _json_line(path, i, text)
 
 
 def _lines(path: str, start: int = 0, line: int = 1) -> Iterator[tuple[int, int, str, bool]]:
