@@ -33,6 +33,9 @@ SCRIPT = textwrap.dedent("""
     if val:
         cfg.max_steps, cfg.validation_share, cfg.eval_every, cfg.patience = 3, 0.2, 1, 5
         cfg.validation_corpus = [f"other text {i}" for i in range(30)]
+    if os.environ.get("STREAM_PAIRS"):  # the same pairs, read window by window
+        from fastembed_tune.stream import PairStream
+        pairs, cfg.batch_size, cfg.max_steps = PairStream(os.environ["STREAM_PAIRS"], window=8), 8, 2
     train(pairs, cfg, model=m)
     torch.save(m.state_dict(), os.path.join(out, f"weights-rank{rank}.pt"))
 """)
@@ -45,10 +48,10 @@ def tiny_model_dir(tmp_path_factory) -> str:
     return make_tiny_model(tmp_path_factory.mktemp("tiny") / "model", dropout=0.0)
 
 
-def run(tmp_path, model_dir, out, loss, nproc, *extra):
+def run(tmp_path, model_dir, out, loss, nproc, *extra, env_extra=None):
     script = tmp_path / "job.py"
     script.write_text(SCRIPT)
-    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", **(env_extra or {}))
     if nproc == 1:
         cmd = [sys.executable, str(script)]
     else:
@@ -128,3 +131,21 @@ def test_sharded_mining_writes_the_single_process_output(tmp_path, tiny_model_di
     assert s1["negative_score_histogram"] == s2["negative_score_histogram"]
     assert s1["candidates_dropped_as_false_negatives"] == s2["candidates_dropped_as_false_negatives"]
     assert not (tmp_path / "two.jsonl.shards").exists()
+
+
+def test_a_streamed_file_under_torchrun_trains_as_one_process(tmp_path, tiny_model_dir):
+    """Every rank computes the same window order and batches (a pure function of the file) and takes
+    its share of each batch: two ranks end where one process does."""
+    f = tmp_path / "pairs.jsonl"
+    f.write_text("".join(json.dumps({"query": f"query number {i} " + "x " * (i % 5),
+                                     "positive": f"document text {i} " + "y " * (i % 3),
+                                     "negatives": [f"hard negative {i}"]}) + "\n" for i in range(16)))
+    env = {"STREAM_PAIRS": str(f)}
+    l1, (w1,), _ = run(tmp_path, tiny_model_dir, tmp_path / "single", "mnrl", 1, env_extra=env)
+    l2, (wa, wb), _ = run(tmp_path, tiny_model_dir, tmp_path / "ddp", "mnrl", 2, env_extra=env)
+    assert abs(l1 - l2) <= 1e-5 * max(1.0, abs(l1)), (l1, l2)
+    summary = json.loads((tmp_path / "ddp" / "train_summary.json").read_text())
+    assert summary["steps"] == 2
+    for k in w1:
+        torch.testing.assert_close(wa[k], wb[k], rtol=0, atol=0)
+        torch.testing.assert_close(wa[k], w1[k], rtol=1e-5, atol=1e-5)
