@@ -45,6 +45,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                          "and on the sample cost 0.07x of the teacher's test nDCG@10 (3 layers, 3 epochs)")
     ap.add_argument("--corpus", choices=("leakfree", "full"), default="leakfree",
                     help="documents to distil on: the corpus minus every test-relevant document, or all of it")
+    ap.add_argument("--hidden-weight", type=float, default=0.0,
+                    help="weight of the layer-to-layer term (each kept layer's token states against the teacher "
+                         "layer it was copied from; 1 pulls as hard per unit of cosine as the embedding MSE)")
     ap.add_argument("--pseudo-per-doc", type=int, default=1, help="pseudo-queries cut from each document")
     ap.add_argument("--msl", type=int, default=128, help="max_seq_length while distilling")
     ap.add_argument("--keep", type=float, default=0.95, help="validation ratio the shipped layer count keeps")
@@ -140,6 +143,7 @@ def main(argv=None) -> None:
     plans = [(f"l{k}", k, spread_layers(n_layers, k), texts, dict(
         epochs=a.epochs, lr=a.lr, per_epoch=True, patience=a.patience,
         pairs=fit if a.contrastive_weight > 0 else None, contrastive_weight=a.contrastive_weight,
+        hidden_weight=a.hidden_weight,
         pair_batch_size=a.pair_bs)) for k in a.layer_counts]
     if a.baseline:  # what run does today: default layers, MSE only, 1 epoch at lr 1e-3, no pseudo-queries
         plans.append(("baseline", (n_layers + 1) // 2, None, plain, dict(epochs=1, lr=1e-3, per_epoch=False)))

@@ -44,7 +44,7 @@ from .model import EmbeddingModel
 from .validation import BestTracker
 
 __all__ = ["parse_layers", "default_layers", "spread_layers", "prune_layers", "teacher_embeddings", "in_batch_kl",
-           "pseudo_queries", "query_word_range", "distillation_texts", "distill_loss", "distill"]
+           "hidden_state_loss", "pseudo_queries", "query_word_range", "distillation_texts", "distill_loss", "distill"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 CACHE_FILE = "teacher_embeddings.npy"
@@ -320,6 +320,32 @@ def in_batch_kl(teacher_emb: torch.Tensor, student_emb: torch.Tensor, temperatur
     return (lt.exp() * (lt - ls)).sum(1).mean()
 
 
+def hidden_state_loss(student_states: Sequence[torch.Tensor], teacher_states: Sequence[torch.Tensor],
+                      attention_mask: torch.Tensor, kept: Sequence[int]) -> torch.Tensor:
+    """Layer-to-layer distillation of a layer-pruned student: student layer ``j`` (hidden state
+    ``j + 1``) learns the token states of the teacher layer it was copied from, ``kept[j]``
+    (teacher hidden state ``kept[j] + 1``). The mean over those layers and the non-padding tokens
+    of ``1 - cos(student token, teacher token)``, times ``2 / d`` (d: the hidden size): the scale
+    the sentence-embedding MSE has for unit vectors, ``(2 - 2 cos) / d``, so a weight of 1 pulls
+    about as hard per unit of cosine as the MSE does.
+
+    >>> h = [torch.randn(2, 3, 4) for _ in range(4)]; mask = torch.ones(2, 3, dtype=torch.long)
+    >>> abs(float(hidden_state_loss([h[0], h[1], h[3]], h, mask, [0, 2]))) < 1e-6
+    True
+    >>> float(hidden_state_loss([h[0], h[2], h[1]], h, mask, [0, 2])) > 0
+    True
+    """
+    if len(student_states) != len(kept) + 1:
+        raise ValueError(f"{len(student_states)} student hidden states for {len(kept)} kept layers")
+    m = attention_mask.to(student_states[-1].dtype).unsqueeze(-1)
+    per_layer = []
+    for j, t in enumerate(kept):
+        s, te = student_states[j + 1].float(), teacher_states[t + 1].float().detach()
+        cos = torch.nn.functional.cosine_similarity(s, te, dim=-1).unsqueeze(-1)
+        per_layer.append(((1 - cos) * m).sum() / m.sum().clamp(min=1))
+    return torch.stack(per_layer).mean() * (2.0 / student_states[-1].shape[-1])
+
+
 _WORD = re.compile(r"\S+")
 _EDGE = " \t\n.,;:!?()[]{}\"'"
 
@@ -434,7 +460,8 @@ def distill(teacher_dir: Optional[PathLike], texts: Sequence[str], output_dir: P
             device: Optional[str] = None, precomputed: Optional[dict] = None,
             bf16: Optional[bool] = None, pairs: Optional[Sequence] = None, contrastive_weight: float = 0.0,
             contrastive_scale: float = 20.0, pair_batch_size: Optional[int] = None,
-            validation: Any = None, patience: Optional[int] = None, tolerance: float = 0.0) -> dict:
+            validation: Any = None, patience: Optional[int] = None, tolerance: float = 0.0,
+            hidden_weight: float = 0.0) -> dict:
     """Distil the teacher at ``teacher_dir`` (``None``: the built-in MiniLM) into a smaller student and
     save it to ``output_dir/model``.
 
@@ -463,6 +490,10 @@ def distill(teacher_dir: Optional[PathLike], texts: Sequence[str], output_dir: P
       epoch; the student saved is the best epoch's (a later one within ``tolerance`` of the best
       wins, see :class:`~fastembed_tune.validation.BestTracker`), and training stops after ``patience``
       epochs in a row below it (None: never). The schedule still spans ``epochs``.
+    - ``hidden_weight`` > 0 (a layer-pruned student only): adds that weight x
+      :func:`hidden_state_loss`, each kept layer's token states against the teacher layer it was
+      copied from. The teacher then runs beside the student on every step (no cache: token states
+      are too big to keep).
 
     Returns a summary: steps, seconds, final_loss, student_layers (teacher layer indices kept, or
     ``None`` for ``student_dir``), student_num_layers, dims, projection, texts, cache_reused, output;
@@ -502,12 +533,17 @@ def distill(teacher_dir: Optional[PathLike], texts: Sequence[str], output_dir: P
            "an integer >= 1 or None")
     _check("tolerance", isinstance(tolerance, (int, float)) and math.isfinite(tolerance) and tolerance >= 0,
            tolerance, "a finite number >= 0")
+    _check("hidden_weight", isinstance(hidden_weight, (int, float)) and math.isfinite(hidden_weight)
+           and hidden_weight >= 0, hidden_weight, "a finite number >= 0")
     if validation is not None and not callable(getattr(validation, "score", None)):
         raise UserError(f"validation must have a score(model) method (e.g. a Validation); got {type(validation).__name__}")
     pair_list = _pair_list(pairs, contrastive_weight)
     layers = parse_layers(layers)
     if student_dir is not None and layers is not None:
         raise UserError("give either a student model (student_dir) or the teacher layers to keep (layers), not both")
+    if student_dir is not None and hidden_weight > 0:
+        raise UserError("hidden_weight maps each student layer to the teacher layer it was copied from: it needs a "
+                        "layer-pruned student (layers=...), not student_dir")
     texts = list(dict.fromkeys(t for t in texts if isinstance(t, str) and t.strip()))
     if not texts:
         raise UserError("distillation needs at least one non-empty text")
@@ -516,7 +552,8 @@ def distill(teacher_dir: Optional[PathLike], texts: Sequence[str], output_dir: P
     settings = _Settings(teacher_dir, student_dir, layers, epochs, batch_size, lr, kl_weight, kl_temperature, seed,
                          max_seq_length, show_progress_bar, warmup_ratio, weight_decay, max_grad_norm, logging_steps,
                          length_window, device, precomputed, bf16, pair_list, contrastive_weight, contrastive_scale,
-                         pair_batch_size or max(2, batch_size // 2), validation, patience, tolerance)
+                         pair_batch_size or max(2, batch_size // 2), validation, patience, tolerance,
+                         hidden_weight)
     out_dir = check_output(output_dir, "dir")
     with output_lock(out_dir):
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -553,6 +590,7 @@ class _Settings:
     validation: Any = None
     patience: Optional[int] = None
     tolerance: float = 0.0
+    hidden_weight: float = 0.0
 
 
 def _pair_list(pairs: Optional[Sequence], contrastive_weight: float) -> list[tuple[str, str]]:
@@ -622,27 +660,46 @@ class _Step:
     n_pairs: int
 
 
+@dataclass
+class _LayerTargets:
+    """What the hidden-state term needs on every step: the teacher and the layers the student kept."""
+    teacher: EmbeddingModel
+    kept: list[int]
+
+
 def _step_loss(s: _Settings, loss_fn: MSELoss, step: _Step, targets: np.ndarray, texts: list[str],
-               dev: torch.device, bf16: bool) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor],
-                                                       Optional[torch.Tensor]]:
-    """(loss, mse, kl, contrastive) of one step; each column is tokenized and embedded on its own
-    (queries are not padded to the documents' length)."""
+               dev: torch.device, bf16: bool, layers: Optional[_LayerTargets] = None
+               ) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor],
+                          Optional[torch.Tensor]]:
+    """(loss, mse, kl, contrastive, hidden) of one step; each column is tokenized and embedded on its
+    own (queries are not padded to the documents' length)."""
     student = loss_fn.model
     feats = [{k: v.to(dev) for k, v in student.tokenize([texts[i] for i in col]).items()} for col in step.columns]
     labels = torch.from_numpy(np.asarray(targets[np.concatenate(step.columns)], dtype=np.float32)).to(dev)
     keys = text_keys(feats[-1:]).to(dev) if step.n_pairs else None
+    hidden = None
     with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=bf16):
-        emb = torch.cat([student(f)["sentence_embedding"] for f in feats])
+        outs = [student(dict(f, output_hidden_states=layers is not None)) for f in feats]
+        emb = torch.cat([o["sentence_embedding"] for o in outs])
         loss, mse, con = distill_loss(emb, labels, step.n_pairs, s.contrastive_weight, s.contrastive_scale,
                                       doc_keys=keys, projection=loss_fn.projection)
         kl = in_batch_kl(labels, emb, s.kl_temperature) if s.kl_weight > 0 else None
+        if layers is not None:
+            with torch.no_grad():
+                teacher_states = [layers.teacher(dict(f, output_hidden_states=True))["all_layer_embeddings"]
+                                  for f in feats]
+            hidden = torch.stack([hidden_state_loss(o["all_layer_embeddings"], t, f["attention_mask"], layers.kept)
+                                  for o, t, f in zip(outs, teacher_states, feats)]).mean()
     if kl is not None:
         loss = loss + s.kl_weight * kl
-    return loss, mse, kl, con
+    if hidden is not None:
+        loss = loss + s.hidden_weight * hidden
+    return loss, mse, kl, con, hidden
 
 
 def _distill_loop(s: _Settings, loss_fn: MSELoss, targets: np.ndarray, texts: list[str], dev: torch.device,
-                  bf16: bool, log_file: Path) -> tuple[int, float, int, float, Optional[dict]]:
+                  bf16: bool, log_file: Path, layers: Optional[_LayerTargets] = None
+                  ) -> tuple[int, float, int, float, Optional[dict]]:
     """The epochs of MSE (+ in-batch KL, + contrastive on pairs) steps, validated after each epoch
     when ``s.validation``; returns (steps, last loss, texts seen, seconds, validation summary or None).
     With validation the student holds the best epoch's weights on return."""
@@ -674,7 +731,8 @@ def _distill_loop(s: _Settings, loss_fn: MSELoss, targets: np.ndarray, texts: li
                 for bidx, (idx, pb) in enumerate(batches):
                     columns = [c for c in (np.sort(others[idx]), pq[pb], pp[pb]) if len(c)]  # sorted: memory-map reads
                     lr_now = scheduler.get_last_lr()[0]
-                    loss, mse, kl, con = _step_loss(s, loss_fn, _Step(columns, len(pb)), targets, texts, dev, bf16)
+                    loss, mse, kl, con, hid = _step_loss(s, loss_fn, _Step(columns, len(pb)), targets, texts, dev,
+                                                         bf16, layers)
                     loss.backward()
                     optimizer_step(loss_fn.parameters(), optimizer, scheduler, s.max_grad_norm)
                     n_rows = sum(len(c) for c in columns)
@@ -686,7 +744,8 @@ def _distill_loop(s: _Settings, loss_fn: MSELoss, targets: np.ndarray, texts: li
                     rec = log.add(step, epoch + (bidx + 1) / len(batches), lr_now, n_rows, total_steps,
                                   loss=last_loss, mse=float(mse.detach()),
                                   kl=float(kl.detach()) if kl is not None else None,
-                                  contrastive=float(con.detach()) if con is not None else None)
+                                  contrastive=float(con.detach()) if con is not None else None,
+                                  hidden=float(hid.detach()) if hid is not None else None)
                     if rec:
                         bar.set_postfix(loss=f"{rec['loss']:.5f}")
                     bar.update(1)
@@ -719,13 +778,18 @@ def _distill_locked(s: _Settings, texts: list[str], out_dir: Path, t_start: floa
     targets = teacher_embeddings(teacher, texts, cache, batch_size=s.batch_size,
                                  show_progress_bar=s.show_progress_bar, precomputed=s.precomputed, key=key)
     teacher_dim = teacher.dim
-    del teacher  # only its cached embeddings are needed from here on
+    layers = None
+    if s.hidden_weight > 0:  # the teacher's token states, step by step
+        if teacher_dim != student.dim:
+            raise UserError("hidden_weight needs the student's hidden size to be the teacher's")
+        layers = _LayerTargets(teacher.eval().requires_grad_(False), list(kept))
+    del teacher  # otherwise only its cached embeddings are needed from here on
     if dev.type == "cuda":
         torch.cuda.empty_cache()
     loss_fn = MSELoss(student, teacher_dim=teacher_dim).to(dev)
     bf16 = use_bf16(dev, s.bf16)
     log_file = out_dir / "distill_log.jsonl"
-    step, last_loss, texts_done, loop_s, val = _distill_loop(s, loss_fn, targets, texts, dev, bf16, log_file)
+    step, last_loss, texts_done, loop_s, val = _distill_loop(s, loss_fn, targets, texts, dev, bf16, log_file, layers)
     student.eval()
     final = out_dir / "model"
     distill_len = student.max_seq_length
@@ -738,6 +802,7 @@ def _distill_locked(s: _Settings, texts: list[str], out_dir: Path, t_start: floa
                "student_layers": kept, "student_num_layers": len(_layer_list(student.transformer)[2]),
                "teacher_num_layers": teacher_layers, "student_dim": student.dim, "teacher_dim": teacher_dim,
                "projection": loss_fn.projection is not None, "kl_weight": s.kl_weight,
+               "hidden_weight": s.hidden_weight,
                "kl_temperature": s.kl_temperature, "max_seq_length": distill_len,
                "cache": str(cache), "cache_reused": cache_reused, "output": str(final),
                "log_file": str(log_file), "device": str(dev), "bf16": bf16}

@@ -176,15 +176,21 @@ class EmbeddingModel(torch.nn.Module):
                                    max_length=self.max_seq_length, return_tensors="pt"))
 
     def forward(self, features: dict) -> dict:
+        """sentence-transformers' contract: adds ``token_embeddings`` and ``sentence_embedding``, and
+        ``all_layer_embeddings`` (the embeddings' output, then every layer's) when
+        ``features["output_hidden_states"]`` is true."""
         inputs = {k: v for k, v in features.items()
                   if k in ("input_ids", "attention_mask", "token_type_ids")}
-        out = self.transformer(**inputs, return_dict=True)
+        every = bool(features.get("output_hidden_states", False))
+        out = self.transformer(**inputs, return_dict=True, **({"output_hidden_states": True} if every else {}))
         emb = pool(out.last_hidden_state, features["attention_mask"], self.pooling)
         if self.normalize:
             emb = torch.nn.functional.normalize(emb, p=2, dim=1)
         features = dict(features)
         features["token_embeddings"] = out.last_hidden_state
         features["sentence_embedding"] = emb
+        if every:
+            features["all_layer_embeddings"] = out.hidden_states
         return features
 
     # ---- inference -----------------------------------------------------------------------

@@ -17,6 +17,7 @@ from fastembed_tune.distill import (
     distill,
     distill_loss,
     distillation_texts,
+    hidden_state_loss,
     in_batch_kl,
     parse_layers,
     prune_layers,
@@ -402,3 +403,48 @@ def test_contrastive_distillation_ships_the_best_validated_epoch(teacher_dir, tm
     early = distill(teacher_dir, texts, tmp_path / "e", layers=[3], epochs=5, batch_size=32, validation=
                     _ScriptedValidation([0.5, 0.1, 0.1, 0.9, 0.9]), patience=2, show_progress_bar=False, device="cpu")
     assert early["epochs_run"] == 3 and early["best_epoch"] == 1  # stopped after 2 epochs below the best
+
+
+def test_hidden_state_loss_matches_numpy():
+    rng = np.random.default_rng(3)
+    teacher = [torch.from_numpy(rng.normal(size=(2, 5, 6)).astype(np.float32)) for _ in range(5)]  # emb + 4 layers
+    student = [teacher[0], torch.from_numpy(rng.normal(size=(2, 5, 6)).astype(np.float32)), teacher[4]]
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+    got = float(hidden_state_loss(student, teacher, mask, [1, 3]))
+
+    def dist(s, t):  # mean over real tokens of 1 - cos
+        s, t, m = s.numpy(), t.numpy(), mask.numpy().astype(bool)
+        cos = (s * t).sum(-1) / np.linalg.norm(s, axis=-1) / np.linalg.norm(t, axis=-1)
+        return float((1 - cos)[m].mean())
+
+    want = (dist(student[1], teacher[2]) + dist(student[2], teacher[4])) / 2 * (2 / 6)
+    assert got == pytest.approx(want, rel=1e-5) and dist(student[2], teacher[4]) == pytest.approx(0.0, abs=1e-6)
+    with pytest.raises(ValueError):
+        hidden_state_loss(student[:2], teacher, mask, [1, 3])
+
+
+def test_hidden_state_term_runs_and_pulls_the_layers_to_the_teacher(teacher_dir, tmp_path):
+    texts = _texts(64, seed=8)
+    kw = dict(layers=[0, 2], batch_size=16, lr=3e-3, epochs=2, logging_steps=1, show_progress_bar=False,
+              device="cpu", bf16=False)
+    plain = distill(teacher_dir, texts, tmp_path / "plain", **kw)
+    layered = distill(teacher_dir, texts, tmp_path / "hidden", hidden_weight=5.0, **kw)
+    assert layered["hidden_weight"] == 5.0 and plain["hidden_weight"] == 0.0
+    lines = [json.loads(x) for x in (tmp_path / "hidden" / "distill_log.jsonl").read_text().splitlines()]
+    assert all(np.isfinite(r["hidden"]) and r["loss"] >= r["mse"] for r in lines)
+    assert lines[-1]["hidden"] < lines[0]["hidden"]
+
+    teacher = EmbeddingModel.load(teacher_dir)
+    feats = teacher.tokenize(texts)
+
+    def layer_distance(model_dir):  # the term itself, recomputed on every text for each student
+        student = EmbeddingModel.load(model_dir)
+        with torch.no_grad():
+            s = student(dict(feats, output_hidden_states=True))["all_layer_embeddings"]
+            t = teacher(dict(feats, output_hidden_states=True))["all_layer_embeddings"]
+        return float(hidden_state_loss(s, t, feats["attention_mask"], [0, 2]))
+
+    assert layer_distance(layered["output"]) < layer_distance(plain["output"])
+    with pytest.raises(UserError, match="layer-pruned"):
+        distill(teacher_dir, texts, tmp_path / "x", student_dir=plain["output"], hidden_weight=1.0,
+                show_progress_bar=False)
