@@ -448,3 +448,16 @@ def test_hidden_state_term_runs_and_pulls_the_layers_to_the_teacher(teacher_dir,
     with pytest.raises(UserError, match="layer-pruned"):
         distill(teacher_dir, texts, tmp_path / "x", student_dir=plain["output"], hidden_weight=1.0,
                 show_progress_bar=False)
+
+
+def test_cli_distill_hidden_weight(teacher_dir, tmp_path, capsys):
+    from fastembed_tune.cli import main
+
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text("".join(json.dumps({"_id": str(i), "text": t}) + "\n" for i, t in enumerate(_texts(24, 9))))
+    assert main(["distill", "--teacher", teacher_dir, "--corpus", str(corpus), "-o", str(tmp_path / "s"),
+                 "--layers", "0,2", "--hidden-weight", "0.5", "--batch-size", "8", "--quiet"]) == 0
+    summary = json.loads((tmp_path / "s" / "distill_summary.json").read_text())
+    assert summary["hidden_weight"] == 0.5 and summary["student_layers"] == [0, 2]
+    assert main(["distill", "--teacher", teacher_dir, "--corpus", str(corpus), "-o", str(tmp_path / "t"),
+                 "--hidden-weight", "-1", "--quiet"]) == 2
