@@ -172,7 +172,7 @@ def _cmd_export(a: argparse.Namespace) -> int:
 
 def _cmd_embed(a: argparse.Namespace) -> int:
     from .data import read_texts
-    from .inference import OUTPUT_SUFFIXES, embed_file_texts, embed_stream_to_file, load_embedder, write_embeddings
+    from .inference import OUTPUT_SUFFIXES, embed_file_texts, embed_stream_to_file, open_embedder, write_embeddings
     from .stream import CorpusStream
 
     check_output(a.output, "file")
@@ -187,9 +187,7 @@ def _cmd_embed(a: argparse.Namespace) -> int:
         adapter = Adapter(a.adapter)  # checked before any embedding
     if a.stream:
         with output_lock(a.output):
-            model = load_embedder(a.model, int8=a.int8, threads=a.threads, precision=a.precision)
-            if getattr(model, "choice", None) is not None:
-                print(model.choice.description)
+            model = open_embedder(a.model, int8=a.int8, threads=a.threads, precision=a.precision, log=print)
             n, dim = embed_stream_to_file(model, docs.windows(), len(docs), a.output, batch_size=a.batch_size,
                                           transform=(lambda e: adapter.apply(e, a.adapter_side)) if adapter else None,
                                           show_progress_bar=not a.quiet)

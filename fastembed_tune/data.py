@@ -49,6 +49,15 @@ class Pair:
     source: str = ""  # "file:line" where the row came from
 
 
+def pair_digest_line(p: Pair) -> bytes:
+    """What a pair adds to a digest of training data (the same for a list and a stream of pairs).
+
+    >>> pair_digest_line(Pair("q", "d", ["n"]))
+    b'["q", "d", ["n"]]\\n'
+    """
+    return json.dumps([p.query, p.positive, p.negatives]).encode() + b"\n"
+
+
 @dataclass
 class EvalSet:
     """IR evaluation data: queries, a corpus, and the relevant documents of each query.
@@ -108,15 +117,21 @@ def _utf8_error(path: str, data: bytes, e: UnicodeDecodeError, line: Optional[in
     return UserError(f"{path} line {line}: not valid UTF-8 (byte 0x{data[e.start]:02x} at position {pos})")
 
 
+def _decode_line(path: str, raw: bytes, i: int) -> str:
+    """Line ``i`` (its bytes, without the newline) as text, a trailing ``\\r`` dropped; bad UTF-8 is
+    the one-sentence error naming the line."""
+    if raw.endswith(b"\r"):
+        raw = raw[:-1]
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise _utf8_error(path, raw, e, line=i) from None
+
+
 def _text_lines(path: str, data: bytes) -> Iterator[tuple[int, str]]:
     """Non-blank lines of ``data`` as (1-based line number, text), decoded one by one."""
     for i, raw in enumerate(data.split(b"\n"), 1):
-        if raw.endswith(b"\r"):
-            raw = raw[:-1]
-        try:
-            line = raw.decode("utf-8")
-        except UnicodeDecodeError as e:
-            raise _utf8_error(path, raw, e, line=i) from None
+        line = _decode_line(path, raw, i)
         if line.strip():
             yield i, line
 

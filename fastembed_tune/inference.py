@@ -420,17 +420,34 @@ def embed_file_texts(model: Union[str, os.PathLike], texts: Sequence[str], batch
                      threads: Optional[int] = None, int8: bool = False,
                      show_progress_bar: bool = False, precision: Optional[str] = None,
                      log: Optional[Callable[[str], None]] = None) -> np.ndarray:
-    """Embed ``texts`` with what :func:`load_embedder` loads from ``model`` (``precision``: see
-    there; ``log`` gets the precision chosen, when one was).
+    """Embed ``texts`` with what :func:`open_embedder` opens from ``model``.
 
     >>> from fastembed_tune.model import default_model_path
     >>> embed_file_texts(default_model_path(), ["a tuple", "a list"]).shape
     (2, 384)
     """
+    emb = open_embedder(model, int8=int8, threads=threads, precision=precision, log=log)
+    return emb.encode(list(texts), batch_size=batch_size, show_progress_bar=show_progress_bar)
+
+
+def open_embedder(model: Union[str, os.PathLike, None], int8: bool = False, threads: Optional[int] = None,
+                  precision: Optional[str] = None, log: Optional[Callable[[str], None]] = None):
+    """:func:`load_embedder` (``precision``: see there), and ``log`` gets the line naming the
+    precision chosen, when one was.
+
+    >>> from fastembed_tune.model import default_model_path
+    >>> type(open_embedder(default_model_path(), log=print)).__name__
+    'EmbeddingModel'
+    """
     emb = load_embedder(model, int8=int8, threads=threads, precision=precision)
     if log is not None and getattr(emb, "choice", None) is not None:
         log(emb.choice.description)
-    return emb.encode(list(texts), batch_size=batch_size, show_progress_bar=show_progress_bar)
+    return emb
+
+
+def _jsonl_lines(ids: Sequence[str], emb: np.ndarray) -> Iterator[str]:
+    """``{"id", "embedding"}`` lines, the ``.jsonl`` output format."""
+    return (json.dumps({"id": i, "embedding": [float(x) for x in row]}) + "\n" for i, row in zip(ids, emb))
 
 
 def write_embeddings(path: Union[str, os.PathLike], ids: Sequence[str], emb: np.ndarray) -> None:
@@ -450,8 +467,7 @@ def write_embeddings(path: Union[str, os.PathLike], ids: Sequence[str], emb: np.
     if path.suffix == ".npy":
         atomic_write(path, lambda f: np.save(f, np.ascontiguousarray(emb, dtype=np.float32)), binary=True)
     else:
-        atomic_write(path, lambda f: f.writelines(json.dumps({"id": i, "embedding": [float(x) for x in row]}) + "\n"
-                                                  for i, row in zip(ids, emb)))
+        atomic_write(path, lambda f: f.writelines(_jsonl_lines(ids, emb)))
 
 
 def embed_stream_to_file(embedder, windows: Iterator[tuple[list[str], list[str]]], count: int,
@@ -489,8 +505,7 @@ def embed_stream_to_file(embedder, windows: Iterator[tuple[list[str], list[str]]
                     raise ValueError(f"more than the {count} texts announced")
                 dim = emb.shape[1]
                 if jf is not None:
-                    jf.writelines(json.dumps({"id": i, "embedding": [float(x) for x in row]}) + "\n"
-                                  for i, row in zip(ids, emb))
+                    jf.writelines(_jsonl_lines(ids, emb))
                 else:
                     if out is None:
                         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(count, dim))

@@ -11,7 +11,8 @@ An epoch visits the windows in an order drawn from ``(seed, epoch)``; each windo
 cut into batches by :func:`~fastembed_tune.train.epoch_batches` with the key ``(seed, epoch,
 window)``. So the batches of an epoch are a pure function of (file, seed, epoch, window size): a
 resumed run counts the epoch's batches again (one pass over the file, no model) and goes on from
-the checkpoint's batch, bit for bit. Each epoch costs one such counting pass besides training.
+the checkpoint's batch, bit for bit. Such a counting pass is made for every epoch when training
+plans its schedule, and again for each epoch as it starts, besides the reading while training.
 Pairs meet in-batch negatives from their own window only: keep the window large (the default holds
 100,000 pairs, about 100 MB of text). A file that fits in one window trains exactly as the same
 pairs read into memory.
@@ -28,7 +29,17 @@ from typing import Collection, Iterator, Optional, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from .data import _BOM, _POSITIVE_KEYS, _QUERY_KEYS, Pair, _check_header, _json_line, _pair, _utf8_error
+from .data import (
+    _BOM,
+    _POSITIVE_KEYS,
+    _QUERY_KEYS,
+    Pair,
+    _check_header,
+    _decode_line,
+    _json_line,
+    _pair,
+    pair_digest_line,
+)
 from .errors import UserError
 
 STREAM_EXTS = (".jsonl", ".parquet")
@@ -72,13 +83,7 @@ def _lines(path: str, start: int = 0, line: int = 1) -> Iterator[tuple[int, int,
             if here == 0 and raw.startswith(_BOM):
                 raw = raw[len(_BOM):]
             ended = raw.endswith(b"\n")
-            raw = raw[:-1] if ended else raw
-            if raw.endswith(b"\r"):
-                raw = raw[:-1]
-            try:
-                yield here, i, raw.decode("utf-8"), ended
-            except UnicodeDecodeError as e:
-                raise _utf8_error(path, raw, e, line=i) from None
+            yield here, i, _decode_line(path, raw[:-1] if ended else raw, i), ended
 
 
 def parquet_records(path: str, start: int = 0, need: Sequence = ()) -> Iterator[tuple[int, dict]]:
@@ -177,8 +182,7 @@ class PairStream:
                 self.validation_pairs.append(pair)
                 continue
             self.pairs += 1
-            digest.update(json.dumps([pair.query, pair.positive, pair.negatives]).encode())
-            digest.update(b"\n")
+            digest.update(pair_digest_line(pair))
             self.negatives[len(pair.negatives)] = self.negatives.get(len(pair.negatives), 0) + 1
             seen += 1  # reservoir sample of the positives (algorithm R, seeded)
             if len(self.distractors) < max_distractors:
@@ -253,23 +257,23 @@ class StreamEpoch:
     def __init__(self, stream: PairStream, epoch: int, make_batches, show_progress_bar: bool = False):
         self.stream, self.epoch, self.make_batches = stream, epoch, make_batches
         self.order = window_order(stream.num_windows, stream.seed, epoch)
+        self._cached: tuple = (None, 0, [], [])  # (window, its own pairs, pairs as batched, batches)
         counts, self.extra_pairs = [], 0
         for w in tqdm(self.order, desc=f"batches, epoch {epoch}", unit="window",
                       disable=not show_progress_bar or len(self.order) < 2):
             pairs, batches = self._cut(w)
             counts.append(len(batches))
-            self.extra_pairs += len(pairs) - self._window_pairs
+            self.extra_pairs += len(pairs) - self._cached[1]
         self.ends = [int(x) for x in np.cumsum(counts)]
         key = json.dumps([stream.digest, stream.window, stream.seed, epoch, self.order, counts])
         self.digest = hashlib.sha256(key.encode()).hexdigest()
 
     def _cut(self, w: int) -> tuple[list[Pair], list[list[int]]]:
         """Window ``w``'s pairs as batched (replay mixed in) and its batches; the last one is kept."""
-        if getattr(self, "_cached", (None,))[0] != w:
+        if self._cached[0] != w:
             pairs = self.stream.window_pairs(w)
-            self._window_pairs = len(pairs)
-            self._cached = (w, *self.make_batches(pairs, () if self.stream.num_windows == 1 else (w,)))
-        return self._cached[1], self._cached[2]
+            self._cached = (w, len(pairs), *self.make_batches(pairs, () if self.stream.num_windows == 1 else (w,)))
+        return self._cached[2], self._cached[3]
 
     def __len__(self) -> int:
         return self.ends[-1] if self.ends else 0

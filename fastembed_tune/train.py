@@ -62,7 +62,7 @@ from .atomic import (
     temp_dir,
     write_json,
 )
-from .data import Pair, read_pairs
+from .data import Pair, pair_digest_line, read_pairs
 from .distributed import barrier, gather_with_grad, init_from_env, launch_rank, shard
 from .errors import UserError
 from .loop import WindowLog, length_grouped, make_optimizer, make_scheduler, optimizer_step, set_seed, use_bf16
@@ -334,8 +334,7 @@ def _digest(obj: Any) -> str:
 def _data_digest(pairs: Sequence[Pair]) -> str:
     h = hashlib.sha256()
     for p in pairs:
-        h.update(json.dumps([p.query, p.positive, p.negatives]).encode())
-        h.update(b"\n")
+        h.update(pair_digest_line(p))
     return h.hexdigest()
 
 
