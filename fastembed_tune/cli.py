@@ -24,6 +24,8 @@ def _cmd_mine(a: argparse.Namespace) -> int:
     check_output(a.output, "file")
     if a.summary:
         check_output(a.summary, "file", "--summary")
+    if a.stream:
+        return _cmd_mine_stream(a)
     with output_lock(a.output) if launch_rank() == 0 else nullcontext():
         pairs = read_pairs(a.pairs)
         corpus = list(read_corpus(a.corpus).values()) if a.corpus else None
@@ -40,6 +42,27 @@ def _cmd_mine(a: argparse.Namespace) -> int:
     if warning:
         print(warning, file=sys.stderr)
     print(f"wrote {len(pairs)} rows to {a.output}")
+    return 0
+
+
+def _cmd_mine_stream(a: argparse.Namespace) -> int:
+    from .mining import format_summary, negatives_warning
+    from .mining_stream import mine_stream
+    from .model import EmbeddingModel
+
+    with output_lock(a.output):
+        summary = mine_stream(a.pairs, a.output, EmbeddingModel.load(a.model), a.corpus,
+                              num_negatives=a.num_negatives, skip_top=a.skip_top, max_ratio=a.max_ratio,
+                              batch_size=a.batch_size, threads=a.threads, window=a.stream_window, scan=a.scan,
+                              show_progress_bar=not a.quiet)
+        if a.summary:
+            from .atomic import write_json
+            write_json(a.summary, summary)
+    print(format_summary(summary))
+    warning = negatives_warning(summary)
+    if warning:
+        print(warning, file=sys.stderr)
+    print(f"wrote {summary['pairs']} rows to {a.output}")
     return 0
 
 
@@ -338,6 +361,12 @@ def _mine_parser(sub) -> None:
     m.add_argument("--scan", choices=["auto", "fp32", "int8"], default="auto",
                    help="the top-k scan: int8 candidates + exact fp32 rescoring (the same negatives, faster on "
                         "VNNI/AVX2 CPUs), fp32, or auto (int8 on VNNI or AVX2 CPUs from 20,000 corpus rows)")
+    m.add_argument("--stream", action="store_true",
+                   help="read --pairs (.jsonl/.parquet) and --corpus (.jsonl/.txt/.parquet) window by window, "
+                        "never as lists in memory; candidates are embedded into OUTPUT.work/ (memory-mapped; a "
+                        "killed run resumes there) and the same negatives are mined")
+    m.add_argument("--stream-window", type=_positive_int, default=100_000,
+                   help="pairs (and texts embedded) per window with --stream")
     m.add_argument("--summary", help="also write the summary as JSON to this path")
     m.add_argument("--quiet", action="store_true", help="no progress bars")
     m.add_argument("--nproc", type=_positive_int, default=None, help="shortcut: run under torchrun with N processes")

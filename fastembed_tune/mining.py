@@ -123,9 +123,10 @@ LOWP_MIN_ROWS = 20_000  # below this the fp32 scan takes well under a second and
 _INT8_DOT = ("avx512_vnni", "avx_vnni", "amx_int8", "avx2")
 
 
-def _search(scan: str, corpus: np.ndarray, threads: int):
+def _search(scan: str, corpus: np.ndarray, threads: int, out: Optional[str] = None):
     """The top-k function ``scan`` names (see :func:`mine_hard_negatives`), with a ``.name``; the int8
-    one quantises ``corpus`` once and reuses it for every call."""
+    one quantises ``corpus`` once (into the folder ``out``, memory-mapped, when given) and reuses it
+    for every call."""
     if scan not in ("auto", "fp32", "int8"):
         raise ValueError(f"scan must be 'auto', 'fp32' or 'int8', got {scan!r}")
     if scan == "auto":
@@ -137,7 +138,7 @@ def _search(scan: str, corpus: np.ndarray, threads: int):
         def search(*a, **k):
             return topk_cosine(*a, **k)
     else:
-        quantized = quantize_corpus(corpus, threads=threads)
+        quantized = quantize_corpus(corpus, threads=threads, out=out)
 
         def search(*a, **k):
             return topk_cosine_lowp(*a, quantized=quantized, **k)

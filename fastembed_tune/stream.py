@@ -135,7 +135,7 @@ class PairStream:
 
     def __init__(self, path: str, window: int = DEFAULT_WINDOW, validation_share: float = 0.0,
                  validation_max_queries: int = 500, seed: int = 42, avoid: Collection[str] = (),
-                 max_distractors: int = 1000, show_progress_bar: bool = False):
+                 max_distractors: int = 1000, show_progress_bar: bool = False, min_pairs: int = 2):
         path = os.fspath(path)
         ext = os.path.splitext(path)[1].lower()
         if not os.path.exists(path):
@@ -156,7 +156,7 @@ class PairStream:
         self.windows: list[_Window] = []
         self.pairs = 0
         self.negatives: dict[int, int] = {}  # hard negatives per training pair -> pairs
-        self._index(max_distractors, show_progress_bar)
+        self._index(max_distractors, show_progress_bar, min_pairs)
 
     # ---- the one pass --------------------------------------------------------------------
     def _is_held(self, q: str) -> bool:
@@ -169,7 +169,7 @@ class PairStream:
             return True
         return False
 
-    def _index(self, max_distractors: int, show_progress_bar: bool) -> None:
+    def _index(self, max_distractors: int, show_progress_bar: bool, min_pairs: int) -> None:
         digest = hashlib.sha256()
         rng = np.random.default_rng([self.seed, 9])
         seen = 0
@@ -193,9 +193,9 @@ class PairStream:
                     self.distractors[j] = pair.positive
         if not self.windows:
             raise UserError(f"{self.path}: empty file (no pairs)")
-        if self.pairs < 2:
-            raise UserError(f"{self.path}: training needs at least 2 pairs; {self.pairs} are left after holding "
-                            f"out {len(self.validation_pairs)} for validation")
+        if self.pairs < min_pairs:
+            raise UserError(f"{self.path}: training needs at least {min_pairs} pairs; {self.pairs} are left after "
+                            f"holding out {len(self.validation_pairs)} for validation")
         self.digest = digest.hexdigest()
 
     # ---- reading -------------------------------------------------------------------------
@@ -291,6 +291,8 @@ class CorpusStream:
     at a time by :meth:`windows`; the rules are :func:`~fastembed_tune.data.read_texts`' (ids,
     title + text, a ``.txt`` line per row and a blank one refused, duplicate ids refused), checked
     in one pass when it opens, which keeps 8 bytes per document (a hash of its id) and nothing else.
+    ``skip_blank``: blank ``.txt`` lines are skipped (row ids keep their line numbers), as
+    :func:`~fastembed_tune.data.read_corpus` skips them, instead of refused.
 
     >>> import tempfile, os
     >>> p = os.path.join(tempfile.mkdtemp(), "texts.txt")
@@ -302,7 +304,8 @@ class CorpusStream:
 
     EXTS = (".jsonl", ".txt", ".parquet")
 
-    def __init__(self, path: str, window: int = DEFAULT_WINDOW, show_progress_bar: bool = False):
+    def __init__(self, path: str, window: int = DEFAULT_WINDOW, show_progress_bar: bool = False,
+                 skip_blank: bool = False):
         path = os.fspath(path)
         if os.path.isdir(path):
             path = os.path.join(path, "corpus.jsonl")
@@ -314,7 +317,7 @@ class CorpusStream:
                             f"(convert it, or embed without --stream)")
         if not isinstance(window, int) or isinstance(window, bool) or window < 1:
             raise UserError(f"the stream window must be a positive integer; got {window!r}")
-        self.path, self.ext, self.window = path, ext, window
+        self.path, self.ext, self.window, self.skip_blank = path, ext, window, skip_blank
         keys = np.empty(1024, dtype=np.uint64)
         n = 0
         for i, _text in tqdm(self._docs(), desc="index texts", unit="text", disable=not show_progress_bar):
@@ -339,7 +342,7 @@ class CorpusStream:
         if self.ext == ".txt":
             for _, i, text, ended in _lines(self.path):
                 if not text.strip():
-                    if not ended and not text:
+                    if self.skip_blank or (not ended and not text):
                         continue  # a lone "\r" after the last newline
                     raise UserError(f"{self.path} line {i}: blank line; every line is one output row, so each "
                                     f"needs a text (remove the line, or use a .jsonl corpus with ids)")

@@ -548,7 +548,7 @@ def test_embed_rows_match_lines(content, tmp_path, out, D, capsys):
     from fastembed_tune.inference import OnnxEmbedder
 
     f = write(tmp_path / "in" / "texts.txt", content)
-    succeeded(cli(capsys, "embed", "--model", D.onnx, "-i", f, "-o", out / "e.npy"))
+    succeeded(cli(capsys, "embed", "--model", D.onnx, "-i", f, "-o", out / "e.npy", "--precision", "fp32"))
     got = np.load(out / "e.npy")
     lines = ["kernel mutex heap", "socket parser token", "vector tensor scalar"]
     want = OnnxEmbedder(D.onnx).embed(lines)
