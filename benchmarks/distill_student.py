@@ -16,6 +16,9 @@ every corpus document (and pseudo-queries cut from each), test-relevant ones inc
 unlabeled text a user deploys over, so this uses no test label (no qrel; the validation split and
 its distractors stay leak-free). In either mode a pseudo-query that happens to spell a test or
 validation query is dropped (sessions before 2026-12-04 kept the ~20 such short phrases).
+``--extra-texts FILE`` (one text a line, e.g. from ``benchmarks/debian_descriptions.py``) adds its
+first ``--extra-max`` texts to the distillation set, MSE to the teacher only (no pair, no label; one
+that spells a test or validation query is dropped too); their teacher targets get their own cache.
 """
 from __future__ import annotations
 
@@ -49,6 +52,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                     help="weight of the layer-to-layer term (each kept layer's token states against the teacher "
                          "layer it was copied from; 1 pulls as hard per unit of cosine as the embedding MSE)")
     ap.add_argument("--pseudo-per-doc", type=int, default=1, help="pseudo-queries cut from each document")
+    ap.add_argument("--extra-texts", default=None, metavar="FILE",
+                    help="more distillation text, one a line (e.g. Debian package descriptions), MSE only")
+    ap.add_argument("--extra-max", type=int, default=None, metavar="N", help="at most N of the --extra-texts")
     ap.add_argument("--msl", type=int, default=128, help="max_seq_length while distilling")
     ap.add_argument("--keep", type=float, default=0.95, help="validation ratio the shipped layer count keeps")
     ap.add_argument("--seed", type=int, default=42, help="run's seed: the same validation split as the teacher's")
@@ -124,20 +130,27 @@ def main(argv=None) -> None:
     docs = list(dict.fromkeys(ev.corpus.values())) if a.corpus == "full" else corpus
     texts = distillation_texts(fit, docs, pseudo_per_doc=a.pseudo_per_doc, seed=a.seed)
     plain = distillation_texts(fit, docs)
+    extra = []
+    if a.extra_texts:
+        with open(a.extra_texts, encoding="utf-8") as f:
+            extra = [t for t in (line.strip() for line in f) if t][:a.extra_max]
+        texts = list(dict.fromkeys(texts + extra))
     # a pseudo-query may happen to spell a test or validation query ("interface"): never distil on those
     held = set(ev.queries.values()) | {p.query for p in val}
     texts, plain = ([t for t in ts if t not in held] for ts in (texts, plain))
     teacher.max_seq_length = a.msl  # the teacher's targets, computed once for every student
     every = list(dict.fromkeys(texts + plain))
     t0 = time.perf_counter()
-    cached = teacher_embeddings(teacher, every, os.path.join(a.out, "teacher_embeddings.npy"))
+    cache = "teacher_embeddings" + (f".{os.path.basename(a.extra_texts)}" if extra else "") + ".npy"
+    cached = teacher_embeddings(teacher, every, os.path.join(a.out, cache))
     precomputed = {t: cached[i] for i, t in enumerate(every)}
     teacher_s = time.perf_counter() - t0
     del teacher
     print(cpu_description(), f"torch {torch.__version__}, {torch.get_num_threads()} threads", flush=True)
     print(f"teacher {a.teacher}: {n_layers} layers, validation nDCG@10 {t_val:.4f} ({len(val)} queries), "
           f"test nDCG@10 {t_test:.4f} ({len(ev.qrels)} queries); {len(texts)} distillation texts "
-          f"({a.pseudo_per_doc} pseudo-queries per document, {a.corpus} corpus: {len(docs)} documents), "
+          f"({a.pseudo_per_doc} pseudo-queries per document, {a.corpus} corpus: {len(docs)} documents"
+          f"{f'; {len(extra)} from {a.extra_texts}' if extra else ''}), "
           f"{len(fit)} training pairs; teacher targets {teacher_s:.0f} s", flush=True)
 
     plans = [(f"l{k}", k, spread_layers(n_layers, k), texts, dict(
@@ -155,7 +168,7 @@ def main(argv=None) -> None:
             json.dump({"cpu": cpu_description(), "torch": torch.__version__, "threads": torch.get_num_threads(),
                        "args": vars(a), "teacher": {"path": a.teacher, "layers": n_layers, "test_ndcg@10": t_test,
                                                     "val_ndcg@10": t_val},
-                       "texts": len(texts), "pairs": len(fit), "validation_queries": len(val),
+                       "texts": len(texts), "extra_texts": len(extra), "pairs": len(fit), "validation_queries": len(val),
                        "teacher_targets_s": round(teacher_s, 1), "rows": rows, "chosen": chosen}, f, indent=1)
 
     for name, k, layers, texts_k, kw in plans:
