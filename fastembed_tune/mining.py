@@ -138,7 +138,7 @@ def _search(scan: str, corpus: np.ndarray, threads: int, out: Optional[str] = No
         def search(*a, **k):
             return topk_cosine(*a, **k)
     else:
-        quantized = quantize_corpus(corpus, threads=threads, out=out)
+        quantized = quantize_corpus(corpus, threads=threads, **({} if out is None else {"out": out, "block_rows": 1 << 16}))
 
         def search(*a, **k):
             return topk_cosine_lowp(*a, quantized=quantized, **k)

@@ -110,36 +110,48 @@ class _Candidates:
 
     def __init__(self, work: str, pairs: PairStream, corpus: Optional[CorpusStream], progress: bool):
         tw = TextTable.writer(work)
-        ckeys = [np.zeros(0, f"S{KEY_BYTES}")]
+        n = len(corpus) if corpus is not None else 0
+        ck = np.empty(n, f"S{KEY_BYTES}")
         if corpus is not None:
-            for _, texts in tqdm(corpus.windows(), total=-(-len(corpus) // corpus.window), desc="read corpus",
+            at = 0
+            for _, texts in tqdm(corpus.windows(), total=-(-n // corpus.window), desc="read corpus",
                                  unit="window", disable=not progress):
                 tw.add(texts)
-                ckeys.append(_keys(texts))
-        ck = np.concatenate(ckeys)
-        n = len(ck)
+                ck[at:at + len(texts)] = _keys(texts)
+                at += len(texts)
         order = np.argsort(ck, kind="stable")
-        sk = ck[order]
+        ck = ck[order]                                  # sorted in place of the file order
         first = np.ones(n, bool)
-        first[1:] = sk[1:] != sk[:-1]
-        first_rows = np.sort(order[first])              # distinct corpus texts by their first row
-        del order, sk, first
+        first[1:] = ck[1:] != ck[:-1]
+        ukeys, urow = ck[first], order[first]           # distinct keys, sorted; the first row of each
+        del ck, order, first
+        first_rows = np.sort(urow)                      # distinct corpus texts by their first row
+        uid = np.searchsorted(first_rows, urow)         # candidate id of each distinct key
+        del urow
         qk, pk = self._pair_keys(pairs, progress)
-        known = self._lookup(ck[first_rows], np.arange(len(first_rows)), pk)
+        known = self._find(ukeys, uid, pk)
         missing = np.flatnonzero(known < 0)
         _, at = np.unique(pk[missing], return_index=True)
         added = np.sort(missing[at])                    # pairs whose positive is new, first appearance only
+        del missing, at
         self.corpus_size, self.added = len(first_rows) + len(added), len(added)
         self._append_positives(tw, pairs, added)
         self.table = tw.close()
         self.row_of = np.concatenate([first_rows, n + np.arange(len(added))])   # candidate id -> table row
-        keys = np.concatenate([ck[first_rows], pk[added]])
-        del ck
-        ids = np.arange(self.corpus_size)
-        self.pos = self._lookup(keys, ids, pk)
+        o = np.argsort(pk[added])
+        akeys, aid = pk[added][o], len(first_rows) + o  # the positives the corpus lacks: sorted keys, ids
+        del first_rows
+
+        def find(want: np.ndarray) -> np.ndarray:
+            got = self._find(ukeys, uid, want)
+            return np.where(got >= 0, got, self._find(akeys, aid, want))
+
+        self.pos = np.where(known >= 0, known, self._find(akeys, aid, pk))
+        del known, pk
         groups, self.group = np.unique(qk, return_inverse=True)
         self.group = self.group.ravel()
-        self.group_query = self._lookup(keys, ids, groups)   # the query's own text as a candidate, or -1
+        del qk
+        self.group_query = find(groups)                 # the query's own text as a candidate, or -1
         combos = np.unique(self.group.astype(np.int64) * self.corpus_size + self.pos)
         self.excl_ptr = np.searchsorted(combos // self.corpus_size, np.arange(len(groups) + 1))
         self.excl = combos % self.corpus_size
@@ -163,14 +175,12 @@ class _Candidates:
             start += len(win)
 
     @staticmethod
-    def _lookup(keys: np.ndarray, ids: np.ndarray, want: np.ndarray) -> np.ndarray:
-        """ids[j] where keys[j] == want[i], else -1 (keys distinct)."""
-        if len(keys) == 0:
+    def _find(sorted_keys: np.ndarray, ids: np.ndarray, want: np.ndarray) -> np.ndarray:
+        """ids[j] where sorted_keys[j] == want[i], else -1 (keys sorted and distinct)."""
+        if len(sorted_keys) == 0:
             return np.full(len(want), -1, np.int64)
-        order = np.argsort(keys)
-        sk = keys[order]
-        at = np.minimum(np.searchsorted(sk, want), len(sk) - 1)
-        return np.where(sk[at] == want, ids[order][at], -1).astype(np.int64)
+        at = np.minimum(np.searchsorted(sorted_keys, want), len(sorted_keys) - 1)
+        return np.where(sorted_keys[at] == want, ids[at], -1).astype(np.int64)
 
     def exclusions(self, lo: int, hi: int) -> list[list[int]]:
         """Each pair's excluded ids (all positives of its query anywhere in the data, and the query's
