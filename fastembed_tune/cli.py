@@ -25,28 +25,30 @@ def _cmd_mine(a: argparse.Namespace) -> int:
     if a.summary:
         check_output(a.summary, "file", "--summary")
     if a.stream:
-        return _cmd_mine_stream(a)
-    with output_lock(a.output) if launch_rank() == 0 else nullcontext():
-        pairs = read_pairs(a.pairs)
-        corpus = list(read_corpus(a.corpus).values()) if a.corpus else None
-        model = EmbeddingModel.load(a.model)
-        init_from_env()
-        summary = mine_to_file(pairs, a.output, model, corpus, summary_path=a.summary,
-                               num_negatives=a.num_negatives, skip_top=a.skip_top, max_ratio=a.max_ratio,
-                               batch_size=a.batch_size, threads=a.threads, show_progress_bar=not a.quiet,
-                               scan=a.scan)
-    if summary is None:  # another rank of a torchrun job: rank 0 reports
-        return 0
+        summary = _mine_streamed(a)
+    else:
+        with output_lock(a.output) if launch_rank() == 0 else nullcontext():
+            pairs = read_pairs(a.pairs)
+            corpus = list(read_corpus(a.corpus).values()) if a.corpus else None
+            model = EmbeddingModel.load(a.model)
+            init_from_env()
+            summary = mine_to_file(pairs, a.output, model, corpus, summary_path=a.summary,
+                                   num_negatives=a.num_negatives, skip_top=a.skip_top, max_ratio=a.max_ratio,
+                                   batch_size=a.batch_size, threads=a.threads, show_progress_bar=not a.quiet,
+                                   scan=a.scan)
+        if summary is None:  # another rank of a torchrun job: rank 0 reports
+            return 0
     print(format_summary(summary))
     warning = negatives_warning(summary)
     if warning:
         print(warning, file=sys.stderr)
-    print(f"wrote {len(pairs)} rows to {a.output}")
+    print(f"wrote {summary['pairs']} rows to {a.output}")
     return 0
 
 
-def _cmd_mine_stream(a: argparse.Namespace) -> int:
-    from .mining import format_summary, negatives_warning
+def _mine_streamed(a: argparse.Namespace) -> dict:
+    """``mine --stream``: :func:`~fastembed_tune.mining_stream.mine_stream`; returns its summary."""
+    from .atomic import write_json
     from .mining_stream import mine_stream
     from .model import EmbeddingModel
 
@@ -56,14 +58,8 @@ def _cmd_mine_stream(a: argparse.Namespace) -> int:
                               batch_size=a.batch_size, threads=a.threads, window=a.stream_window, scan=a.scan,
                               show_progress_bar=not a.quiet)
         if a.summary:
-            from .atomic import write_json
             write_json(a.summary, summary)
-    print(format_summary(summary))
-    warning = negatives_warning(summary)
-    if warning:
-        print(warning, file=sys.stderr)
-    print(f"wrote {summary['pairs']} rows to {a.output}")
-    return 0
+    return summary
 
 
 def _relaunch_with_torchrun(argv: Sequence[str], nproc: int) -> int:
