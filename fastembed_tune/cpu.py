@@ -46,3 +46,23 @@ def cpu_description() -> str:
     """
     have = " ".join(f for f in FEATURES if f in cpu_features()) or "none of " + ", ".join(FEATURES[:3])
     return f"{_cpuinfo()[0]} ({os.cpu_count()} logical CPUs; features: {have})"
+
+
+X86 = ("x86_64", "amd64", "i386", "i686")
+EXACT_INT8_DOT = ("avx512_vnni", "avx_vnni", "amx_int8")
+
+
+def int8_pairs_saturate(features: frozenset | None = None, machine: str | None = None) -> bool:
+    """Whether onnxruntime's u8 x s8 GEMM is inexact here: on x86 CPUs without VNNI or AMX (AVX2,
+    AVX-512 without VNNI) it adds each pair of u8 x s8 products in 16 bits (``vpmaddubsw``), which
+    saturates once the pair passes 32767 (255 x 127 x 2 = 64770). A u8 x u8 GEMM (widened to 16 bits
+    first) is exact there.
+
+    >>> int8_pairs_saturate(frozenset({"avx2"}), "x86_64")
+    True
+    >>> int8_pairs_saturate(frozenset({"avx2", "avx512_vnni"}), "x86_64"), int8_pairs_saturate(frozenset(), "aarch64")
+    (False, False)
+    """
+    f = cpu_features() if features is None else features
+    m = (platform.machine() if machine is None else machine).lower()
+    return m in X86 and not any(x in f for x in EXACT_INT8_DOT)

@@ -23,6 +23,7 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence, Union
 import numpy as np
 
 from .atomic import atomic_write
+from .cpu import int8_pairs_saturate
 from .errors import UserError, check_finite_rows
 
 METADATA_FILE = "fastembed_tune_onnx.json"
@@ -165,6 +166,10 @@ class OnnxEmbedder:
         except Exception as e:
             raise UserError(f"{self.model_file}: not a readable ONNX model ({str(e).splitlines()[0]})") from None
         self._validate(proto)
+        from .quantize import INT8_WEIGHT_OPS
+
+        self._int8_weights = any(n.op_type in INT8_WEIGHT_OPS for n in proto.graph.node)
+        self.unsigned_weights = False  # set when the int8 weights were rewritten as uint8 for this CPU
         del proto
 
         if threads is not None and (not isinstance(threads, int) or threads < 0):
@@ -195,11 +200,31 @@ class OnnxEmbedder:
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if not spin:  # idle workers sleep at once instead of spinning (a server between requests)
             so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        model = str(self.model_file)
+        if self._int8_weights and providers == ["CPUExecutionProvider"] and int8_pairs_saturate():
+            model = self._unsigned_int8(model)
         try:
-            self.session = ort.InferenceSession(str(self.model_file), so, providers=providers)
+            self.session = ort.InferenceSession(model, so, providers=providers)
         except Exception as e:
             raise UserError(f"{self.model_file}: onnxruntime cannot load it ({str(e).splitlines()[0]})") from None
         self._run = lambda feed: self.session.run([self.output_name], feed)[0]
+
+    def _unsigned_int8(self, path: str) -> Union[str, bytes]:
+        """The int8 graph with uint8 weights (:func:`fastembed_tune.quantize.unsigned_weights`), as
+        bytes: this CPU's u8 x s8 GEMM saturates, its u8 x u8 one is exact. The file is not changed."""
+        import onnx
+
+        from .quantize import unsigned_weights
+
+        try:
+            m = onnx.load(path)
+            if not unsigned_weights(m):
+                return path
+            data = m.SerializeToString()
+        except Exception:  # unreadable or over 2 GB: onnxruntime reports on the file itself
+            return path
+        self.unsigned_weights = True
+        return data
 
     def _open_openvino(self, threads: Optional[int], precision: str) -> None:
         try:

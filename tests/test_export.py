@@ -111,6 +111,54 @@ def test_int8_is_batch_invariant(exported):
     assert cos(shuffled, alone).min() >= 0.99999
 
 
+def _mmi_graph(w: np.ndarray, m: int):
+    """One MatMulIntegerToFloat: uint8 rows (zero point 128) x int8 weights, unit scales."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    k, n = w.shape
+    node = helper.make_node("MatMulIntegerToFloat", ["a", "w", "s", "ws", "zp"], ["y"], domain="com.microsoft")
+    inits = [numpy_helper.from_array(w, "w"), numpy_helper.from_array(np.float32(1), "s"),
+             numpy_helper.from_array(np.ones(n, np.float32), "ws"), numpy_helper.from_array(np.uint8(128), "zp")]
+    g = helper.make_graph([node], "g", [helper.make_tensor_value_info("a", TensorProto.UINT8, [m, k])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [m, n])], initializer=inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+
+
+@pytest.mark.parametrize("case", ["random", "extreme"])
+def test_unsigned_weights_make_the_int8_gemm_exact(case):
+    """On x86 without VNNI onnxruntime's u8 x s8 GEMM adds product pairs in 16 bits and saturates
+    (255 x 127 x 2 > 32767); the uint8-weight rewrite computes the same products exactly on every CPU,
+    and the original graph is exact wherever cpu.int8_pairs_saturate() says so."""
+    import onnxruntime as ort
+
+    from fastembed_tune.cpu import int8_pairs_saturate
+
+    rng = np.random.default_rng(0)
+    if case == "random":
+        a, w = rng.integers(0, 256, (16, 384)).astype(np.uint8), rng.integers(-127, 128, (384, 48)).astype(np.int8)
+    else:
+        a, w = np.full((16, 384), 255, np.uint8), np.full((384, 48), 127, np.int8)
+    exact = (a.astype(np.int64) - 128) @ w.astype(np.int64)
+
+    def run(model):
+        s = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        return s.run(None, {"a": a})[0].astype(np.int64)
+
+    original = _mmi_graph(w, len(a))
+    if not int8_pairs_saturate():
+        assert np.array_equal(run(original), exact)
+    assert quantize_mod.unsigned_weights(original) == 1
+    assert np.array_equal(run(original), exact)
+
+
+def test_int8_embedder_rewrites_weights_where_the_gemm_saturates(exported):
+    from fastembed_tune.cpu import int8_pairs_saturate
+
+    q = OnnxEmbedder(exported[0] / "model_int8.onnx", threads=2)
+    assert q.unsigned_weights == int8_pairs_saturate()
+    assert not OnnxEmbedder(exported[0], threads=2).unsigned_weights  # fp32: nothing to rewrite
+
+
 def test_int8_file_and_word_embeddings(exported):
     import onnx
     from onnx import numpy_helper
