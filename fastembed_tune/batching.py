@@ -15,8 +15,10 @@ runs on it::
 * The model thread takes the oldest pending texts up to ``max_batch_tokens`` real tokens (and
   ``max_batch_size`` texts): the window. It sorts the window by token length and cuts it into runs
   whose *padded* size (texts x longest) stays within ``max_batch_tokens`` (like TEI's
-  ``--max-batch-tokens``), so a long text never pads a batch of short ones. Every run of a window is
-  done before the next window, so no text waits behind later arrivals.
+  ``--max-batch-tokens``), so a long text never pads a batch of short ones. An engine with
+  ``padded_length(tokens)`` (the ONNX one: length buckets of 8 tokens) gets runs of one bucket each,
+  padded to it, as :meth:`~fastembed_tune.inference.OnnxEmbedder.embed` batches. Every run of a
+  window is done before the next window, so no text waits behind later arrivals.
 * There is no artificial wait: while one window runs, the next requests queue up, and the next
   window takes them all (continuous batching). A lone request is answered at once.
 
@@ -50,18 +52,28 @@ class EngineError(Exception):
     """The model failed on a batch, or produced NaN/Inf (the server answers 500)."""
 
 
-def plan_batches(lengths: Sequence[int], max_batch_tokens: int, max_batch_size: int) -> List[List[int]]:
+def plan_batches(lengths: Sequence[int], max_batch_tokens: int, max_batch_size: int,
+                 padded_length: Optional[Callable[[int], int]] = None) -> List[List[int]]:
     """Cut texts of token ``lengths`` into runs: sorted longest first, each run's padded size
     (``len(run) * longest``) within ``max_batch_tokens`` and at most ``max_batch_size`` texts; a text
-    longer than the budget runs alone. Returns lists of indices into ``lengths``.
+    longer than the budget runs alone. With ``padded_length`` (tokens -> the length a batch is
+    padded to), a run holds texts of one padded length only, and that length is what the budget
+    counts. Returns lists of indices into ``lengths``.
 
     >>> plan_batches([3, 10, 4, 9], max_batch_tokens=20, max_batch_size=8)
     [[1, 3], [2, 0]]
+    >>> plan_batches([3, 10, 4, 17], max_batch_tokens=40, max_batch_size=8)
+    [[3, 1], [2, 0]]
+    >>> plan_batches([3, 10, 4, 17], max_batch_tokens=40, max_batch_size=8, padded_length=lambda n: -(-n // 8) * 8)
+    [[3], [1], [2, 0]]
     """
-    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    pad = padded_length or (lambda n: n)
+    width = [pad(n) for n in lengths]
+    order = sorted(range(len(lengths)), key=lambda i: (-width[i], -lengths[i]))
     runs: List[List[int]] = []
     for i in order:
-        if runs and len(runs[-1]) < max_batch_size and (len(runs[-1]) + 1) * lengths[runs[-1][0]] <= max_batch_tokens:
+        if (runs and len(runs[-1]) < max_batch_size and (padded_length is None or width[i] == width[runs[-1][0]])
+                and (len(runs[-1]) + 1) * width[runs[-1][0]] <= max_batch_tokens):
             runs[-1].append(i)
         else:
             runs.append([i])
@@ -117,6 +129,10 @@ class OnnxEngine:
             self.file = embedder.model_file.name
         choice = getattr(embedder, "choice", None)
         self.precision = choice.precision if choice is not None else None
+
+    def padded_length(self, tokens: int) -> int:
+        """The length a run whose longest text has ``tokens`` tokens is padded to (its bucket)."""
+        return self.embedder.padded_length(tokens)
 
     def tokenize(self, texts: List[str]) -> list:
         """Encodings of ``texts`` (special tokens added, truncated to ``max_seq_length``)."""
@@ -327,7 +343,8 @@ class Batcher:
             window = self._take_window()
             if window is None:
                 return
-            for run in plan_batches([w[0] for w in window], self.max_batch_tokens, self.max_batch_size):
+            for run in plan_batches([w[0] for w in window], self.max_batch_tokens, self.max_batch_size,
+                                    getattr(self.engine, "padded_length", None)):
                 items = [window[i] for i in run]
                 try:
                     self._run(items)
@@ -349,7 +366,9 @@ class Batcher:
                 self._fail(it[1], err)
             return
         if self.on_batch is not None:
-            self.on_batch(len(items), len(items) * max(it[0] for it in items), time.perf_counter() - t0)
+            longest = max(it[0] for it in items)
+            pad = getattr(self.engine, "padded_length", None)
+            self.on_batch(len(items), len(items) * (pad(longest) if pad else longest), time.perf_counter() - t0)
         finite = np.isfinite(emb).all(axis=1)
         for k, (_, job, row, _) in enumerate(items):
             if not finite[k]:

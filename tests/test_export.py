@@ -267,11 +267,74 @@ def test_dynamic_axes_padding_and_lengths(fp32, minilm):
     ref = minilm.encode(texts)
     for t, r in zip(texts[:3], ref[:3]):  # batch 1, unpadded, three lengths
         assert cos(fp32.embed([t], batch_size=1), r[None])[0] >= 0.9999
-    got = fp32.embed(texts, batch_size=33)  # one padded batch of 33
+    got = fp32.run(fp32.tokenize(texts))  # one padded batch of 33, input order
     assert got.shape == (33, 384) and cos(got, ref).min() >= 0.9999
     # a short text padded to 256 beside the long one equals the same text alone
     alone = fp32.embed(["ok"], batch_size=1)
     assert np.abs(got[0] - alone[0]).max() < 1e-4
+    assert cos(fp32.embed(texts, batch_size=33), ref).min() >= 0.9999  # batched by length bucket
+
+
+def test_embed_runs_batches_of_one_length_bucket(exported, minilm):
+    """Every batch is padded to a multiple of 8 tokens (or to max_seq_length) and holds only texts of
+    that bucket; the vectors equal PyTorch's and per-batch padding's, and a text's vector does not
+    depend on its batch neighbours."""
+    e = OnnxEmbedder(exported[0], threads=2)
+    texts = ["ok", "What is a tuple?", LONG, LONG[:300]] + corpus(60, skip=100)
+    lengths = [len(x.ids) for x in e.tokenizer.encode_batch(texts)]
+    widths, calls = [], []
+    run = e._run
+
+    def spy(feed):
+        mask = feed["attention_mask"]
+        widths.append(mask.shape[1])
+        calls.append(mask.sum(1).tolist())
+        return run(feed)
+
+    e._run = spy
+    got = e.embed(texts, batch_size=16)
+    assert sorted(n for c in calls for n in c) == sorted(lengths)  # each text once
+    for w, c in zip(widths, calls):
+        assert len(c) <= 16 and (w % 8 == 0 or w == e.max_seq_length)
+        assert all(w == e.padded_length(n) for n in c)  # one bucket a batch
+        assert all(w - 8 < n <= w for n in c)  # fewer than 8 padding tokens a text
+    assert len(set(widths)) > 3
+    ref = minilm.encode(texts)
+    assert cos(got, ref).min() >= 0.9999
+    flat = OnnxEmbedder(exported[0], threads=2, pad_multiple=1).embed(texts, batch_size=16)
+    assert cos(got, flat).min() >= 0.99999
+    e._run = run
+    alone = np.concatenate([e.embed([t]) for t in texts[:8]])
+    assert np.abs(alone - got[:8]).max() < 1e-5
+
+
+def test_bucket_batches_cover_every_text_once():
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from fastembed_tune.inference import bucket_batches
+
+    @settings(max_examples=200, deadline=None)
+    @given(st.lists(st.integers(1, 300), max_size=80), st.integers(1, 9), st.integers(1, 20))
+    def check(lengths, step, batch_size):
+        buckets = [-(-n // step) * step for n in lengths]
+        batches = bucket_batches(buckets, lengths, batch_size)
+        flat = [int(i) for b in batches for i in b]
+        assert sorted(flat) == list(range(len(lengths)))
+        seen = []
+        for b in batches:
+            assert 1 <= len(b) <= batch_size and len({buckets[i] for i in b}) == 1
+            assert [lengths[i] for i in b] == sorted((lengths[i] for i in b), reverse=True)
+            seen.append(buckets[b[0]])
+        assert seen == sorted(seen, reverse=True)
+
+    check()
+
+
+def test_pad_multiple_is_validated(exported):
+    for bad in (0, -8, 2.5, True, "8"):
+        with pytest.raises(UserError, match="pad_multiple"):
+            OnnxEmbedder(exported[0], pad_multiple=bad)
 
 
 def test_graph_reads_the_attention_mask(exported, fp32):

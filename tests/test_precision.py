@@ -29,7 +29,8 @@ def tiny_export(tmp_path_factory):
 
 
 @pytest.mark.parametrize("features,openvino,want", [
-    ({"avx2", "fma"}, True, ["fp32", "int8"]),  # AVX2-only EPYC: no VNNI, no bf16
+    ({"avx2", "fma"}, True, ["fp32", "int8", "fp32-openvino"]),  # AVX2-only EPYC: no VNNI, no bf16
+    ({"avx2", "fma"}, False, ["fp32", "int8"]),
     ({"avx512f", "avx512_vnni", "avx512_bf16"}, True, ["int8", "bf16", "fp32"]),  # Zen 4
     ({"avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8"}, True, ["bf16", "int8", "fp32"]),  # AMX
     ({"avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8"}, False, ["int8", "fp32"]),  # no openvino
@@ -49,15 +50,39 @@ def test_no_probe_picks_by_features(tiny_export, monkeypatch):
 
 def test_probe_measures_and_gates(tiny_export):
     c = P.choose_precision(tiny_export, threads=2, texts=TEXTS, batch_size=4)
-    assert c.precision in P.candidates(tiny_export)
+    assert c.candidate in P.candidates(tiny_export)
     assert "fp32" in c.measured and c.measured["fp32"]["sent_per_s"] > 0
-    chosen = c.measured[c.precision]
+    chosen = c.measured[c.candidate]
     assert "skipped" not in chosen and chosen["min_cosine"] >= P.GATES[c.precision]
     assert all(m.get("sent_per_s", 0) <= chosen["sent_per_s"] for p, m in c.measured.items() if "skipped" not in m)
     ref = P.choose_precision(tiny_export, probe=False, allow=("fp32",)).load().embed(TEXTS)
     got = c.load().embed(TEXTS)
     cosine = (got * ref).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(ref, axis=1)
     assert cosine.min() >= P.GATES[c.precision]
+
+
+def test_fp32_on_openvino_is_a_candidate_where_the_cpu_has_no_bf16(tiny_export, tmp_path, monkeypatch):
+    """On a CPU without native bf16 the portable graph on OpenVINO f32 is probed beside onnxruntime
+    fp32 (gated >= 0.9999 to it) and chosen when it measures faster; the cache keeps that choice."""
+    pytest.importorskip("openvino")
+    monkeypatch.setenv("FASTEMBED_TUNE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(P, "cpu_features", lambda: frozenset({"avx2", "fma"}))
+    speed = P._speed
+    monkeypatch.setattr(P, "_speed", lambda emb, *a: speed(emb, *a) * (100 if emb.engine == "openvino" else 1))
+    c = P.choose_precision(tiny_export, threads=2, batch_size=4, allow=("fp32",))
+    assert (c.candidate, c.precision, c.engine, c.file) == ("fp32-openvino", "fp32", "openvino",
+                                                            tiny_export / "onnx" / "model.onnx")
+    assert c.measured["fp32-openvino"]["min_cosine"] >= P.GATES["fp32"]
+    assert c.description.startswith("precision: fp32 (openvino, onnx/model.onnx)")
+    e = c.load()
+    assert e.engine == "openvino"
+    ref = P.choose_precision(tiny_export, probe=False, allow=("fp32",)).load()
+    assert ref.engine == "onnxruntime"
+    got, want = e.embed(TEXTS), ref.embed(TEXTS)
+    assert ((got * want).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(want, axis=1)).min() >= 0.9999
+    monkeypatch.setattr(P, "_measure", lambda *a, **k: pytest.fail("measured again"))
+    again = P.choose_precision(tiny_export, threads=2, batch_size=4, allow=("fp32",))
+    assert (again.candidate, again.engine) == ("fp32-openvino", "openvino")
 
 
 def test_probe_refuses_a_candidate_below_its_gate(tiny_export, monkeypatch):

@@ -397,6 +397,19 @@ def test_plan_batches_covers_everything_within_budget(lengths, budget, size):
         assert len(r) == 1 or len(r) * max(lengths[i] for i in r) <= budget
 
 
+@given(st.lists(st.integers(1, 300), max_size=60), st.integers(1, 2048), st.integers(1, 64), st.integers(1, 16))
+def test_plan_batches_by_bucket_holds_one_padded_length_a_run(lengths, budget, size, step):
+    pad = lambda n: min(-(-n // step) * step, max(n, 256))  # noqa: E731  (OnnxEmbedder.padded_length)
+    runs = plan_batches(lengths, budget, size, pad)
+    assert sorted(i for r in runs for i in r) == list(range(len(lengths)))
+    widths = [pad(lengths[r[0]]) for r in runs]
+    assert widths == sorted(widths, reverse=True)  # longest bucket first
+    for r, w in zip(runs, widths):
+        assert len(r) <= size and all(pad(lengths[i]) == w for i in r)
+        assert len(r) == 1 or len(r) * w <= budget
+        assert [lengths[i] for i in r] == sorted((lengths[i] for i in r), reverse=True)
+
+
 # ---- SIGTERM drains ---------------------------------------------------------------------------------------------
 def test_sigterm_answers_the_request_in_flight_then_exits_0(export_dir, single):
     s = Server(["--model", str(export_dir), "--name", NAME, "--threads", "1"])
