@@ -3,7 +3,7 @@ sentence-transformers encode (PyTorch fp32), the same model in bf16 (``model.to(
 OpenVINO reading our portable ONNX (bf16 where the CPU does bf16 natively, else f32; needs the
 ``openvino`` package), sentence-transformers' own ONNX int8 (only where optimum is installed), our
 ONNX fp32 padded per batch as the peers pad (to each batch's longest text), our ONNX fp32 and int8
-as shipped (batches of one length bucket of 8 tokens, ``OnnxEmbedder``'s default) (and, with
+as shipped (batches of one length bucket of 4 tokens, ``OnnxEmbedder``'s default) (and, with
 --student DIR, that student exported to int8). The CPU's name
 and features are printed above the table: a ratio holds on that CPU, no other. Below the table:
 what :func:`fastembed_tune.precision.choose_precision` ships on this CPU and its ratio to the best
@@ -94,8 +94,8 @@ def main() -> None:
     portable = os.path.join(onnx_dir, PORTABLE_FILE)
     try:
         ov_precision = "bf16" if bf16_native else "f32"
-        # a peer as other stacks run it: every batch padded to its longest (pad_multiple=1)
-        ov = OnnxEmbedder(portable, threads=a.threads, engine="openvino", precision=ov_precision, pad_multiple=1)
+        # a peer as other stacks run it: every batch padded to its longest (pad_multiple=0)
+        ov = OnnxEmbedder(portable, threads=a.threads, engine="openvino", precision=ov_precision, pad_multiple=0)
         runners.append((f"OpenVINO {ov_precision} (reads {PORTABLE_FILE})", ov.embed))
         peers.append(runners[-1][0])
     except Exception as e:  # not installed, or an export made before onnx/model.onnx existed
@@ -109,10 +109,10 @@ def main() -> None:
     except Exception as e:  # needs optimum[onnxruntime] and the hub's ONNX files
         print(f"(sentence-transformers ONNX qint8 row skipped: {str(e).splitlines()[0][:120]})")
     runners.append(("fastembed-tune ONNX fp32, per-batch padding",
-                    OnnxEmbedder(onnx_dir, threads=a.threads, pad_multiple=1).embed))
+                    OnnxEmbedder(onnx_dir, threads=a.threads, pad_multiple=0).embed))
     for label, path in (("fastembed-tune ONNX fp32", os.path.join(onnx_dir, MODEL_FILE)),
                         ("fastembed-tune ONNX int8", os.path.join(onnx_dir, INT8_FILE))):
-        runners.append((label, OnnxEmbedder(path, threads=a.threads).embed))  # length buckets of 8
+        runners.append((label, OnnxEmbedder(path, threads=a.threads).embed))  # length buckets of 4
     if student_dir:
         name = os.path.basename(os.path.normpath(a.student))
         runners.append((f"student ONNX int8 ({name})",

@@ -16,7 +16,7 @@ runs on it::
   ``max_batch_size`` texts): the window. It sorts the window by token length and cuts it into runs
   whose *padded* size (texts x longest) stays within ``max_batch_tokens`` (like TEI's
   ``--max-batch-tokens``), so a long text never pads a batch of short ones. An engine with
-  ``padded_length(tokens)`` (the ONNX one: length buckets of 8 tokens) gets runs of one bucket each,
+  ``padded_length(tokens)`` (the ONNX one: length buckets of 4 tokens) gets runs of one bucket each,
   padded to it, as :meth:`~fastembed_tune.inference.OnnxEmbedder.embed` batches. Every run of a
   window is done before the next window, so no text waits behind later arrivals.
 * There is no artificial wait: while one window runs, the next requests queue up, and the next
@@ -129,10 +129,8 @@ class OnnxEngine:
             self.file = embedder.model_file.name
         choice = getattr(embedder, "choice", None)
         self.precision = choice.precision if choice is not None else None
-
-    def padded_length(self, tokens: int) -> int:
-        """The length a run whose longest text has ``tokens`` tokens is padded to (its bucket)."""
-        return self.embedder.padded_length(tokens)
+        # tokens -> the length a run is padded to (its bucket); None: each run padded to its longest
+        self.padded_length = embedder.padded_length if getattr(embedder, "pad_multiple", 0) else None
 
     def tokenize(self, texts: List[str]) -> list:
         """Encodings of ``texts`` (special tokens added, truncated to ``max_seq_length``)."""

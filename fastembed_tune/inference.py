@@ -7,11 +7,14 @@ ONNX output *is* the sentence embedding.
 
 Tokenisation never trusts the truncation/padding settings stored inside ``tokenizer.json`` (many hub
 files carry ``truncation: 128`` and ``padding: Fixed 128``): truncation is set to the model's
-``max_seq_length``. Batches are cut by length BUCKETS (``pad_multiple``, 8 tokens by default): every
-text is padded to the next multiple of 8 and a batch holds texts of one bucket only, so no batch
-carries more than 7 padding tokens a text (length-sorted batches of 64 carried far more), and a text
-is run at the same padded length whatever its neighbours. Measured on an AVX2-only EPYC (400 corpus
-texts, batch 64, 2 threads): 1.20x per-batch padding on onnxruntime fp32, 1.16x on OpenVINO f32.
+``max_seq_length``. Batches are cut by length BUCKETS (``pad_multiple``, 4 tokens by default): every
+text is padded to the next multiple of 4 and a batch holds texts of one bucket only, so no batch
+carries more than 3 padding tokens a text (length-sorted batches of 64 padded to their longest carry
+far more), and a text is run at the same padded length whatever its neighbours. On a CPU, padding
+costs more than small batches save: on an AVX2-only EPYC (two sets of 500 corpus texts, batch 64, 2
+threads) buckets of 4 ran 1.14-1.16x per-batch padding on onnxruntime fp32 and 1.16-1.17x on
+OpenVINO f32 (buckets of 1 / 2 / 8 / 16 on onnxruntime: 1.17-1.20x / 1.17-1.19x / 1.11-1.12x /
+1.04-1.06x; on OpenVINO, whose shapes are compiled, 1 / 8: 1.10-1.13x / 1.12-1.16x).
 
 At load time the graph and the tokenizer are checked against each other (expected inputs, token ids
 that fit the graph's embedding matrix, the embedding size) so that a mismatch is one clear
@@ -34,7 +37,7 @@ METADATA_FILE = "fastembed_tune_onnx.json"
 MODEL_FILE = "model.onnx"
 INT8_FILE = "model_int8.onnx"
 PORTABLE_FILE = "onnx/model.onnx"  # standard operators only: sentence-transformers' backend="onnx" layout
-PAD_MULTIPLE = 8  # batches are padded to a multiple of this many tokens, one length bucket a batch
+PAD_MULTIPLE = 4  # batches are padded to a multiple of this many tokens, one length bucket a batch
 ENGINES = ("onnxruntime", "openvino")
 OUTPUT_SUFFIXES = (".npy", ".jsonl")  # what write_embeddings writes
 KNOWN_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
@@ -146,7 +149,8 @@ class OnnxEmbedder:
     run, leaving the cores to the rest of the process (a server's event loop and tokenizer).
     ``pad_multiple``: every batch is padded to a multiple of this many tokens (at most
     ``max_seq_length``) and :meth:`embed` batches texts of one such bucket together (see the module
-    text); 1 pads each batch to its longest text only.
+    text; 1: texts of one exact length a batch, no padding at all); 0 is what other stacks do:
+    length-sorted batches of ``batch_size``, each padded to its longest text.
 
     >>> from fastembed_tune.export import export_onnx                    # doctest: +SKIP
     >>> from fastembed_tune.model import default_model_path              # doctest: +SKIP
@@ -182,8 +186,8 @@ class OnnxEmbedder:
         self.pad_id = int(pad.get("pad_id", meta.get("pad_id", 0)))
         self.pad_type_id = int(pad.get("pad_type_id", 0))
         self.tokenizer.no_padding()  # we pad per batch ourselves, by length bucket
-        if not isinstance(pad_multiple, int) or isinstance(pad_multiple, bool) or pad_multiple < 1:
-            raise UserError(f"pad_multiple must be a positive integer, got {pad_multiple!r}")
+        if not isinstance(pad_multiple, int) or isinstance(pad_multiple, bool) or pad_multiple < 0:
+            raise UserError(f"pad_multiple must be a non-negative integer, got {pad_multiple!r}")
         self.pad_multiple = pad_multiple
         self.tokenizer.enable_truncation(max_length=self.max_seq_length)
 
@@ -322,14 +326,15 @@ class OnnxEmbedder:
     # ---- inference ---------------------------------------------------------------------------
     def padded_length(self, tokens: int) -> int:
         """The length a batch whose longest text has ``tokens`` tokens is padded to: the next
-        multiple of ``pad_multiple``, at most ``max(tokens, max_seq_length)``.
+        multiple of ``pad_multiple``, at most ``max(tokens, max_seq_length)`` (``tokens`` itself
+        when ``pad_multiple`` is 0).
 
         >>> e = OnnxEmbedder("/tmp/minilm_onnx")                                 # doctest: +SKIP
-        >>> e.padded_length(3), e.padded_length(8), e.padded_length(9), e.padded_length(255)  # doctest: +SKIP
-        (8, 8, 16, 256)
+        >>> e.padded_length(3), e.padded_length(4), e.padded_length(5), e.padded_length(255)  # doctest: +SKIP
+        (4, 4, 8, 256)
         """
         m = self.pad_multiple
-        return max(tokens, min(-(-tokens // m) * m, self.max_seq_length))
+        return max(tokens, min(-(-tokens // m) * m, self.max_seq_length)) if m else tokens
 
     def feed(self, encodings: Sequence) -> Dict[str, np.ndarray]:
         """The graph's input dict for tokenizer ``encodings`` (one batch, padded with the tokenizer's
@@ -370,7 +375,7 @@ class OnnxEmbedder:
         the dict ``self.session.run`` takes (no length sorting, no batching; see :meth:`embed`).
 
         >>> OnnxEmbedder("/tmp/minilm_onnx").tokenize(["a", "b c"])["input_ids"].shape  # doctest: +SKIP
-        (2, 8)
+        (2, 4)
         """
         texts = _text_list(texts, "tokenize")
         if not texts:
@@ -393,8 +398,9 @@ class OnnxEmbedder:
         if not texts:
             return np.empty((0, self.dim or 0), dtype=np.float32)
         encodings = self.tokenizer.encode_batch(texts, add_special_tokens=True)
-        batches = bucket_batches([self.padded_length(len(e.ids)) for e in encodings],
-                                 [len(e.ids) for e in encodings], batch_size)
+        lengths = [len(e.ids) for e in encodings]
+        buckets = [self.padded_length(n) for n in lengths] if self.pad_multiple else [0] * len(lengths)
+        batches = bucket_batches(buckets, lengths, batch_size)
         out: Optional[np.ndarray] = None
         from tqdm.auto import tqdm
 

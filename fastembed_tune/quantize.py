@@ -480,7 +480,7 @@ def quantize_int8(fp32: Path, dst: Path, parity_batch: Sequence[str], check: Cal
     """
     extra, source = calibration_set(calibration_texts)
     _name_nodes(fp32)
-    stats = activation_stats(fp32, calibration_feeds(OnnxEmbedder(fp32, pad_multiple=1).tokenize, parity_batch, extra))
+    stats = activation_stats(fp32, calibration_feeds(OnnxEmbedder(fp32, pad_multiple=0).tokenize, parity_batch, extra))
     if not all(np.isfinite(st[k]).all() for st in stats.values() for k in ("max", "min", "sumsq")):
         raise ParityError(f"ONNX export refused: the fp32 graph's activations hold NaN/Inf on the calibration "
                           f"texts ({source}); the model overflows on them")
