@@ -274,7 +274,8 @@ def add_export_precision_arg(p: argparse.ArgumentParser) -> None:
     """
     p.add_argument("--precision", choices=["auto", "fp32", "int8", "bf16"], default="auto",
                    help="an ONNX export directory runs at: auto (the fastest that passes its parity gate on this "
-                        "CPU, measured once and cached; the choice is printed), fp32 (model.onnx), int8 "
+                        "CPU, measured once and cached; the choice is printed), fp32 (model.onnx, or "
+                        "onnx/model.onnx on OpenVINO where that is faster and the CPU has no bf16), int8 "
                         "(model_int8.onnx) or bf16 (onnx/model.onnx on OpenVINO; AMX/AVX512-BF16 CPUs, the "
                         "openvino extra); a PyTorch model directory ignores auto")
 
