@@ -199,6 +199,7 @@ class Batcher:
         self.engine = engine
         self.max_batch_tokens, self.max_batch_size, self.max_queue = max_batch_tokens, max_batch_size, max_queue
         self.on_batch = on_batch
+        self._padded_length = getattr(engine, "padded_length", None)  # None: each run padded to its longest
         self._lock = threading.Lock()
         self._queued = 0  # texts admitted and not yet answered
         self._draining = False
@@ -342,7 +343,7 @@ class Batcher:
             if window is None:
                 return
             for run in plan_batches([w[0] for w in window], self.max_batch_tokens, self.max_batch_size,
-                                    getattr(self.engine, "padded_length", None)):
+                                    self._padded_length):
                 items = [window[i] for i in run]
                 try:
                     self._run(items)
@@ -365,8 +366,8 @@ class Batcher:
             return
         if self.on_batch is not None:
             longest = max(it[0] for it in items)
-            pad = getattr(self.engine, "padded_length", None)
-            self.on_batch(len(items), len(items) * (pad(longest) if pad else longest), time.perf_counter() - t0)
+            width = self._padded_length(longest) if self._padded_length else longest
+            self.on_batch(len(items), len(items) * width, time.perf_counter() - t0)
         finite = np.isfinite(emb).all(axis=1)
         for k, (_, job, row, _) in enumerate(items):
             if not finite[k]:
