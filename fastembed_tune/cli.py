@@ -180,7 +180,8 @@ def _cmd_export(a: argparse.Namespace) -> int:
     check_output(a.output, "dir")
     calibration = list(read_texts(a.calibration_texts).values()) if a.calibration_texts else None
     info = export_onnx(a.model or default_model_path(), a.output, quantize=a.quantize, opset=a.opset,
-                       optimize=not a.no_optimize, allow_fp32_int8=a.allow_fp32_int8, calibration_texts=calibration)
+                       optimize=not a.no_optimize, allow_fp32_int8=a.allow_fp32_int8, calibration_texts=calibration,
+                       openvino_int8=a.openvino_int8)
     par = info["parity"]
     line = f"fp32 min cosine {par['fp32']['min_cosine']:.5f}"
     if "int8" in par:
@@ -446,6 +447,9 @@ def _export_parser(sub) -> None:
                                                 "will embed, e.g. your corpus); default: the bundled sample")
     x.add_argument("--allow-fp32-int8", action="store_true",
                    help="write model_int8.onnx even when no weight node could be quantised within the parity bound")
+    x.add_argument("--openvino-int8", action="store_true",
+                   help="also write the NNCF static int8 OpenVINO IR (openvino/openvino_model_qint8_quantized.xml; "
+                        "fastest on VNNI/AMX CPUs; needs pip install 'fastembed-tune[openvino]')")
     x.set_defaults(func=_cmd_export)
 
 

@@ -92,6 +92,7 @@ class _Options:
     allow_fp32_int8: bool
     warn: Callable[[str], None]
     calibration_texts: Optional[List[str]]
+    openvino_int8: bool = False
 
 
 # ---- the public entry point -----------------------------------------------------------------------
@@ -99,7 +100,7 @@ def export_onnx(model_dir: Union[str, os.PathLike], out_dir: Union[str, os.PathL
                 quantize: Optional[str] = None, opset: int = 17, optimize: bool = True,
                 parity_texts: Optional[Sequence[str]] = None, allow_fp32_int8: bool = False,
                 warn: Optional[Callable[[str], None]] = None,
-                calibration_texts: Optional[Sequence[str]] = None) -> Dict:
+                calibration_texts: Optional[Sequence[str]] = None, openvino_int8: bool = False) -> Dict:
     """Export ``model_dir`` to ``out_dir/model.onnx`` (+ ``model_int8.onnx`` with quantize="int8").
 
     Returns a summary: paths, dim, inputs, optimiser used, and the parity figures (min cosine to the
@@ -110,7 +111,9 @@ def export_onnx(model_dir: Union[str, os.PathLike], out_dir: Union[str, os.PathL
     through ``warn`` (a callable taking one line; default: stderr). ``calibration_texts`` (int8 only):
     the user's own texts to calibrate SmoothQuant on (up to 128 of them) instead of the bundled sample;
     the metadata records which was used. ``out_dir`` is locked while it is written, and what an
-    earlier killed export left beside it is removed first.
+    earlier killed export left beside it is removed first. ``openvino_int8`` also writes the NNCF
+    static int8 OpenVINO IR (:mod:`fastembed_tune.openvino_int8`, needs ``openvino`` and ``nncf``),
+    gated like the int8 graph and calibrated on the same texts.
 
     >>> from fastembed_tune.model import default_model_path
     >>> info = export_onnx(default_model_path(), "/tmp/minilm_onnx", quantize="int8")  # doctest: +SKIP
@@ -122,12 +125,20 @@ def export_onnx(model_dir: Union[str, os.PathLike], out_dir: Union[str, os.PathL
     if not isinstance(opset, int) or not 14 <= opset <= 20:
         raise UserError(f"opset must be an integer from 14 to 20, got {opset!r}")
     calibration = check_calibration_texts(calibration_texts)
-    if calibration is not None and quantize != "int8":
+    if not isinstance(openvino_int8, bool):
+        raise UserError(f"openvino_int8 must be True or False, got {openvino_int8!r}")
+    if openvino_int8:
+        from .openvino_int8 import nncf_available
+
+        if not nncf_available():
+            raise UserError("openvino_int8 (--openvino-int8) needs the openvino and nncf packages: "
+                            "pip install 'fastembed-tune[openvino]'")
+    if calibration is not None and quantize != "int8" and not openvino_int8:
         raise UserError("calibration texts only calibrate the int8 graph: add quantize='int8' (--quantize int8)")
     src, out = Path(model_dir).resolve(), Path(out_dir).resolve()
     _check_output(src, out)
     opts = _Options(quantize, opset, optimize, parity_texts, allow_fp32_int8,
-                    warn or (lambda line: print(line, file=sys.stderr)), calibration)
+                    warn or (lambda line: print(line, file=sys.stderr)), calibration, openvino_int8)
     with output_lock(out):
         return _export_locked(src, out, opts)
 
@@ -163,8 +174,8 @@ def _export_locked(src: Path, out: Path, opts: _Options) -> Dict:
 
 def _checker(texts: List[str], cases: list, ref: np.ndarray) -> Check:
     """Parity of an .onnx file with the PyTorch reference, through OnnxEmbedder (Rust tokenizer + ORT)."""
-    def check(path: Path) -> Dict:
-        emb = OnnxEmbedder(path)
+    def check(path: Path, **embedder) -> Dict:  # embedder: OnnxEmbedder keywords (engine, precision)
+        emb = OnnxEmbedder(path, **embedder)
         return check_parity(lambda batch, bs: emb.embed(batch, batch_size=bs, check_finite=False), texts, cases, ref)
     return check
 
@@ -199,6 +210,8 @@ def _build(model: EmbeddingModel, src: Path, out: Path, tmp: Path, opts: _Option
         int8_base(raw, base, model, opts.optimize)
         _record_int8(_int8_graph(base, tmp / INT8_FILE, opts, texts, check), out, meta, result)
         base.unlink()
+    if opts.openvino_int8:
+        _openvino_int8(portable, tmp, opts, texts, check, out, meta, result)
     raw.unlink()
     (tmp / METADATA_FILE).write_text(json.dumps(meta, indent=2))
     return result
@@ -322,6 +335,38 @@ def _int8_graph(fp32: Path, dst: Path, opts: _Options, texts: List[str], check: 
         opts.warn(f"warning: int8: {len(kept)} of {n} weight nodes kept in fp32 to reach min cosine "
                   f">= {INT8_MIN_COSINE} (listed in {METADATA_FILE})")
     return r
+
+
+def _openvino_int8(portable: Path, tmp: Path, opts: _Options, texts: List[str], check: Callable[..., Dict],
+                   out: Path, meta: Dict, result: Dict) -> None:
+    """The NNCF int8 OpenVINO IR of the portable graph, gated as the int8 graph is (parity run with
+    the precision hint this CPU uses), recorded in metadata and summary."""
+    from .openvino_int8 import OV_INT8_FILE, quantize_openvino_int8, run_precision
+    from .openvino_int8 import SCHEME as OV_SCHEME
+
+    hint = run_precision()
+    dst = tmp / OV_INT8_FILE
+    r = quantize_openvino_int8(portable, dst, lambda p: check(p, engine="openvino", precision=hint),
+                               INT8_MIN_COSINE, opts.calibration_texts)
+    if not passes(r.parity, INT8_MIN_COSINE):
+        raise ParityError(f"ONNX export refused: OpenVINO int8 min cosine to the PyTorch model "
+                          f"{r.parity['min_cosine']} < {INT8_MIN_COSINE}")
+    e = OnnxEmbedder(dst, engine="openvino", precision=hint)
+    r.parity["batched_vs_alone"] = batch_invariance(
+        lambda batch, bs: e.embed(batch, batch_size=bs, check_finite=False), texts[:33])
+    if not r.parity["batched_vs_alone"] >= BATCH_INVARIANCE_MIN_COSINE:  # NaN fails too
+        raise ParityError(f"ONNX export refused: the OpenVINO int8 IR answers differently for a text batched "
+                          f"and alone (min cosine {r.parity['batched_vs_alone']} < {BATCH_INVARIANCE_MIN_COSINE})")
+    if r.kept_float:
+        opts.warn(f"warning: OpenVINO int8: {len(r.kept_float)} of {r.weight_nodes} weight MatMuls kept in float "
+                  f"to reach min cosine >= {INT8_MIN_COSINE} (listed in {METADATA_FILE})")
+    meta["files"]["openvino_int8"] = OV_INT8_FILE
+    meta["parity"]["openvino_int8"] = r.parity
+    meta["openvino_int8"] = {"weight_nodes": r.weight_nodes, "kept_float": r.kept_float, "quantized": r.quantized,
+                             "scheme": OV_SCHEME, "checked_with_precision_hint": hint,
+                             "calibration_texts": r.calibration_texts}
+    result.update(model_openvino_int8=str(out / OV_INT8_FILE), openvino_int8_kept_float=r.kept_float)
+    result["parity"]["openvino_int8"] = r.parity
 
 
 def _record_int8(r: Int8Result, out: Path, meta: Dict, result: Dict) -> None:

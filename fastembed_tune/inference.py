@@ -45,19 +45,19 @@ _PASS_THROUGH = ("Cast", "Identity", "Reshape", "Unsqueeze", "Squeeze", "Flatten
 
 
 def _resolve(path: Union[str, os.PathLike]) -> tuple:
-    """(directory, onnx file) from a directory or a path to an .onnx file."""
+    """(directory, graph file) from a directory or a path to an .onnx file (or an OpenVINO IR .xml)."""
     p = Path(path)
     if p.is_dir():
         f = p / MODEL_FILE
         if not f.is_file():
             raise UserError(f"{p}: no {MODEL_FILE} in this directory (is it an ONNX export?)")
         return p, f
-    if p.is_file() and p.suffix == ".onnx":
+    if p.is_file() and p.suffix in (".onnx", ".xml"):
         home = p.parent
         if not (home / "tokenizer.json").is_file() and (home.parent / "tokenizer.json").is_file():
-            home = home.parent  # onnx/model.onnx: sentence-transformers' layout keeps the tokenizer above
+            home = home.parent  # onnx/model.onnx, openvino/*.xml: sentence-transformers' layout
         return home, p
-    raise UserError(f"{p}: not an ONNX export directory or .onnx file")
+    raise UserError(f"{p}: not an ONNX export directory, .onnx file or OpenVINO .xml file")
 
 
 def _text_list(texts: Sequence[str], what: str) -> List[str]:
@@ -191,21 +191,27 @@ class OnnxEmbedder:
         self.pad_multiple = pad_multiple
         self.tokenizer.enable_truncation(max_length=self.max_seq_length)
 
-        try:
-            proto = onnx.load(str(self.model_file), load_external_data=False)
-        except Exception as e:
-            raise UserError(f"{self.model_file}: not a readable ONNX model ({str(e).splitlines()[0]})") from None
-        self._validate(proto)
-        from .quantize import INT8_WEIGHT_OPS
-
-        self._int8_weights = any(n.op_type in INT8_WEIGHT_OPS for n in proto.graph.node)
+        if engine not in ENGINES:
+            raise UserError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
         self.unsigned_weights = False  # set when the int8 weights were rewritten as uint8 for this CPU
-        del proto
+        self._int8_weights = False
+        if self.model_file.suffix == ".xml":  # an OpenVINO IR (e.g. the NNCF int8 one)
+            if engine != "openvino":
+                raise UserError(f"{self.model_file}: an OpenVINO IR runs on engine='openvino' only")
+            self._validate_ir()
+        else:
+            try:
+                proto = onnx.load(str(self.model_file), load_external_data=False)
+            except Exception as e:
+                raise UserError(f"{self.model_file}: not a readable ONNX model ({str(e).splitlines()[0]})") from None
+            self._validate(proto)
+            from .quantize import INT8_WEIGHT_OPS
+
+            self._int8_weights = any(n.op_type in INT8_WEIGHT_OPS for n in proto.graph.node)
+            del proto
 
         if threads is not None and (not isinstance(threads, int) or threads < 0):
             raise UserError(f"threads must be a non-negative integer, got {threads!r}")
-        if engine not in ENGINES:
-            raise UserError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
         self.engine = engine
         if engine == "openvino":
             self._open_openvino(threads, precision or "f32")
@@ -268,7 +274,8 @@ class OnnxEmbedder:
             config["INFERENCE_NUM_THREADS"] = threads
         try:
             core = ov.Core()
-            compiled = core.compile_model(core.read_model(str(self.model_file)), "CPU", config)
+            model = self._ir if self.model_file.suffix == ".xml" else core.read_model(str(self.model_file))
+            compiled = core.compile_model(model, "CPU", config)
         except Exception as e:
             raise UserError(f"{self.model_file}: OpenVINO cannot load it ({str(e).splitlines()[0][:200]})") from None
         self.session = compiled
@@ -322,6 +329,39 @@ class OnnxEmbedder:
         if rows is not None and self.pad_id >= rows:
             raise UserError(f"{where}: padding id {self.pad_id} is outside the graph's {rows}-row embedding")
         self.vocab_rows = rows
+
+    def _validate_ir(self) -> None:
+        """:meth:`_validate` for an OpenVINO IR: the inputs the tokenizer feeds and one pooled output."""
+        try:
+            import openvino as ov
+        except ImportError:
+            raise UserError(f"{self.model_file}: an OpenVINO IR needs the openvino package: "
+                            f"pip install 'fastembed-tune[openvino]'") from None
+        where = self.model_file
+        try:
+            self._ir = ov.Core().read_model(str(where))
+        except Exception as e:
+            raise UserError(f"{where}: OpenVINO cannot read it ({str(e).splitlines()[0][:200]})") from None
+        names = [i.get_any_name() for i in self._ir.inputs]
+        for need in ("input_ids", "attention_mask"):
+            if need not in names:
+                raise UserError(f"{where}: the graph has no '{need}' input (inputs: {', '.join(names)})")
+        extra = [n for n in names if n not in KNOWN_INPUTS]
+        if extra:
+            raise UserError(f"{where}: the graph expects input(s) {', '.join(extra)} that the tokenizer "
+                            f"does not produce (expected only {', '.join(KNOWN_INPUTS)})")
+        self.input_names = names
+        outs = {n: o for o in self._ir.outputs for n in o.get_names()}
+        if "sentence_embedding" not in outs:
+            raise UserError(f"{where}: no 'sentence_embedding' output (outputs: {', '.join(sorted(outs))})")
+        self.output_name = "sentence_embedding"
+        shape = outs["sentence_embedding"].get_partial_shape()
+        dim = shape[1].get_length() if shape.rank.get_length() == 2 and shape[1].is_static else None
+        meta_dim = self.metadata.get("dim")
+        if dim and meta_dim and int(meta_dim) != dim:
+            raise UserError(f"{where}: the graph outputs {dim}-d embeddings but {METADATA_FILE} says {meta_dim}")
+        self.dim = int(dim or meta_dim or 0) or None
+        self.vocab_rows = None
 
     # ---- inference ---------------------------------------------------------------------------
     def padded_length(self, tokens: int) -> int:

@@ -9,9 +9,12 @@ without AMX) our int8 was 3.25x; on AVX2-only CPUs int8 has no VNNI and fp32 may
   the CPU has AMX-BF16 or AVX512-BF16 and openvino is installed; ``int8`` (``model_int8.onnx``)
   where it exists; ``fp32`` (``model.onnx`` on onnxruntime) always; and ``fp32-openvino`` (the
   portable graph on OpenVINO in f32) where openvino is installed and the CPU has no native bf16:
-  on an AVX2-only EPYC it ran 1.09x onnxruntime fp32 (400 corpus texts, batch 64, 2 threads);
+  on an AVX2-only EPYC it ran 1.09x onnxruntime fp32 (400 corpus texts, batch 64, 2 threads); and
+  ``int8-openvino`` (the NNCF static int8 IR of :mod:`fastembed_tune.openvino_int8`, written by
+  ``export --openvino-int8``) where it exists and openvino is installed: 1.43x OpenVINO bf16 on an
+  AMD Zen 4 with VNNI, 0.55-0.60x OpenVINO f32 on an AVX2-only EPYC, so the probe decides;
 * without a probe, the first by features: bf16 with AMX, int8 with VNNI (AVX512-VNNI, AVX-VNNI or
-  AMX-INT8), else fp32;
+  AMX-INT8; the OpenVINO int8 IR before the onnxruntime graph), else fp32;
 * with a probe (the default), each candidate embeds the same few texts: it must stay within its
   parity gate of the fp32 graph (bf16 >= ``BF16_MIN_COSINE``, int8 >= ``INT8_MIN_COSINE``; the fp32
   graph is itself gated >= 0.9999 to PyTorch at export) and the fastest passing one is chosen.
@@ -35,6 +38,7 @@ from .atomic import atomic_write, cache_dir
 from .cpu import cpu_description, cpu_features
 from .errors import UserError
 from .inference import INT8_FILE, MODEL_FILE, PORTABLE_FILE, OnnxEmbedder
+from .openvino_int8 import OV_INT8_FILE, run_precision
 from .parity import TYPICAL_TEXTS, cosines
 
 BF16_MIN_COSINE = 0.999
@@ -46,7 +50,8 @@ BF16 = ("amx_bf16", "avx512_bf16")
 PROBE_REPEATS = 2
 # candidate -> (precision, engine, file): what the probe measures
 CANDIDATES = {"bf16": ("bf16", "openvino", PORTABLE_FILE), "int8": ("int8", "onnxruntime", INT8_FILE),
-              "fp32": ("fp32", "onnxruntime", MODEL_FILE), "fp32-openvino": ("fp32", "openvino", PORTABLE_FILE)}
+              "fp32": ("fp32", "onnxruntime", MODEL_FILE), "fp32-openvino": ("fp32", "openvino", PORTABLE_FILE),
+              "int8-openvino": ("int8", "openvino", OV_INT8_FILE)}
 
 
 @dataclass
@@ -72,7 +77,7 @@ class Choice:
     @property
     def description(self) -> str:
         """One line for the user: what runs, on which CPU, and why."""
-        name = PORTABLE_FILE if self.engine == "openvino" else self.file.name
+        name = next((f for k, (_, _, f) in CANDIDATES.items() if k == self.candidate), self.file.name)
         return f"precision: {self.precision} ({self.engine}, {name}) — {self.reason}; CPU: {cpu_description()}"
 
     def load(self, spin: bool = True) -> OnnxEmbedder:
@@ -104,13 +109,14 @@ def candidates(export_dir: Union[str, os.PathLike], features: Optional[frozenset
     bf16 = any(x in f for x in BF16)
     portable = (d / PORTABLE_FILE).is_file() and ov
     have = {"fp32": (d / MODEL_FILE).is_file(), "int8": (d / INT8_FILE).is_file(),
-            "bf16": portable and bf16, "fp32-openvino": portable and not bf16}
+            "bf16": portable and bf16, "fp32-openvino": portable and not bf16,
+            "int8-openvino": (d / OV_INT8_FILE).is_file() and ov}
     if "amx_bf16" in f:
-        order = ["bf16", "int8", "fp32"]
+        order = ["bf16", "int8-openvino", "int8", "fp32"]
     elif any(x in f for x in VNNI):
-        order = ["int8", "bf16", "fp32", "fp32-openvino"]
+        order = ["int8-openvino", "int8", "bf16", "fp32", "fp32-openvino"]
     else:
-        order = ["fp32", "int8", "bf16", "fp32-openvino"]
+        order = ["fp32", "int8", "bf16", "fp32-openvino", "int8-openvino"]
     return [p for p in order if have[p]]
 
 
@@ -126,8 +132,9 @@ def _choice(d: Path, candidate: str, reason: str, measured: Optional[Dict] = Non
 
 def _open(candidate: str, file: Path, threads: Optional[int], spin: bool = True) -> OnnxEmbedder:
     precision, engine, _ = CANDIDATES[candidate]
-    if engine == "openvino":
-        return OnnxEmbedder(file, threads=threads, engine="openvino", precision="bf16" if precision == "bf16" else "f32")
+    if engine == "openvino":  # int8: its float remainder in bf16 where the CPU has it natively
+        hint = {"bf16": "bf16", "int8": run_precision()}.get(precision, "f32")
+        return OnnxEmbedder(file, threads=threads, engine="openvino", precision=hint)
     return OnnxEmbedder(file, threads=threads, spin=spin)
 
 

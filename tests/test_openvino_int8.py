@@ -1,0 +1,111 @@
+"""openvino_int8: the NNCF static int8 OpenVINO IR, its export gates, OnnxEmbedder on an IR, and
+the int8-openvino precision candidate. References: the fp32 onnxruntime graph and the text alone."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from fastembed_tune import precision as P
+from fastembed_tune.errors import UserError
+from fastembed_tune.export import BATCH_INVARIANCE_MIN_COSINE, INT8_MIN_COSINE, export_onnx
+from fastembed_tune.inference import PORTABLE_FILE, OnnxEmbedder
+from fastembed_tune.model import EmbeddingModel, default_model_path
+from fastembed_tune.openvino_int8 import OV_INT8_FILE, nncf_available, quantize_openvino_int8, with_short_texts
+from fastembed_tune.parity import batch_invariance
+
+pytestmark = pytest.mark.skipif(not nncf_available(), reason="needs openvino and nncf")
+TEXTS = ["ok", "a short sentence", "garbage collection reclaims memory that is no longer reachable",
+         "the kernel schedules threads", "MI treatment", "a b c d e f g h i j k l m n o p"]
+
+
+def _cos(a, b):
+    return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+
+
+@pytest.fixture(scope="module")
+def tiny_ov_export(tmp_path_factory):
+    from transformers import BertConfig, BertModel
+
+    d = tmp_path_factory.mktemp("ovq")
+    base = EmbeddingModel.load()
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=base.tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2,
+                     num_attention_heads=2, intermediate_size=64, max_position_embeddings=512)
+    EmbeddingModel(BertModel(cfg).eval(), base.tokenizer, "mean", True, 128).save(d / "tiny")
+    info = export_onnx(d / "tiny", d / "onnx", optimize=False, openvino_int8=True, warn=lambda line: None,
+                       calibration_texts=TEXTS * 3)
+    return d / "onnx", info
+
+
+def test_export_writes_a_gated_batch_invariant_ir(tiny_ov_export):
+    out, info = tiny_ov_export
+    ir = out / OV_INT8_FILE
+    assert ir.is_file() and ir.with_suffix(".bin").is_file()
+    meta = json.loads((out / "fastembed_tune_onnx.json").read_text())
+    assert meta["files"]["openvino_int8"] == OV_INT8_FILE
+    parity = meta["parity"]["openvino_int8"]
+    assert parity["min_cosine"] >= INT8_MIN_COSINE and parity["batched_vs_alone"] >= BATCH_INVARIANCE_MIN_COSINE
+    ov = meta["openvino_int8"]
+    assert ov["weight_nodes"] == 12 and ov["quantized"] + len(ov["kept_float"]) == 12  # 2 layers: Q K V O FFN x2
+    e = OnnxEmbedder(ir, engine="openvino")
+    ref = OnnxEmbedder(out).embed(TEXTS)
+    assert _cos(e.embed(TEXTS), ref).min() >= INT8_MIN_COSINE
+    alone = np.stack([e.embed([t])[0] for t in TEXTS])
+    assert _cos(e.embed(TEXTS, batch_size=4), alone).min() >= BATCH_INVARIANCE_MIN_COSINE
+
+
+def test_an_ir_runs_on_openvino_only_and_is_checked_at_load(tiny_ov_export, tmp_path):
+    out, _ = tiny_ov_export
+    with pytest.raises(UserError, match="engine='openvino' only"):
+        OnnxEmbedder(out / OV_INT8_FILE)
+    bad = tmp_path / "openvino" / "x.xml"
+    bad.parent.mkdir()
+    bad.write_text("<net>not an IR")
+    (tmp_path / "tokenizer.json").write_text((out / "tokenizer.json").read_text())
+    with pytest.raises(UserError, match="OpenVINO cannot read it"):
+        OnnxEmbedder(bad, engine="openvino")
+
+
+def test_int8_openvino_is_a_probed_candidate(tiny_ov_export, tmp_path, monkeypatch):
+    out, _ = tiny_ov_export
+    assert P.candidates(out, frozenset({"avx512_vnni"}), openvino=True)[0] == "int8-openvino"
+    assert P.candidates(out, frozenset({"avx2"}), openvino=True)[-1] == "int8-openvino"
+    assert "int8-openvino" not in P.candidates(out, frozenset({"avx512_vnni"}), openvino=False)
+    monkeypatch.setenv("FASTEMBED_TUNE_CACHE", str(tmp_path / "cache"))
+    speed = P._speed
+    monkeypatch.setattr(P, "_speed", lambda emb, *a: speed(emb, *a) * (100 if emb.model_file.suffix == ".xml" else 1))
+    c = P.choose_precision(out, threads=2, texts=TEXTS, batch_size=4, allow=("int8",))
+    assert (c.candidate, c.engine, c.file) == ("int8-openvino", "openvino", out / OV_INT8_FILE)
+    assert c.measured["int8-openvino"]["min_cosine"] >= P.GATES["int8"]
+    assert c.description.startswith(f"precision: int8 (openvino, {OV_INT8_FILE})")
+    assert c.load().model_file.suffix == ".xml"
+
+
+def test_export_refuses_a_non_boolean_openvino_int8(tmp_path):
+    with pytest.raises(UserError, match="openvino_int8 must be True or False"):
+        export_onnx(default_model_path(), tmp_path / "o", openvino_int8="yes")
+
+
+def test_minilm_all_int8_ir_stays_close_and_batch_invariant(tmp_path):
+    """The real model, every weight MatMul int8 (one NNCF run; the export's search would keep the
+    most sensitive in float): held-out corpus texts stay close to fp32, and a text gets the same
+    vector batched as alone (static activation scales + length buckets)."""
+    from fastembed_tune.quantize import bundled_sample_texts
+
+    d = tmp_path / "minilm"
+    export_onnx(default_model_path(), d)
+    tried = []
+    r = quantize_openvino_int8(d / PORTABLE_FILE, d / OV_INT8_FILE, lambda p: tried.append(p) or {"min_cosine": 1.0},
+                               INT8_MIN_COSINE)
+    assert len(tried) == 1 and r.kept_float == [] and r.quantized == 36
+    held_out = bundled_sample_texts(200)[:64]  # calibration used the last 128
+    e = OnnxEmbedder(d / OV_INT8_FILE, engine="openvino", precision="f32")
+    got, ref = e.embed(held_out), OnnxEmbedder(d).embed(held_out)
+    assert _cos(got, ref).mean() >= 0.99 and _cos(got, ref).min() >= 0.95
+    assert batch_invariance(lambda b, bs: e.embed(b, batch_size=bs), held_out[:16]) >= BATCH_INVARIANCE_MIN_COSINE
+
+
+def test_short_texts_are_word_prefixes():
+    assert with_short_texts(["one two three four five"] * 5)[5:] == [
+        "one", "one two", "one two three", "one two three four", "one"]
