@@ -4,13 +4,13 @@ import json
 
 import numpy as np
 import pytest
-import torch
+from conftest import make_tiny_model
 
 from fastembed_tune import precision as P
 from fastembed_tune.errors import UserError
 from fastembed_tune.export import BATCH_INVARIANCE_MIN_COSINE, INT8_MIN_COSINE, export_onnx
 from fastembed_tune.inference import PORTABLE_FILE, OnnxEmbedder
-from fastembed_tune.model import EmbeddingModel, default_model_path
+from fastembed_tune.model import default_model_path
 from fastembed_tune.openvino_int8 import OV_INT8_FILE, nncf_available, quantize_openvino_int8, with_short_texts
 from fastembed_tune.parity import batch_invariance
 
@@ -25,14 +25,8 @@ def _cos(a, b):
 
 @pytest.fixture(scope="module")
 def tiny_ov_export(tmp_path_factory):
-    from transformers import BertConfig, BertModel
-
     d = tmp_path_factory.mktemp("ovq")
-    base = EmbeddingModel.load()
-    torch.manual_seed(0)
-    cfg = BertConfig(vocab_size=base.tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2,
-                     num_attention_heads=2, intermediate_size=64, max_position_embeddings=512)
-    EmbeddingModel(BertModel(cfg).eval(), base.tokenizer, "mean", True, 128).save(d / "tiny")
+    make_tiny_model(d / "tiny", dropout=0.0)
     info = export_onnx(d / "tiny", d / "onnx", optimize=False, openvino_int8=True, warn=lambda line: None,
                        calibration_texts=TEXTS * 3)
     return d / "onnx", info
