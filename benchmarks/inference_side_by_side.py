@@ -3,7 +3,8 @@ sentence-transformers encode (PyTorch fp32), the same model in bf16 (``model.to(
 OpenVINO reading our portable ONNX (bf16 where the CPU does bf16 natively, else f32; needs the
 ``openvino`` package), sentence-transformers' own ONNX int8 (only where optimum is installed), our
 ONNX fp32 padded per batch as the peers pad (to each batch's longest text), our ONNX fp32 and int8
-as shipped (batches of one length bucket of 4 tokens, ``OnnxEmbedder``'s default) (and, with
+as shipped (batches of one length bucket of 4 tokens, ``OnnxEmbedder``'s default), the OpenVINO
+int8 IR where the export has one (``export --openvino-int8``) (and, with
 --student DIR, that student exported to int8). The CPU's name
 and features are printed above the table: a ratio holds on that CPU, no other. Below the table:
 what :func:`fastembed_tune.precision.choose_precision` ships on this CPU and its ratio to the best
@@ -62,6 +63,7 @@ def main() -> None:
     from fastembed_tune.export import export_onnx
     from fastembed_tune.inference import INT8_FILE, MODEL_FILE, PORTABLE_FILE, OnnxEmbedder
     from fastembed_tune.model import default_model_path
+    from fastembed_tune.openvino_int8 import OV_INT8_FILE, run_precision
     from fastembed_tune.precision import choose_precision
 
     print(f"CPU: {cpu_description()}")
@@ -113,13 +115,18 @@ def main() -> None:
     for label, path in (("fastembed-tune ONNX fp32", os.path.join(onnx_dir, MODEL_FILE)),
                         ("fastembed-tune ONNX int8", os.path.join(onnx_dir, INT8_FILE))):
         runners.append((label, OnnxEmbedder(path, threads=a.threads).embed))  # length buckets of 4
+    ov_int8 = os.path.join(onnx_dir, OV_INT8_FILE)
+    if os.path.isfile(ov_int8):  # made by export --openvino-int8
+        runners.append((f"fastembed-tune OpenVINO int8 (NNCF, {run_precision()} rest)",
+                        OnnxEmbedder(ov_int8, threads=a.threads, engine="openvino", precision=run_precision()).embed))
     if student_dir:
         name = os.path.basename(os.path.normpath(a.student))
         runners.append((f"student ONNX int8 ({name})",
                         OnnxEmbedder(os.path.join(student_dir, INT8_FILE), threads=a.threads).embed))
     choice = choose_precision(onnx_dir, threads=a.threads, cache=False)  # measured now, not remembered
     same = {"fp32": "fastembed-tune ONNX fp32", "int8": "fastembed-tune ONNX int8",
-            "bf16": next((label for label, _ in runners if label.startswith("OpenVINO bf16")), None)}
+            "bf16": next((label for label, _ in runners if label.startswith("OpenVINO bf16")), None),
+            "int8-openvino": next((label for label, _ in runners if "OpenVINO int8" in label), None)}
     shipped = same.get(choice.candidate) if same.get(choice.candidate) in dict(runners) else None
     if shipped is None:  # the choice is none of the rows above: its own row
         shipped = f"shipped: {choice.precision} ({choice.engine}, {choice.file.relative_to(onnx_dir)})"
