@@ -17,6 +17,17 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 import pytest  # noqa: E402
 
 
+@pytest.fixture(scope="session")
+def minilm_export(tmp_path_factory):
+    """The built-in MiniLM exported once per test session (fp32 + int8 + portable): (folder, info).
+    Read-only: a test that writes next to it copies it first."""
+    from fastembed_tune.export import export_onnx
+    from fastembed_tune.model import default_model_path
+
+    out = tmp_path_factory.mktemp("onnx") / "minilm"
+    return out, export_onnx(default_model_path(), out, quantize="int8")
+
+
 def make_tiny_model(path, dropout: float = 0.1) -> str:
     """A 2-layer, 32-wide BERT with the MiniLM tokenizer, saved as a sentence-transformers dir."""
     import torch

@@ -1,6 +1,6 @@
 """ONNX export, quantisation, parity and OnnxEmbedder.
 
-The built-in MiniLM is exported once per module (fp32 + int8); the refusal and pooling cases use a
+The built-in MiniLM is exported once per session (conftest's ``minilm_export``: fp32 + int8); the refusal and pooling cases use a
 tiny random BERT with MiniLM's tokenizer, which exports in seconds.
 """
 import json
@@ -42,10 +42,8 @@ def minilm():
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory, minilm):
-    out = tmp_path_factory.mktemp("onnx") / "minilm"
-    info = export_onnx(default_model_path(), out, quantize="int8")
-    return out, info
+def exported(minilm_export):
+    return minilm_export
 
 
 @pytest.fixture(scope="module")

@@ -34,9 +34,11 @@ def test_randomization_p_matches_ranx_fisher():
     a = rng.random(200)
     for shift in (0.0, 0.02, 0.05):
         b = np.clip(a + rng.normal(shift, 0.15, 200), 0, 1)
-        theirs, _ = fisher_randomization_test(a, b, n_permutations=5000, max_p=0.05, random_seed=3)
-        ours = randomization_p(a, b, n_resamples=5000, seed=3)
-        assert ours == pytest.approx(theirs, abs=0.02), shift
+        theirs, _ = fisher_randomization_test(a, b, n_permutations=20000, max_p=0.05, random_seed=3)
+        ours = randomization_p(a, b, n_resamples=20000, seed=3)
+        # two independent Monte Carlo estimates (ranx's numba RNG is its own): 4 standard errors apart at most
+        se = np.sqrt(2 * max(theirs * (1 - theirs), 1e-4) / 20000)
+        assert ours == pytest.approx(theirs, abs=4 * se + 1e-3), shift
 
 
 def test_bootstrap_ci_matches_plain_numpy():

@@ -1,6 +1,7 @@
 """openvino_int8: the NNCF static int8 OpenVINO IR, its export gates, OnnxEmbedder on an IR, and
 the int8-openvino precision candidate. References: the fp32 onnxruntime graph and the text alone."""
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -81,19 +82,19 @@ def test_export_refuses_a_non_boolean_openvino_int8(tmp_path):
         export_onnx(default_model_path(), tmp_path / "o", openvino_int8="yes")
 
 
-def test_minilm_all_int8_ir_stays_close_and_batch_invariant(tmp_path):
+def test_minilm_all_int8_ir_stays_close_and_batch_invariant(tmp_path, minilm_export):
     """The real model, every weight MatMul int8 (one NNCF run; the export's search would keep the
     most sensitive in float): held-out corpus texts stay close to fp32, and a text gets the same
     vector batched as alone (static activation scales + length buckets)."""
     from fastembed_tune.quantize import bundled_sample_texts
 
-    d = tmp_path / "minilm"
-    export_onnx(default_model_path(), d)
-    tried = []
+    d = tmp_path / "minilm"  # a copy: the session's export stays as exported
+    shutil.copytree(minilm_export[0], d, ignore=shutil.ignore_patterns("model_int8.onnx"))
+    tried, sample = [], bundled_sample_texts(200)
     r = quantize_openvino_int8(d / PORTABLE_FILE, d / OV_INT8_FILE, lambda p: tried.append(p) or {"min_cosine": 1.0},
-                               INT8_MIN_COSINE)
+                               INT8_MIN_COSINE, calibration_texts=sample[-64:])
     assert len(tried) == 1 and r.kept_float == [] and r.quantized == 36
-    held_out = bundled_sample_texts(200)[:64]  # calibration used the last 128
+    held_out = sample[:64]  # calibrated on the last 64 (and their first words)
     e = OnnxEmbedder(d / OV_INT8_FILE, engine="openvino", precision="f32")
     got, ref = e.embed(held_out), OnnxEmbedder(d).embed(held_out)
     assert _cos(got, ref).mean() >= 0.99 and _cos(got, ref).min() >= 0.95
