@@ -30,6 +30,8 @@ $(TSTAMP): $(STAMP)
 	# its own code runs fine with ours, so it goes in without its pins, and its other needs by name
 	$(PIP) install -c constraints.txt --no-deps "fastembed==0.9.1"
 	$(PIP) install -c constraints.txt loguru mmh3 py_rust_stemmers
+	# ranx (the tests' reference metrics) compiles its numba kernels on first use, ~2 min on 2 cores: once, here
+	$(PY) scripts/warm_ranx.py
 	touch $(TSTAMP)
 
 install: $(STAMP)

@@ -1,7 +1,8 @@
 """Tests of fastembed_tune.evaluate: metrics against ranx, retrieval end to end, the report.
 
-ranx compiles its metrics with numba on first use; with numba's on-disk cache (``cache=True`` in
-ranx) that is a few seconds once per environment (about half a minute on a cold 2-core machine).
+ranx compiles its metrics with numba on first use, one version per document-id width; numba caches
+them on disk (``cache=True`` in ranx), and ``make test`` compiles them at install time
+(``scripts/warm_ranx.py``: ~2 minutes on 2 cores, which landed inside this module's first test before).
 """
 from __future__ import annotations
 
