@@ -1,7 +1,7 @@
 """ONNX export, quantisation, parity and OnnxEmbedder.
 
-The built-in MiniLM is exported once per session (conftest's ``minilm_export``: fp32 + int8); the refusal and pooling cases use a
-tiny random BERT with MiniLM's tokenizer, which exports in seconds.
+The built-in MiniLM is exported once per session (conftest's ``minilm_export``: fp32 + int8); the
+refusal and pooling cases use a tiny random BERT with MiniLM's tokenizer, which exports in seconds.
 """
 import json
 import os
