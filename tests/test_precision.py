@@ -167,3 +167,32 @@ def test_cli_embed_prints_the_choice_and_embeds_with_it(tiny_export, tmp_path, c
     chosen = line[0].split()[1]
     want = load_embedder(tiny_export, threads=2, precision=chosen).encode(TEXTS)
     np.testing.assert_allclose(np.load(tmp_path / "e.npy"), want, atol=1e-5)
+
+
+@pytest.mark.parametrize("engine,file,precision", [("onnxruntime", "model.onnx", None),
+                                                   ("onnxruntime", "model_int8.onnx", None),
+                                                   ("openvino", "onnx/model.onnx", "f32")])
+def test_streams_give_the_vectors_of_one_stream(tiny_export, engine, file, precision):
+    """Batches run two at a time (and one batch split over two streams in run()) give the vectors a
+    single stream gives, in input order, whichever stream ran a batch."""
+    from fastembed_tune.inference import OnnxEmbedder
+
+    if engine == "openvino":
+        pytest.importorskip("openvino")
+    texts = [f"{t} {i}" * (1 + i % 7) for i, t in enumerate(TEXTS * 6)]
+    one = OnnxEmbedder(tiny_export / file, threads=2, engine=engine, precision=precision, streams=1)
+    two = OnnxEmbedder(tiny_export / file, threads=2, engine=engine, precision=precision)
+    assert (one.streams, two.streams) == (1, 2)
+    ref = one.embed(texts, batch_size=5)
+    np.testing.assert_allclose(two.embed(texts, batch_size=5), ref, atol=1e-5)
+    feed = one.feed(one.tokenizer.encode_batch(texts[:9]))
+    np.testing.assert_allclose(two.run(feed), one.run(feed), atol=1e-5)
+    assert two.run(one.feed(one.tokenizer.encode_batch(texts[:1]))).shape == (1, ref.shape[1])
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, True, "2"])
+def test_bad_streams_are_refused(tiny_export, bad):
+    from fastembed_tune.inference import OnnxEmbedder
+
+    with pytest.raises(UserError, match="streams must be a positive integer"):
+        OnnxEmbedder(tiny_export, streams=bad)
