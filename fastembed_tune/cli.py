@@ -145,7 +145,8 @@ def _cmd_run(a: argparse.Namespace) -> int:
                  max_seq_length=a.max_seq_length, train_max_seq_length=a.train_max_seq_length,
                  symmetric=a.symmetric, distill=not a.no_distill, distill_layers=a.distill_layers,
                  distill_epochs=a.distill_epochs, distill_lr=a.distill_lr, distill_kl_weight=a.distill_kl_weight,
-                 export=not a.no_export, bf16=PRECISIONS[a.precision], show_progress_bar=not a.quiet,
+                 export=not a.no_export, openvino_int8=False if a.no_openvino_int8 else None,
+                 bf16=PRECISIONS[a.precision], show_progress_bar=not a.quiet,
                  gate=not a.allow_no_gain, validation_share=a.validation_share, eval_every=a.eval_every,
                  patience=a.patience, guard=not a.no_guard, max_forgetting=a.max_forgetting)
     return 0
@@ -572,6 +573,9 @@ def _run_parser(sub) -> None:
     r.add_argument("--distill-kl-weight", type=float, default=0.0)
     r.add_argument("--no-distill", action="store_true", help="no distilled student (the fine-tuned model is still exported)")
     r.add_argument("--no-export", action="store_true", help="no ONNX export (of the fine-tuned model or the student)")
+    r.add_argument("--no-openvino-int8", action="store_true",
+                   help="no OpenVINO int8 IR beside the ONNX graphs (by default written where the CPU has VNNI/AMX "
+                        "and openvino + nncf are installed, and kept where it keeps the gain on validation)")
     r.add_argument("--no-guard", action="store_true",
                    help="skip the general-domain forgetting guard (base vs fine-tuned on WordNet definitions)")
     r.add_argument("--max-forgetting", type=_forgetting, default=0.03, metavar="X|off",

@@ -63,7 +63,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from .atomic import honour_umask, output_lock, replace_dir, temp_dir
+from .atomic import atomic_write, honour_umask, output_lock, replace_dir, temp_dir
 from .errors import UserError
 from .inference import INT8_FILE, METADATA_FILE, MODEL_FILE, PORTABLE_FILE, OnnxEmbedder
 from .model import EmbeddingModel
@@ -337,6 +337,44 @@ def _int8_graph(fp32: Path, dst: Path, opts: _Options, texts: List[str], check: 
     return r
 
 
+class OpenVinoInt8Refused(ParityError):
+    """The OpenVINO int8 IR missed a gate (or NNCF failed on the graph); nothing was written. The
+    other graphs were fine: ``run`` exports again without the IR.
+
+    >>> isinstance(OpenVinoInt8Refused("OpenVINO int8 min cosine 0.98 < 0.99"), ParityError)
+    True
+    """
+
+
+def remove_openvino_int8(export_dir: Union[str, os.PathLike], why: str = "") -> bool:
+    """Remove the OpenVINO int8 IR from an export (its files, and its entries in the metadata, which
+    records ``why``), so that no precision probe can pick it; True when there was one.
+
+    >>> import tempfile
+    >>> remove_openvino_int8(tempfile.mkdtemp())
+    False
+    """
+    from .openvino_int8 import OV_INT8_FILE
+
+    d = Path(export_dir)
+    xml = d / OV_INT8_FILE
+    meta_file = d / METADATA_FILE
+    found = xml.is_file()
+    if meta_file.is_file():  # the metadata first: a file it no longer lists is never offered
+        meta = json.loads(meta_file.read_text())
+        if "openvino_int8" in meta.get("files", {}):
+            found = True
+            meta["files"].pop("openvino_int8")
+            meta.get("parity", {}).pop("openvino_int8", None)
+            meta["openvino_int8_removed"] = {"why": why, **meta.pop("openvino_int8", {})}
+            atomic_write(meta_file, lambda f: f.write(json.dumps(meta, indent=2)))
+    for f in (xml, xml.with_suffix(".bin")):
+        f.unlink(missing_ok=True)
+    if xml.parent.is_dir() and not any(xml.parent.iterdir()):
+        xml.parent.rmdir()
+    return found
+
+
 def _openvino_int8(portable: Path, tmp: Path, opts: _Options, texts: List[str], check: Callable[..., Dict],
                    out: Path, meta: Dict, result: Dict) -> None:
     """The NNCF int8 OpenVINO IR of the portable graph, gated as the int8 graph is (parity run with
@@ -346,16 +384,22 @@ def _openvino_int8(portable: Path, tmp: Path, opts: _Options, texts: List[str], 
 
     hint = run_precision()
     dst = tmp / OV_INT8_FILE
-    r = quantize_openvino_int8(portable, dst, lambda p: check(p, engine="openvino", precision=hint),
-                               INT8_MIN_COSINE, opts.calibration_texts)
+    try:
+        r = quantize_openvino_int8(portable, dst, lambda p: check(p, engine="openvino", precision=hint),
+                                   INT8_MIN_COSINE, opts.calibration_texts)
+    except UserError:
+        raise
+    except Exception as e:  # NNCF / OpenVINO failed inside: this IR is refused, not the export's fault
+        raise OpenVinoInt8Refused(f"ONNX export refused: NNCF could not quantise the graph for OpenVINO "
+                                  f"({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})") from e
     if not passes(r.parity, INT8_MIN_COSINE):
-        raise ParityError(f"ONNX export refused: OpenVINO int8 min cosine to the PyTorch model "
-                          f"{r.parity['min_cosine']} < {INT8_MIN_COSINE}")
+        raise OpenVinoInt8Refused(f"ONNX export refused: OpenVINO int8 min cosine to the PyTorch model "
+                                  f"{r.parity['min_cosine']} < {INT8_MIN_COSINE}")
     e = OnnxEmbedder(dst, engine="openvino", precision=hint)
     r.parity["batched_vs_alone"] = batch_invariance(
         lambda batch, bs: e.embed(batch, batch_size=bs, check_finite=False), texts[:33])
     if not r.parity["batched_vs_alone"] >= BATCH_INVARIANCE_MIN_COSINE:  # NaN fails too
-        raise ParityError(f"ONNX export refused: the OpenVINO int8 IR answers differently for a text batched "
+        raise OpenVinoInt8Refused(f"ONNX export refused: the OpenVINO int8 IR answers differently for a text batched "
                           f"and alone (min cosine {r.parity['batched_vs_alone']} < {BATCH_INVARIANCE_MIN_COSINE})")
     if r.kept_float:
         opts.warn(f"warning: OpenVINO int8: {len(r.kept_float)} of {r.weight_nodes} weight MatMuls kept in float "

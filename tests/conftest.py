@@ -17,6 +17,14 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 import pytest  # noqa: E402
 
 
+@pytest.fixture(autouse=True)
+def _run_writes_no_openvino_int8_by_default(monkeypatch):
+    """Whether `run` writes the OpenVINO int8 IR depends on the CPU (VNNI/AMX) and on nncf being
+    installed: off in every test, so a test's outputs do not depend on the machine. The IR's own
+    tests (test_openvino_int8.py) ask for it."""
+    monkeypatch.setattr("fastembed_tune.pipeline.openvino_int8_pays", lambda: False)
+
+
 @pytest.fixture(scope="session")
 def minilm_export(tmp_path_factory):
     """The built-in MiniLM exported once per test session (fp32 + int8 + portable): (folder, info).

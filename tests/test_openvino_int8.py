@@ -104,3 +104,59 @@ def test_minilm_all_int8_ir_stays_close_and_batch_invariant(tmp_path, minilm_exp
 def test_short_texts_are_word_prefixes():
     assert with_short_texts(["one two three four five"] * 5)[5:] == [
         "one", "one two", "one two three", "one two three four", "one"]
+
+
+class _Val:
+    """A validation split whose scores are given: the fine-tuned model's, and an IR's."""
+
+    def __init__(self, teacher, ir):
+        self.teacher, self.ir = teacher, ir
+
+    def score(self, model):
+        return self.ir if isinstance(model, OnnxEmbedder) else self.teacher
+
+
+@pytest.mark.parametrize("ir_score,kept", [(0.97, True), (0.90, False)])
+def test_run_keeps_the_ir_only_where_validation_holds(tmp_path, ir_score, kept):
+    """`run`'s export writes the IR (an artifact of its own, evaluated like the others); below
+    SHIP_RATIO of the fine-tuned model's validation nDCG@10 its files and metadata entry go, so no
+    precision probe can offer it."""
+    from fastembed_tune import pipeline
+
+    make_tiny_model(tmp_path / "tiny", dropout=0.0)
+    result, lines = {}, []
+    arts = pipeline._export(tmp_path / "onnx", str(tmp_path / "tiny"), "fine-tuned", TEXTS * 3, result, lines,
+                            openvino_int8=True)
+    label = f"fine-tuned, {pipeline.OV_INT8_LABEL}"
+    assert list(arts) == ["fine-tuned, ONNX fp32", "fine-tuned, ONNX int8", label]
+    assert arts[label][1] == tmp_path / "onnx" / OV_INT8_FILE and "OpenVINO int8 0.9" in lines[0]
+    assert pipeline.SHIP_RATIO == 0.95  # the scores below straddle it
+    out = pipeline._check_openvino_int8({label: arts[label]}, object(), _Val(1.0, ir_score), result)
+    assert result["openvino_int8"][label] == {"validation": ir_score, "kept": kept}
+    meta = json.loads((tmp_path / "onnx" / "fastembed_tune_onnx.json").read_text())
+    assert ("openvino_int8" in meta["files"]) == kept == (tmp_path / "onnx" / OV_INT8_FILE).is_file()
+    assert ("int8-openvino" in P.candidates(tmp_path / "onnx", frozenset({"amx_int8"}), openvino=True)) == kept
+    assert out[0].startswith(f"- {label} (`{arts[label][1]}`) kept" if kept else f"- {label} removed")
+    if not kept:
+        assert "0.9000 < 0.95x" in meta["openvino_int8_removed"]["why"]
+        assert not (tmp_path / "onnx" / "openvino").exists()
+        assert OnnxEmbedder(tmp_path / "onnx").embed(["ok"]).shape[0] == 1  # the rest of the export stands
+
+
+def test_run_exports_without_the_ir_when_nncf_fails(tmp_path, monkeypatch):
+    """NNCF failing inside (or the IR missing a gate) costs the IR, not the run: exported again without it."""
+    from fastembed_tune import openvino_int8, pipeline
+
+    def broken(*a, **kw):
+        raise RuntimeError("Exception from src/core/src/node.cpp: something inside")
+
+    monkeypatch.setattr(openvino_int8, "quantize_openvino_int8", broken)
+    make_tiny_model(tmp_path / "tiny", dropout=0.0)
+    result, lines = {}, []
+    arts = pipeline._export(tmp_path / "onnx", str(tmp_path / "tiny"), "fine-tuned", TEXTS * 3, result, lines,
+                            openvino_int8=True)
+    assert list(arts) == ["fine-tuned, ONNX fp32", "fine-tuned, ONNX int8"]
+    assert "no OpenVINO int8 IR (NNCF could not quantise the graph for OpenVINO (RuntimeError: " in lines[0]
+    assert (tmp_path / "onnx" / "model_int8.onnx").is_file() and not (tmp_path / "onnx" / "openvino").exists()
+    with pytest.raises(UserError, match="NNCF could not quantise"):  # `export --openvino-int8` says so, exit 2
+        export_onnx(tmp_path / "tiny", tmp_path / "o2", optimize=False, openvino_int8=True, warn=lambda line: None)
