@@ -49,6 +49,7 @@ MODEL_FILE = "model.onnx"
 INT8_FILE = "model_int8.onnx"
 PORTABLE_FILE = "onnx/model.onnx"  # standard operators only: sentence-transformers' backend="onnx" layout
 PAD_MULTIPLE = 4  # batches are padded to a multiple of this many tokens, one length bucket a batch
+STREAMS = 2  # batches run at once by default (where there are 2+ threads), each on its share of them
 ENGINES = ("onnxruntime", "openvino")
 OUTPUT_SUFFIXES = (".npy", ".jsonl")  # what write_embeddings writes
 KNOWN_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
@@ -230,7 +231,7 @@ class OnnxEmbedder:
         if streams is not None and (not isinstance(streams, int) or isinstance(streams, bool) or streams < 1):
             raise UserError(f"streams must be a positive integer, got {streams!r}")
         cores = threads or os.cpu_count() or 1
-        self.streams = min(streams, cores) if streams else (2 if cores >= 2 else 1)
+        self.streams = min(streams or STREAMS, cores)
         if streams is None and engine == "onnxruntime" and list(providers or ["CPUExecutionProvider"]) != [
                 "CPUExecutionProvider"]:
             self.streams = 1  # an accelerator runs one batch at a time better than halves

@@ -37,7 +37,7 @@ import numpy as np
 from .atomic import atomic_write, cache_dir
 from .cpu import cpu_description, cpu_features
 from .errors import UserError
-from .inference import INT8_FILE, MODEL_FILE, PORTABLE_FILE, OnnxEmbedder
+from .inference import INT8_FILE, MODEL_FILE, PORTABLE_FILE, STREAMS, OnnxEmbedder
 from .openvino_int8 import OV_INT8_FILE, run_precision
 from .parity import TYPICAL_TEXTS, cosines
 
@@ -221,7 +221,7 @@ def _measure(d: Path, order: List[str], threads: Optional[int], probe_texts: Lis
 
 
 def _cache_key(d: Path, order: List[str], threads: Optional[int], batch_size: int) -> str:
-    """What the measured choice depends on: the candidate files, the CPU, threads, runtimes."""
+    """What the measured choice depends on: the candidate files, the CPU, threads, runtimes, streams."""
     import onnxruntime
 
     files = []
@@ -233,7 +233,8 @@ def _cache_key(d: Path, order: List[str], threads: Optional[int], batch_size: in
         ov = openvino.__version__
     except ImportError:
         ov = None
-    what = [str(d.resolve()), files, cpu_description(), threads, batch_size, onnxruntime.__version__, ov, PROBE_REPEATS]
+    what = [str(d.resolve()), files, cpu_description(), threads, batch_size, onnxruntime.__version__, ov, PROBE_REPEATS,
+            STREAMS]
     return hashlib.sha256(json.dumps(what).encode()).hexdigest()[:32]
 
 
