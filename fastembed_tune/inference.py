@@ -515,7 +515,7 @@ class OnnxEmbedder:
 
 
 def load_embedder(model: Union[str, os.PathLike, None], int8: bool = False, threads: Optional[int] = None,
-                  precision: Optional[str] = None, spin: bool = True):
+                  precision: Optional[str] = None, spin: bool = True, streams: Optional[int] = None):
     """What embeds texts from ``model``: an :class:`OnnxEmbedder` for an ONNX export directory or
     ``.onnx`` file (``int8`` picks ``model_int8.onnx``), else the PyTorch
     :class:`~fastembed_tune.model.EmbeddingModel` of a sentence-transformers directory (``None``:
@@ -528,7 +528,7 @@ def load_embedder(model: Union[str, os.PathLike, None], int8: bool = False, thre
     :class:`~fastembed_tune.precision.Choice` as ``.choice`` (``.choice.description`` is the line to
     show the user). ``"auto"`` and ``"fp32"`` on anything else (a ``.onnx`` file, a PyTorch model)
     load it as it is; ``"int8"`` and ``"bf16"`` there are refused.
-    ``spin``: see :class:`OnnxEmbedder`.
+    ``spin``, ``streams``: see :class:`OnnxEmbedder`.
 
     >>> from fastembed_tune.model import default_model_path
     >>> type(load_embedder(default_model_path())).__name__
@@ -551,7 +551,7 @@ def load_embedder(model: Union[str, os.PathLike, None], int8: bool = False, thre
         if precision != "auto" and choice.precision != precision:
             raise UserError(f"{p}: precision {precision} is not available here ({choice.reason}; "
                             f"int8 needs model_int8.onnx, bf16 onnx/model.onnx, the openvino extra and a bf16 CPU)")
-        embedder = choice.load(spin=spin)
+        embedder = choice.load(spin=spin, streams=streams)
         embedder.choice = choice
         return embedder
     if is_onnx:
@@ -561,7 +561,7 @@ def load_embedder(model: Union[str, os.PathLike, None], int8: bool = False, thre
             if not (p / INT8_FILE).is_file():
                 raise UserError(f"{p}: no {INT8_FILE} here; export with --quantize int8")
             p = p / INT8_FILE
-        return OnnxEmbedder(p, threads=threads or None, spin=spin)
+        return OnnxEmbedder(p, threads=threads or None, spin=spin, streams=streams)
     if int8:
         raise UserError(f"{p}: --int8 needs an ONNX export directory (fastembed-tune export --quantize int8)")
     from .model import EmbeddingModel

@@ -80,9 +80,9 @@ class Choice:
         name = next((f for k, (_, _, f) in CANDIDATES.items() if k == self.candidate), self.file.name)
         return f"precision: {self.precision} ({self.engine}, {name}) — {self.reason}; CPU: {cpu_description()}"
 
-    def load(self, spin: bool = True) -> OnnxEmbedder:
-        """The embedder for this choice (``spin``: see :class:`~fastembed_tune.inference.OnnxEmbedder`)."""
-        return _open(self.candidate, self.file, self.threads, spin)
+    def load(self, spin: bool = True, streams: Optional[int] = None) -> OnnxEmbedder:
+        """The embedder for this choice (``spin``, ``streams``: see :class:`~fastembed_tune.inference.OnnxEmbedder`)."""
+        return _open(self.candidate, self.file, self.threads, spin, streams)
 
 
 def _openvino_available() -> bool:
@@ -130,12 +130,13 @@ def _choice(d: Path, candidate: str, reason: str, measured: Optional[Dict] = Non
     return Choice(precision, engine, _file(d, candidate), reason, measured or {}, threads)
 
 
-def _open(candidate: str, file: Path, threads: Optional[int], spin: bool = True) -> OnnxEmbedder:
+def _open(candidate: str, file: Path, threads: Optional[int], spin: bool = True,
+          streams: Optional[int] = None) -> OnnxEmbedder:
     precision, engine, _ = CANDIDATES[candidate]
     if engine == "openvino":  # int8: its float remainder in bf16 where the CPU has it natively
         hint = {"bf16": "bf16", "int8": run_precision()}.get(precision, "f32")
-        return OnnxEmbedder(file, threads=threads, engine="openvino", precision=hint)
-    return OnnxEmbedder(file, threads=threads, spin=spin)
+        return OnnxEmbedder(file, threads=threads, engine="openvino", precision=hint, streams=streams)
+    return OnnxEmbedder(file, threads=threads, spin=spin, streams=streams)
 
 
 def _speed(emb: OnnxEmbedder, texts: List[str], batch_size: int) -> float:
