@@ -498,3 +498,12 @@ def test_cached_export_is_reused(tiny_model_dir, cache_dir, export_dir, monkeypa
 def test_default_names():
     assert serve_mod.default_name("runs/sample/onnx") == "sample/onnx"
     assert serve_mod.default_name("/exports/support-minilm") == "support-minilm"
+
+
+@pytest.mark.parametrize("precision", [None, "auto"])
+def test_the_server_runs_one_batch_at_a_time_on_every_thread(export_dir, precision):
+    """The batcher hands the model one batch at a time: served with streams=1 (all threads on it),
+    where OnnxEmbedder's own default runs two batches at once."""
+    engine = serve_mod.load_engine(export_dir, threads=2, precision=precision)
+    assert engine.embedder.streams == 1
+    assert OnnxEmbedder(export_dir, threads=2).streams == 2
