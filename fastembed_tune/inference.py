@@ -23,7 +23,7 @@ shared machine stalls one thread often. On an Intel Xeon with AMX (2 threads, ba
 texts, rows interleaved in one process, 15 runs for OpenVINO, 8 for onnxruntime) two streams of one
 thread ran OpenVINO bf16 at 1.13x one stream of two threads (best run) and 1.52x (median run), and
 onnxruntime int8 at 1.31x / 1.14x (fp32: 0.93x / 1.06x). A text's vector does not depend on its
-stream. ``streams=1`` is the latency choice: one batch on every thread.
+stream. ``streams=1`` is the latency choice: one batch on every thread (``serve`` runs so).
 
 At load time the graph and the tokenizer are checked against each other (expected inputs, token ids
 that fit the graph's embedding matrix, the embedding size) so that a mismatch is one clear
