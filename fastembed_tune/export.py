@@ -93,6 +93,7 @@ class _Options:
     warn: Callable[[str], None]
     calibration_texts: Optional[List[str]]
     openvino_int8: bool = False
+    openvino_int8_optional: bool = False
 
 
 # ---- the public entry point -----------------------------------------------------------------------
@@ -100,7 +101,8 @@ def export_onnx(model_dir: Union[str, os.PathLike], out_dir: Union[str, os.PathL
                 quantize: Optional[str] = None, opset: int = 17, optimize: bool = True,
                 parity_texts: Optional[Sequence[str]] = None, allow_fp32_int8: bool = False,
                 warn: Optional[Callable[[str], None]] = None,
-                calibration_texts: Optional[Sequence[str]] = None, openvino_int8: bool = False) -> Dict:
+                calibration_texts: Optional[Sequence[str]] = None, openvino_int8: bool = False,
+                openvino_int8_optional: bool = False) -> Dict:
     """Export ``model_dir`` to ``out_dir/model.onnx`` (+ ``model_int8.onnx`` with quantize="int8").
 
     Returns a summary: paths, dim, inputs, optimiser used, and the parity figures (min cosine to the
@@ -113,7 +115,9 @@ def export_onnx(model_dir: Union[str, os.PathLike], out_dir: Union[str, os.PathL
     the metadata records which was used. ``out_dir`` is locked while it is written, and what an
     earlier killed export left beside it is removed first. ``openvino_int8`` also writes the NNCF
     static int8 OpenVINO IR (:mod:`fastembed_tune.openvino_int8`, needs ``openvino`` and ``nncf``),
-    gated like the int8 graph and calibrated on the same texts.
+    gated like the int8 graph and calibrated on the same texts. With ``openvino_int8_optional`` an IR
+    that misses a gate (or that NNCF fails on) is left out instead of refusing the export, and the reason
+    is recorded (``result["openvino_int8_refused"]``, and in the metadata).
 
     >>> from fastembed_tune.model import default_model_path
     >>> info = export_onnx(default_model_path(), "/tmp/minilm_onnx", quantize="int8")  # doctest: +SKIP
@@ -125,8 +129,9 @@ def export_onnx(model_dir: Union[str, os.PathLike], out_dir: Union[str, os.PathL
     if not isinstance(opset, int) or not 14 <= opset <= 20:
         raise UserError(f"opset must be an integer from 14 to 20, got {opset!r}")
     calibration = check_calibration_texts(calibration_texts)
-    if not isinstance(openvino_int8, bool):
-        raise UserError(f"openvino_int8 must be True or False, got {openvino_int8!r}")
+    for name, flag in (("openvino_int8", openvino_int8), ("openvino_int8_optional", openvino_int8_optional)):
+        if not isinstance(flag, bool):
+            raise UserError(f"{name} must be True or False, got {flag!r}")
     if openvino_int8:
         from .openvino_int8 import nncf_available
 
@@ -138,7 +143,8 @@ def export_onnx(model_dir: Union[str, os.PathLike], out_dir: Union[str, os.PathL
     src, out = Path(model_dir).resolve(), Path(out_dir).resolve()
     _check_output(src, out)
     opts = _Options(quantize, opset, optimize, parity_texts, allow_fp32_int8,
-                    warn or (lambda line: print(line, file=sys.stderr)), calibration, openvino_int8)
+                    warn or (lambda line: print(line, file=sys.stderr)), calibration, openvino_int8,
+                    openvino_int8_optional)
     with output_lock(out):
         return _export_locked(src, out, opts)
 
@@ -211,7 +217,17 @@ def _build(model: EmbeddingModel, src: Path, out: Path, tmp: Path, opts: _Option
         _record_int8(_int8_graph(base, tmp / INT8_FILE, opts, texts, check), out, meta, result)
         base.unlink()
     if opts.openvino_int8:
-        _openvino_int8(portable, tmp, opts, texts, check, out, meta, result)
+        try:
+            _openvino_int8(portable, tmp, opts, texts, check, out, meta, result)
+        except OpenVinoInt8Refused as e:
+            if not opts.openvino_int8_optional:
+                raise
+            from .openvino_int8 import OV_INT8_FILE
+
+            shutil.rmtree((tmp / OV_INT8_FILE).parent, ignore_errors=True)
+            meta["openvino_int8_refused"] = result["openvino_int8_refused"] = str(e).removeprefix(
+                "ONNX export refused: ")
+            opts.warn(f"warning: no OpenVINO int8 IR: {result['openvino_int8_refused']}")
     raw.unlink()
     (tmp / METADATA_FILE).write_text(json.dumps(meta, indent=2))
     return result
@@ -339,7 +355,8 @@ def _int8_graph(fp32: Path, dst: Path, opts: _Options, texts: List[str], check: 
 
 class OpenVinoInt8Refused(ParityError):
     """The OpenVINO int8 IR missed a gate (or NNCF failed on the graph); nothing was written. The
-    other graphs were fine: ``run`` exports again without the IR.
+    other graphs were fine: with ``openvino_int8_optional`` (what ``run`` asks) the export goes on
+    without the IR.
 
     >>> isinstance(OpenVinoInt8Refused("OpenVINO int8 min cosine 0.98 < 0.99"), ParityError)
     True

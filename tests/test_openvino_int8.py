@@ -80,6 +80,8 @@ def test_int8_openvino_is_a_probed_candidate(tiny_ov_export, tmp_path, monkeypat
 def test_export_refuses_a_non_boolean_openvino_int8(tmp_path):
     with pytest.raises(UserError, match="openvino_int8 must be True or False"):
         export_onnx(default_model_path(), tmp_path / "o", openvino_int8="yes")
+    with pytest.raises(UserError, match="openvino_int8_optional must be True or False"):
+        export_onnx(default_model_path(), tmp_path / "o", openvino_int8=True, openvino_int8_optional=1)
 
 
 def test_minilm_all_int8_ir_stays_close_and_batch_invariant(tmp_path, minilm_export):
@@ -144,7 +146,8 @@ def test_run_keeps_the_ir_only_where_validation_holds(tmp_path, ir_score, kept):
 
 
 def test_run_exports_without_the_ir_when_nncf_fails(tmp_path, monkeypatch):
-    """NNCF failing inside (or the IR missing a gate) costs the IR, not the run: exported again without it."""
+    """NNCF failing inside (or the IR missing a gate) costs the IR, not the run: the export goes on
+    without it (optional, as `run` asks) and records why."""
     from fastembed_tune import openvino_int8, pipeline
 
     def broken(*a, **kw):
@@ -158,5 +161,8 @@ def test_run_exports_without_the_ir_when_nncf_fails(tmp_path, monkeypatch):
     assert list(arts) == ["fine-tuned, ONNX fp32", "fine-tuned, ONNX int8"]
     assert "no OpenVINO int8 IR (NNCF could not quantise the graph for OpenVINO (RuntimeError: " in lines[0]
     assert (tmp_path / "onnx" / "model_int8.onnx").is_file() and not (tmp_path / "onnx" / "openvino").exists()
+    meta = json.loads((tmp_path / "onnx" / "fastembed_tune_onnx.json").read_text())
+    assert meta["openvino_int8_refused"].startswith("NNCF could not quantise the graph for OpenVINO (RuntimeError: ")
+    assert "openvino_int8" not in meta["files"] and result["exports"]["fine-tuned"]["model_int8"]
     with pytest.raises(UserError, match="NNCF could not quantise"):  # `export --openvino-int8` says so, exit 2
         export_onnx(tmp_path / "tiny", tmp_path / "o2", optimize=False, openvino_int8=True, warn=lambda line: None)
