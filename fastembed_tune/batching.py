@@ -12,19 +12,26 @@ runs on it::
   :meth:`Batcher.begin_drain` only raises the :attr:`~Batcher.draining` flag (the server then refuses
   requests that *arrive* with 503, and still answers those already being handled); after
   :meth:`Batcher.close` every request gets :class:`Draining`.
-* The model thread takes the oldest pending texts up to ``max_batch_tokens`` real tokens (and
-  ``max_batch_size`` texts): the window. It sorts the window by token length and cuts it into runs
-  whose *padded* size (texts x longest) stays within ``max_batch_tokens`` (like TEI's
-  ``--max-batch-tokens``), so a long text never pads a batch of short ones. An engine with
+* The model thread takes the oldest pending texts up to ``max_window_tokens`` real tokens: the
+  window. It sorts the window by token length and cuts it into runs whose *padded* size (texts x
+  longest) stays within ``max_batch_tokens`` (like TEI's ``--max-batch-tokens``) and that hold at
+  most ``max_batch_size`` texts, so a long text never pads a batch of short ones. An engine with
   ``padded_length(tokens)`` (the ONNX one: length buckets of 4 tokens) gets runs of one bucket each,
-  padded to it, as :meth:`~fastembed_tune.inference.OnnxEmbedder.embed` batches. Every run of a
-  window is done before the next window, so no text waits behind later arrivals.
+  padded to it, as :meth:`~fastembed_tune.inference.OnnxEmbedder.embed` batches. The window is
+  wider than one run so that the runs of one bucket fill up: with a window of one run's budget
+  (1024 tokens, the default before), texts of ~75 tokens spread over as many buckets as texts and
+  the server ran 1.2 texts a run. Every run of a window is done before the next window, so no text
+  waits behind later arrivals.
+* An engine with ``streams`` > 1 (the ONNX one: that many runs at once, each on its share of the
+  threads) gets the runs of a window ``streams`` at a time, each whole on one stream
+  (``run(encodings, split=False)``); a window of one run is split over the streams instead.
 * There is no artificial wait: while one window runs, the next requests queue up, and the next
   window takes them all (continuous batching). A lone request is answered at once.
 
 An engine is what turns texts into vectors: ``tokenize(texts) -> encodings`` (objects with ``.ids``
 and ``.type_ids``, already truncated to the model's window), ``from_ids(ids) -> encoding`` and
-``run(encodings) -> float32 [n, dim]``. :class:`OnnxEngine` is the one the server uses.
+``run(encodings) -> float32 [n, dim]`` (with ``streams`` > 1: ``run(encodings, split=True)``, and
+safe to call from ``streams`` threads at once). :class:`OnnxEngine` is the one the server uses.
 """
 from __future__ import annotations
 
@@ -32,6 +39,7 @@ import asyncio
 import threading
 import time
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Deque, List, Optional, Sequence, Tuple
 
@@ -140,11 +148,16 @@ class OnnxEngine:
         """An encoding for token ids given by the client (truncated to ``max_seq_length``)."""
         return Ids(truncate_ids(ids, self.max_seq_length))
 
-    def run(self, encodings: list) -> np.ndarray:
+    @property
+    def streams(self) -> int:
+        """Runs the graph takes at once (each on its share of the threads)."""
+        return int(getattr(self.embedder, "streams", 1))
+
+    def run(self, encodings: list, split: bool = True) -> np.ndarray:
         """One run of the graph (onnxruntime or OpenVINO): float32 ``[len(encodings), dim]``, padded
-        to the longest."""
+        to the longest (to its bucket); ``split=False``: on one stream, else cut over the streams."""
         e = self.embedder
-        return e.run(e.feed(encodings))
+        return e.run(e.feed(encodings), split=split)
 
 
 class _Job:
@@ -169,6 +182,7 @@ def _resolve(future: asyncio.Future, result: Any, error: Optional[BaseException]
 
 
 BatchHook = Callable[[int, int, float], None]  # (texts, padded tokens, seconds) of one run
+MAX_WINDOW_TOKENS = 16384  # real tokens the model thread takes from the queue at once (then cut into runs)
 
 
 class Batcher:
@@ -191,13 +205,19 @@ class Batcher:
     """
 
     def __init__(self, engine: Any, max_batch_tokens: int = 1024, max_batch_size: int = 128,
-                 max_queue: int = 4096, on_batch: Optional[BatchHook] = None):
+                 max_queue: int = 4096, on_batch: Optional[BatchHook] = None,
+                 max_window_tokens: int = MAX_WINDOW_TOKENS):
         for name, v in (("max_batch_tokens", max_batch_tokens), ("max_batch_size", max_batch_size),
-                        ("max_queue", max_queue)):
+                        ("max_queue", max_queue), ("max_window_tokens", max_window_tokens)):
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise UserError(f"{name} must be a positive integer, got {v!r}")
         self.engine = engine
         self.max_batch_tokens, self.max_batch_size, self.max_queue = max_batch_tokens, max_batch_size, max_queue
+        self.max_window_tokens = max(max_window_tokens, max_batch_tokens)
+        streams = getattr(engine, "streams", 1)
+        self.streams = streams if isinstance(streams, int) and not isinstance(streams, bool) and streams > 1 else 1
+        self._pool: Optional[ThreadPoolExecutor] = None
+        self._rows_lock = threading.Lock()  # rows of two runs in flight may belong to one request
         self.on_batch = on_batch
         self._padded_length = getattr(engine, "padded_length", None)  # None: each run padded to its longest
         self._lock = threading.Lock()
@@ -250,6 +270,8 @@ class Batcher:
         """Start the tokenizer and model threads."""
         if self._threads:
             return
+        if self.streams > 1:
+            self._pool = ThreadPoolExecutor(self.streams, thread_name_prefix="fastembed-stream")
         self._threads = [threading.Thread(target=self._tokenizer_loop, name="fastembed-tokenize", daemon=True),
                          threading.Thread(target=self._model_loop, name="fastembed-model", daemon=True)]
         for t in self._threads:
@@ -269,6 +291,8 @@ class Batcher:
             self._inbox_ready.notify()
         for t in self._threads:
             t.join(timeout)
+        if self._pool is not None:
+            self._pool.shutdown(wait=False)
 
     # ---- the tokenizer thread ----------------------------------------------------------------------
     def _tokenizer_loop(self) -> None:
@@ -329,9 +353,9 @@ class Batcher:
             if not self._pending:
                 return None
             window, tokens = [], 0
-            while self._pending and len(window) < self.max_batch_size:
+            while self._pending:
                 n = self._pending[0][0]
-                if window and tokens + n > self.max_batch_tokens:
+                if window and tokens + n > self.max_window_tokens:
                     break
                 window.append(self._pending.popleft())
                 tokens += n
@@ -342,33 +366,48 @@ class Batcher:
             window = self._take_window()
             if window is None:
                 return
-            for run in plan_batches([w[0] for w in window], self.max_batch_tokens, self.max_batch_size,
-                                    self._padded_length):
-                items = [window[i] for i in run]
-                try:
-                    self._run(items)
-                except Exception as e:  # a bug of ours: answer 500, keep serving
-                    for it in items:
-                        if not it[1].failed:
-                            self._fail(it[1], EngineError(f"{type(e).__name__}: {e}"), count=0)
+            runs = [[window[i] for i in run] for run in
+                    plan_batches([w[0] for w in window], self.max_batch_tokens, self.max_batch_size,
+                                 self._padded_length)]
+            if self._pool is not None and len(runs) > 1:  # `streams` runs at once, each whole on one stream
+                list(self._pool.map(lambda items: self._guarded(items, split=False), runs))
+            else:
+                for items in runs:
+                    self._guarded(items, split=True)
 
-    def _run(self, items: list) -> None:
+    def _guarded(self, items: list, split: bool) -> None:
+        try:
+            self._run(items, split)
+        except Exception as e:  # a bug of ours: answer 500, keep serving
+            with self._rows_lock:
+                for it in items:
+                    if not it[1].failed:
+                        self._fail(it[1], EngineError(f"{type(e).__name__}: {e}"), count=0)
+
+    def _run(self, items: list, split: bool = True) -> None:
         """One engine call; rows go to their requests, a request is answered when its last row is in."""
         t0 = time.perf_counter()
+        encodings = [it[3] for it in items]
         try:
-            emb = np.asarray(self.engine.run([it[3] for it in items]), dtype=np.float32)
+            out = self.engine.run(encodings, split=split) if self.streams > 1 else self.engine.run(encodings)
+            emb = np.asarray(out, dtype=np.float32)
             if emb.shape[0] != len(items):
                 raise EngineError(f"the model returned {emb.shape[0]} rows for {len(items)} texts")
         except Exception as e:
             err = e if isinstance(e, EngineError) else EngineError(f"inference failed: {type(e).__name__}: {e}")
-            for it in items:
-                self._fail(it[1], err)
+            with self._rows_lock:
+                for it in items:
+                    self._fail(it[1], err)
             return
         if self.on_batch is not None:
             longest = max(it[0] for it in items)
             width = self._padded_length(longest) if self._padded_length else longest
             self.on_batch(len(items), len(items) * width, time.perf_counter() - t0)
         finite = np.isfinite(emb).all(axis=1)
+        with self._rows_lock:
+            self._deliver_rows(items, emb, finite)
+
+    def _deliver_rows(self, items: list, emb: np.ndarray, finite: np.ndarray) -> None:
         for k, (_, job, row, _) in enumerate(items):
             if not finite[k]:
                 self._fail(job, EngineError(f"the model produced NaN/Inf for input {row}; it is damaged or "

@@ -248,6 +248,7 @@ def _cmd_serve(a: argparse.Namespace) -> int:
 
     return serve(a.model, int8=a.int8, host=a.host, port=a.port, name=a.name, threads=a.threads or None,
                  max_batch_tokens=a.max_batch_tokens, max_batch_size=a.max_batch_size, max_queue=a.max_queue,
+                 max_window_tokens=a.max_window_tokens,
                  drain_timeout=a.drain_timeout, cache_dir=a.cache_dir, adapter=a.adapter, adapter_side=a.adapter_side,
                  precision=a.precision)
 
@@ -479,6 +480,7 @@ def _embed_parser(sub) -> None:
 
 def _serve_parser(sub) -> None:
     """The ``serve`` subcommand's flags."""
+    from .batching import MAX_WINDOW_TOKENS
     s = sub.add_parser("serve", help="serve an ONNX export as an OpenAI-compatible /v1/embeddings server "
                                      "(needs the serve extra)")
     s.add_argument("--model", required=True, help="ONNX export directory (e.g. runs/sample/onnx), or a "
@@ -492,6 +494,9 @@ def _serve_parser(sub) -> None:
     s.add_argument("--max-batch-tokens", type=_positive_int, default=1024,
                    help="padded tokens per onnxruntime batch (texts x longest); small batches are fastest on CPUs")
     s.add_argument("--max-batch-size", type=_positive_int, default=128, help="texts per onnxruntime batch")
+    s.add_argument("--max-window-tokens", type=_positive_int, default=MAX_WINDOW_TOKENS,
+                   help="real tokens taken from the queue at once and cut into batches of one length bucket "
+                        "each (wider: fuller batches, a later start for requests that arrive meanwhile)")
     s.add_argument("--max-queue", type=_positive_int, default=4096,
                    help="texts admitted and unanswered at once; beyond it requests get 429")
     s.add_argument("--drain-timeout", type=_ratio, default=30.0,

@@ -43,7 +43,7 @@ from typing import Any, List, Optional, Sequence, Union
 import numpy as np
 
 from .atomic import cache_dir
-from .batching import Batcher, Draining, EngineError, OnnxEngine, Overloaded
+from .batching import MAX_WINDOW_TOKENS, Batcher, Draining, EngineError, OnnxEngine, Overloaded
 from .errors import UserError
 from .inference import INT8_FILE, METADATA_FILE, MODEL_FILE
 
@@ -360,13 +360,14 @@ class AdaptedEngine:
     def __getattr__(self, name: str) -> Any:
         return getattr(self.engine, name)
 
-    def run(self, encodings: list) -> np.ndarray:
-        return self.transform(self.engine.run(encodings))
+    def run(self, encodings: list, **kw: Any) -> np.ndarray:
+        return self.transform(self.engine.run(encodings, **kw))
 
 
 def create_app(engine: Any, name: str, max_batch_tokens: int = 1024, max_batch_size: int = 128,
                max_queue: int = 4096, max_inputs: int = MAX_INPUTS, max_body_bytes: int = MAX_BODY_BYTES,
-               max_concurrent: int = 1024, drain_timeout: float = 30.0) -> Any:
+               max_concurrent: int = 1024, drain_timeout: float = 30.0,
+               max_window_tokens: int = MAX_WINDOW_TOKENS) -> Any:
     """The ASGI application serving ``engine`` (an :class:`~fastembed_tune.batching.OnnxEngine` or
     anything with the same ``tokenize``/``from_ids``/``run``/``dim``/``vocab_size``) as model ``name``.
     Its lifespan starts the batcher and, at shutdown, answers what was admitted before stopping it.
@@ -384,7 +385,7 @@ def create_app(engine: Any, name: str, max_batch_tokens: int = 1024, max_batch_s
         raise UserError(INSTALL_HINT)
     metrics = ServeMetrics()
     batcher = Batcher(engine, max_batch_tokens=max_batch_tokens, max_batch_size=max_batch_size,
-                      max_queue=max_queue, on_batch=metrics.batch)
+                      max_queue=max_queue, on_batch=metrics.batch, max_window_tokens=max_window_tokens)
     service = _Service(engine, name, batcher, metrics, min(max_inputs, max_queue), max_body_bytes, max_concurrent)
 
     @contextlib.asynccontextmanager
@@ -506,10 +507,8 @@ def load_engine(export_dir: Union[str, os.PathLike], int8: bool = False, threads
     # onnxruntime's idle worker threads spin for a while after each run; on a small machine they take
     # the cores the event loop and the tokenizer need between runs
     spin = os.environ.get("FASTEMBED_TUNE_ORT_SPIN", "0") == "1"
-    # one batch at a time on every thread: the batcher hands over one batch at a time, and two streams
-    # (each batch split in halves) ran size-1 requests at 0.57-0.64x on OpenVINO bf16 (AMX Xeon, 2 threads)
-    emb = load_embedder(export_dir, int8=int8, threads=threads, precision=None if int8 else precision, spin=spin,
-                        streams=1)
+    # the batcher runs the runs of a window `streams` at a time, each whole on one stream
+    emb = load_embedder(export_dir, int8=int8, threads=threads, precision=None if int8 else precision, spin=spin)
     if log is not None and getattr(emb, "choice", None) is not None:
         log(emb.choice.description)
     probe = emb.run(emb.tokenize(["warm up"]))
@@ -600,7 +599,8 @@ def serve(model: Union[str, os.PathLike], int8: bool = False, host: str = "127.0
           name: Optional[str] = None, threads: Optional[int] = None, max_batch_tokens: int = 1024,
           max_batch_size: int = 128, max_queue: int = 4096, drain_timeout: float = 30.0,
           cache_dir: Union[str, os.PathLike, None] = None, adapter: Union[str, os.PathLike, None] = None,
-          adapter_side: str = "query", precision: Optional[str] = "auto") -> int:
+          adapter_side: str = "query", precision: Optional[str] = "auto",
+          max_window_tokens: int = MAX_WINDOW_TOKENS) -> int:
     """``fastembed-tune serve``: load (or export, then load) ``model`` and serve it until SIGTERM;
     ``precision`` (``auto``: measured on this CPU, see :mod:`fastembed_tune.precision`; or ``fp32``,
     ``int8``, ``bf16``) picks the graph and engine, and the choice is logged;
@@ -626,7 +626,7 @@ def serve(model: Union[str, os.PathLike], int8: bool = False, host: str = "127.0
             engine = AdaptedEngine(engine, lambda rows: fitted.apply(rows, adapter_side))
         name = name or default_name(model)
         app = create_app(engine, name, max_batch_tokens=max_batch_tokens, max_batch_size=max_batch_size,
-                         max_queue=max_queue, drain_timeout=drain_timeout)
+                         max_queue=max_queue, drain_timeout=drain_timeout, max_window_tokens=max_window_tokens)
     except BaseException:
         sock.close()
         raise

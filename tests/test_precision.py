@@ -187,7 +187,11 @@ def test_streams_give_the_vectors_of_one_stream(tiny_export, engine, file, preci
     np.testing.assert_allclose(two.embed(texts, batch_size=5), ref, atol=1e-5)
     feed = one.feed(one.tokenizer.encode_batch(texts[:9]))
     np.testing.assert_allclose(two.run(feed), one.run(feed), atol=1e-5)
-    assert two.run(one.feed(one.tokenizer.encode_batch(texts[:1]))).shape == (1, ref.shape[1])
+    np.testing.assert_allclose(two.run(feed, split=False), one.run(feed), atol=1e-5)  # whole, on one stream
+    assert two._lone is None
+    lone = one.feed(one.tokenizer.encode_batch(texts[7:8]))
+    np.testing.assert_allclose(two.run(lone), ref[7:8], atol=1e-5)  # one text: one stream on every thread
+    assert two._lone is not None and one._lone is None
 
 
 @pytest.mark.parametrize("bad", [0, -1, 1.5, True, "2"])

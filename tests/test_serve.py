@@ -343,6 +343,74 @@ def test_batcher_coalesces_waiting_requests():
     assert b.queued == 0
 
 
+class BucketGate(Gate):
+    """Gate with length buckets of 4 tokens (as the ONNX engine pads)."""
+
+    @staticmethod
+    def padded_length(n):
+        return -(-n // 4) * 4
+
+
+def _queue_behind_a_blocked_run(b, gate, inputs):
+    """Block the engine on one request, queue ``inputs`` (one request each) behind it, release."""
+    async def go():
+        first = asyncio.ensure_future(b.embed(texts=["aaaa"]))
+        await asyncio.to_thread(gate.entered.wait, 30)
+        rest = [asyncio.ensure_future(b.embed(texts=t)) for t in inputs]
+        while b.queued < 1 + sum(len(t) for t in inputs):
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.05)  # let the tokenizer thread hand them over
+        gate.hold.set()
+        return await first, await asyncio.gather(*rest)
+
+    return asyncio.run(go())
+
+
+@pytest.mark.parametrize("window, runs", [(None, [1, 2, 1, 3]), (16, [1, 2, 2, 1, 1])])
+def test_the_window_is_wider_than_a_run_so_bucket_runs_fill_up(window, runs):
+    """Queued texts of lengths 1,5,2,6,3,7 (buckets 4 and 8), runs of at most 16 padded tokens: the
+    default window takes them all, so each bucket's texts run together ([7,6] [5] [3,2,1]); a window of
+    16 tokens (one run's budget) takes 1,5,2,6 then 3,7 and runs them in more, smaller runs."""
+    gate = BucketGate()
+    kw = {} if window is None else {"max_window_tokens": window}
+    b = Batcher(gate, max_batch_tokens=16, max_batch_size=8, **kw)
+    b.start()
+    _, rest = _queue_behind_a_blocked_run(b, gate, [["a" * n] for n in (1, 5, 2, 6, 3, 7)])
+    b.close()
+    assert gate.runs == runs
+    assert [r[0][0, 0] for r in rest] == [1, 5, 2, 6, 3, 7]  # each request got its own row
+
+
+class StreamGate(BucketGate):
+    """Two streams: runs of one window must arrive together (a barrier of two), unsplit."""
+    streams = 2
+
+    def __init__(self):
+        super().__init__()
+        self.together = threading.Barrier(2, timeout=20)
+        self.calls = []
+
+    def run(self, encs, split=True):
+        self.calls.append((len(encs), split))
+        if not split:
+            self.together.wait()  # raises (the request fails) unless the other run is in the engine too
+        return super().run(encs)
+
+
+def test_a_window_s_runs_go_to_the_streams_at_once():
+    gate = StreamGate()
+    b = Batcher(gate, max_batch_tokens=64, max_batch_size=8)
+    b.start()
+    # one request whose rows land in two runs at once (buckets 4 and 8), and two more requests
+    first, rest = _queue_behind_a_blocked_run(b, gate, [["a" * 2, "a" * 7], ["a" * 3], ["a" * 6]])
+    b.close()
+    assert gate.calls[0] == (1, True)  # a window of one run: split over the streams (here one text)
+    assert sorted(gate.calls[1:]) == [(2, False), (2, False)]  # two runs, both in the engine at once
+    assert first[0][0, 0] == 4
+    assert [r[0][:, 0].tolist() for r in rest] == [[2, 7], [3], [6]]
+    assert b.queued == 0
+
+
 @pytest.fixture
 def gated_server():
     """create_app over the Gate engine, under uvicorn in a thread, max_queue 4."""
@@ -501,9 +569,9 @@ def test_default_names():
 
 
 @pytest.mark.parametrize("precision", [None, "auto"])
-def test_the_server_runs_one_batch_at_a_time_on_every_thread(export_dir, precision):
-    """The batcher hands the model one batch at a time: served with streams=1 (all threads on it),
-    where OnnxEmbedder's own default runs two batches at once."""
+def test_the_server_runs_two_streams_and_a_lone_text_on_every_thread(export_dir, precision):
+    """The served model runs two batches at once (each on one of two threads), as OnnxEmbedder does,
+    and a lone text (the warm-up) on one stream of both threads."""
     engine = serve_mod.load_engine(export_dir, threads=2, precision=precision)
-    assert engine.embedder.streams == 1
-    assert OnnxEmbedder(export_dir, threads=2).streams == 2
+    assert engine.streams == engine.embedder.streams == 2
+    assert engine.embedder._lone is not None  # made by the one-text warm-up, not by the first query
