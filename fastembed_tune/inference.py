@@ -520,8 +520,9 @@ class OnnxEmbedder:
         out: Optional[np.ndarray] = None
         from tqdm.auto import tqdm
 
-        def one(idx: np.ndarray) -> np.ndarray:
-            return self._run_one(self.feed([encodings[i] for i in idx]))
+        def one(idx: np.ndarray) -> np.ndarray:  # a lone batch is cut over the streams, not left on one
+            feed = self.feed([encodings[i] for i in idx])
+            return self.run(feed) if len(batches) == 1 and len(idx) > 1 else self._run_one(feed)
 
         # whole batches, `streams` at a time, in order (map yields results in submission order)
         results = map(one, batches) if self.streams == 1 or len(batches) < 2 else self._streams().map(one, batches)

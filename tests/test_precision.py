@@ -192,6 +192,12 @@ def test_streams_give_the_vectors_of_one_stream(tiny_export, engine, file, preci
     lone = one.feed(one.tokenizer.encode_batch(texts[7:8]))
     np.testing.assert_allclose(two.run(lone), ref[7:8], atol=1e-5)  # one text: one stream on every thread
     assert two._lone is not None and one._lone is None
+    calls = []
+    real_run = two.run
+    two.run = lambda feed, split=True: calls.append(split) or real_run(feed, split)
+    same = [texts[7]] * 4  # one batch: cut over the two streams, not left on one of them
+    np.testing.assert_allclose(two.embed(same), np.repeat(ref[7:8], 4, axis=0), atol=1e-5)
+    assert calls == [True]
 
 
 @pytest.mark.parametrize("bad", [0, -1, 1.5, True, "2"])
