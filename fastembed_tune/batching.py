@@ -142,7 +142,7 @@ class OnnxEngine:
 
     def tokenize(self, texts: List[str]) -> list:
         """Encodings of ``texts`` (special tokens added, truncated to ``max_seq_length``)."""
-        return self.embedder.tokenizer.encode_batch(texts, add_special_tokens=True)
+        return self.embedder.encodings(texts)
 
     def from_ids(self, ids: Sequence[int]) -> Ids:
         """An encoding for token ids given by the client (truncated to ``max_seq_length``)."""

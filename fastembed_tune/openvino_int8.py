@@ -114,7 +114,7 @@ def bucket_feeds(embedder: OnnxEmbedder, texts: Sequence[str], batch_size: int =
     >>> [f["input_ids"].shape for f in bucket_feeds(e, ["a b", "c", "a long text of words"])]  # doctest: +SKIP
     [(1, 8), (2, 4)]
     """
-    enc = embedder.tokenizer.encode_batch(list(texts), add_special_tokens=True)
+    enc = embedder.encodings(texts)
     lengths = [len(e.ids) for e in enc]
     buckets = [embedder.padded_length(n) for n in lengths]
     return [embedder.feed([enc[i] for i in idx]) for idx in bucket_batches(buckets, lengths, batch_size)]
