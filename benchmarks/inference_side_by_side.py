@@ -18,7 +18,7 @@ verdict line pairs the runs: in each round, the fastest peer's time over the shi
 that round, and the median of those ratios (a spike that slows one round slows both sides of it).
 
     python benchmarks/inference_side_by_side.py [--n 2000] [--batch-size 64] [--threads 2]
-                                                [--onnx-dir DIR] [--student DIR] [--repeats 5]
+                                                [--onnx-dir DIR] [--student DIR] [--repeats 8]
 
 --onnx-dir reuses an export of the built-in model made with quantize="int8" (else one is made in a
 temp dir; export time is printed but not part of the throughput figures).
@@ -38,14 +38,16 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
 
 def _interleaved(rows, texts, batch_size, repeats):
     """Best-of-``repeats`` and median wall time per row, rows run round-robin so load drift on a
-    shared machine hits every row alike. Returns ([(label, best seconds, median seconds, embeddings)],
-    {label: [seconds of each round]})."""
+    shared machine hits every row alike, each round starting one row later (on the AMX Xeon, of two
+    IDENTICAL OpenVINO rows run back to back, the second ran 1.16-1.21x the first, paired median of
+    12 rounds: a fixed order favours whichever row follows which). Returns
+    ([(label, best seconds, median seconds, embeddings)], {label: [seconds of each round]})."""
     for _, fn in rows:
         fn(texts[:batch_size], batch_size)  # warm-up: sessions, allocator, kernels
     times: dict = {label: [] for label, _ in rows}
     out = {}
-    for _ in range(repeats):
-        for label, fn in rows:
+    for r in range(repeats):
+        for label, fn in rows[r % len(rows):] + rows[:r % len(rows)]:
             t0 = time.perf_counter()
             out[label] = fn(texts, batch_size)
             times[label].append(time.perf_counter() - t0)
@@ -69,7 +71,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--onnx-dir", default=None)
     ap.add_argument("--student", default=None, help="a student model directory: exported to int8, one more row")
-    ap.add_argument("--repeats", type=int, default=5, help="best and median of this many interleaved runs per row")
+    ap.add_argument("--repeats", type=int, default=8, help="best and median of this many interleaved runs per row")
     a = ap.parse_args()
 
     import numpy as np
