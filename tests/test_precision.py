@@ -206,3 +206,15 @@ def test_bad_streams_are_refused(tiny_export, bad):
 
     with pytest.raises(UserError, match="streams must be a positive integer"):
         OnnxEmbedder(tiny_export, streams=bad)
+
+
+def test_probe_interleaves_the_candidates_each_round_one_later(monkeypatch):
+    """Every candidate is timed in every position once (a fixed order favours whichever runs after
+    which), and its best pass is what counts."""
+    import fastembed_tune.precision as P
+
+    calls, speeds = [], iter(range(1, 100))
+    monkeypatch.setattr(P, "_speed", lambda emb, texts, bs: calls.append(emb) or next(speeds))
+    best = P._speeds({"a": "a", "b": "b", "c": "c"}, ["x"], 1)
+    assert calls == ["a", "b", "c", "b", "c", "a", "c", "a", "b"]
+    assert best == {"a": 8, "b": 9, "c": 7}
