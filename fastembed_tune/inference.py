@@ -25,6 +25,11 @@ thread ran OpenVINO bf16 at 1.13x one stream of two threads (best run) and 1.52x
 onnxruntime int8 at 1.31x / 1.14x (fp32: 0.93x / 1.06x). A text's vector does not depend on its
 stream. ``streams=1`` is the latency choice: one batch on every thread (``serve`` runs so).
 
+On OpenVINO with AMX, short batches (padded to at most :data:`UNFUSED_ATTENTION_MAX` tokens) run on
+a second compiled model whose attention is not fused (made at the first such batch): OpenVINO's
+fused attention kernel is the faster one only for long texts on that CPU. A text's padded length,
+so its model, does not depend on its batch neighbours.
+
 At load time the graph and the tokenizer are checked against each other (expected inputs, token ids
 that fit the graph's embedding matrix, the embedding size) so that a mismatch is one clear
 ``UserError`` instead of an index error deep inside onnxruntime or, worse, silent garbage.
@@ -41,7 +46,7 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence, Union
 import numpy as np
 
 from .atomic import atomic_write
-from .cpu import int8_pairs_saturate
+from .cpu import cpu_features, int8_pairs_saturate
 from .errors import UserError, check_finite_rows
 
 METADATA_FILE = "fastembed_tune_onnx.json"
@@ -51,6 +56,12 @@ PORTABLE_FILE = "onnx/model.onnx"  # standard operators only: sentence-transform
 PAD_MULTIPLE = 4  # batches are padded to a multiple of this many tokens, one length bucket a batch
 STREAMS = 2  # batches run at once by default (where there are 2+ threads), each on its share of them
 ENGINES = ("onnxruntime", "openvino")
+# OpenVINO on a CPU with AMX: batches padded to at most this many tokens run with its fused attention
+# subgraph (snippets) switched off (SNIPPETS_MODE=DISABLE: the attention MatMuls go to oneDNN's AMX
+# brgemm, the softmax runs on its own); longer ones keep it. On an Intel Xeon with AMX, one thread,
+# all-MiniLM-L6-v2 bf16, batch 64, unfused/fused throughput: 1.29-1.33x at 8 tokens, 1.03-1.08x at
+# 16-64, 1.00-1.04x at 96, 0.96-0.98x at 128, 0.81-0.89x at 208-256 (the NNCF int8 IR alike).
+UNFUSED_ATTENTION_MAX = 96
 OUTPUT_SUFFIXES = (".npy", ".jsonl")  # what write_embeddings writes
 KNOWN_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 _PASS_THROUGH = ("Cast", "Identity", "Reshape", "Unsqueeze", "Squeeze", "Flatten")
@@ -166,6 +177,9 @@ class OnnxEmbedder:
     ``max_seq_length``) and :meth:`embed` batches texts of one such bucket together (see the module
     text; 1: texts of one exact length a batch, no padding at all); 0 is what other stacks do:
     length-sorted batches of ``batch_size``, each padded to its longest text.
+    ``unfused_attention_max`` (OpenVINO): batches padded to at most this many tokens run with
+    OpenVINO's fused attention switched off (default: :data:`UNFUSED_ATTENTION_MAX` where the CPU has
+    AMX, else 0: never).
 
     >>> from fastembed_tune.export import export_onnx                    # doctest: +SKIP
     >>> from fastembed_tune.model import default_model_path              # doctest: +SKIP
@@ -177,7 +191,7 @@ class OnnxEmbedder:
     def __init__(self, path: Union[str, os.PathLike], threads: Optional[int] = None,
                  providers: Optional[Sequence[str]] = None, engine: str = "onnxruntime",
                  precision: Optional[str] = None, spin: bool = True, pad_multiple: int = PAD_MULTIPLE,
-                 streams: Optional[int] = None):
+                 streams: Optional[int] = None, unfused_attention_max: Optional[int] = None):
         import onnx
         from tokenizers import Tokenizer
 
@@ -240,6 +254,12 @@ class OnnxEmbedder:
         self._lone: Optional[Callable] = None
         self._lone_lock = threading.Lock()
         self.engine = engine
+        if unfused_attention_max is not None and (not isinstance(unfused_attention_max, int)
+                                                  or isinstance(unfused_attention_max, bool) or unfused_attention_max < 0):
+            raise UserError(f"unfused_attention_max must be a non-negative integer, got {unfused_attention_max!r}")
+        if unfused_attention_max is None:
+            unfused_attention_max = UNFUSED_ATTENTION_MAX if "amx_bf16" in cpu_features() else 0
+        self.unfused_attention_max = unfused_attention_max if engine == "openvino" else 0
         if engine == "openvino":
             self._open_openvino(threads, precision or "f32")
         else:
@@ -311,21 +331,40 @@ class OnnxEmbedder:
         try:
             core = ov.Core()
             model = self._ir if self.model_file.suffix == ".xml" else core.read_model(str(self.model_file))
+            if len(model.outputs) > 1:  # only the output read: the portable graph's last_hidden_state is
+                # not written out (1.00-1.09x the throughput at 8-256 tokens on an AMX Xeon, same vectors)
+                model = ov.Model([model.output(self.output_name)], model.get_parameters(), model.friendly_name)
         except Exception as e:
             raise UserError(f"{self.model_file}: OpenVINO cannot load it ({str(e).splitlines()[0][:200]})") from None
 
-        def runner(config: Dict) -> Callable[[Dict[str, np.ndarray]], np.ndarray]:
+        def compile_(config: Dict):
             try:
-                compiled = core.compile_model(model, "CPU", config)
+                return core.compile_model(model, "CPU", config)
             except Exception as e:
                 raise UserError(f"{self.model_file}: OpenVINO cannot load it ({str(e).splitlines()[0][:200]})") from None
-            output, local = compiled.output(self.output_name), threading.local()
+
+        def runner(config: Dict) -> Callable[[Dict[str, np.ndarray]], np.ndarray]:
+            compiled, local, lock = compile_(config), threading.local(), threading.Lock()
+            unfused: List = []  # the model without fused attention, compiled at the first short batch
+
+            def model_for(tokens: int):
+                if tokens > self.unfused_attention_max:
+                    return compiled
+                if not unfused:
+                    with lock:
+                        if not unfused:
+                            unfused.append(compile_({**config, "SNIPPETS_MODE": "DISABLE"}))
+                return unfused[0]
 
             def run_one(feed: Dict[str, np.ndarray]) -> np.ndarray:  # one infer request per calling thread
-                request = getattr(local, "request", None)
-                if request is None:
-                    request = local.request = compiled.create_infer_request()
-                return np.array(request.infer(feed)[output], dtype=np.float32, copy=True)
+                chosen = model_for(next(iter(feed.values())).shape[1])
+                requests = getattr(local, "requests", None)
+                if requests is None:
+                    requests = local.requests = {}
+                got = requests.get(id(chosen))
+                if got is None:
+                    got = requests[id(chosen)] = (chosen.create_infer_request(), chosen.output(self.output_name))
+                return np.array(got[0].infer(feed)[got[1]], dtype=np.float32, copy=True)
 
             run_one.compiled = compiled
             return run_one

@@ -218,3 +218,44 @@ def test_probe_interleaves_the_candidates_each_round_one_later(monkeypatch):
     best = P._speeds({"a": "a", "b": "b", "c": "c"}, ["x"], 1)
     assert calls == ["a", "b", "c", "b", "c", "a", "c", "a", "b"]
     assert best == {"a": 8, "b": 9, "c": 7}
+
+
+def test_openvino_runs_short_batches_without_fused_attention(tiny_export, monkeypatch):
+    """Batches padded to at most ``unfused_attention_max`` tokens run on a second compiled model with
+    OpenVINO's fused attention off, compiled at the first such batch, longer ones on the first; both
+    give the vectors of onnxruntime's fp32 graph; only the output read is compiled."""
+    ov = pytest.importorskip("openvino")
+    from fastembed_tune.inference import OnnxEmbedder
+
+    configs = []
+    real = ov.Core.compile_model
+    monkeypatch.setattr(ov.Core, "compile_model",
+                        lambda self, model, dev=None, cfg=None: configs.append(dict(cfg or {})) or real(self, model, dev, cfg))
+    e = OnnxEmbedder(tiny_export / "onnx" / "model.onnx", threads=2, engine="openvino", precision="f32", streams=1,
+                     unfused_attention_max=8)
+    assert [c.get("SNIPPETS_MODE") for c in configs] == [None]
+    assert [o.get_any_name() for o in e.session.outputs] == ["sentence_embedding"]
+    long_texts = [t for t in TEXTS if len(e.encodings([t])[0].ids) > 8]
+    short = ["ok", "a b"]
+    ref = OnnxEmbedder(tiny_export, threads=2, streams=1)
+    np.testing.assert_allclose(e.embed(long_texts), ref.embed(long_texts), atol=1e-5)
+    assert [c.get("SNIPPETS_MODE") for c in configs] == [None]  # no short batch yet: nothing more compiled
+    np.testing.assert_allclose(e.embed(short), ref.embed(short), atol=1e-5)
+    assert [c.get("SNIPPETS_MODE") for c in configs] == [None, "DISABLE"]
+    e.embed(short + long_texts)
+    assert len(configs) == 2  # compiled once
+
+
+def test_unfused_attention_by_cpu_and_refused_when_bad(tiny_export, monkeypatch):
+    pytest.importorskip("openvino")
+    import fastembed_tune.inference as I
+
+    portable = tiny_export / "onnx" / "model.onnx"
+    monkeypatch.setattr(I, "cpu_features", lambda: frozenset({"avx512f", "amx_bf16", "amx_int8"}))
+    assert I.OnnxEmbedder(portable, engine="openvino").unfused_attention_max == I.UNFUSED_ATTENTION_MAX
+    assert I.OnnxEmbedder(tiny_export).unfused_attention_max == 0  # onnxruntime: not a thing there
+    monkeypatch.setattr(I, "cpu_features", lambda: frozenset({"avx512f", "avx512_bf16"}))  # measured on AMX only
+    assert I.OnnxEmbedder(portable, engine="openvino").unfused_attention_max == 0
+    for bad in (-1, 1.5, True, "8"):
+        with pytest.raises(UserError, match="unfused_attention_max must be a non-negative integer"):
+            I.OnnxEmbedder(portable, engine="openvino", unfused_attention_max=bad)
