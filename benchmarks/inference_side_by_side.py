@@ -1,13 +1,13 @@
 """Inference throughput side by side, in ONE process, same texts, same batch size, same threads:
 sentence-transformers encode (PyTorch fp32), the same model in bf16 (``model.to(torch.bfloat16)``),
 OpenVINO reading our portable ONNX as sentence-transformers' OpenVINO backend runs it (bf16 where
-the CPU does bf16 natively, else f32; per-batch padding, one batch at a time; needs the ``openvino``
-package), sentence-transformers' own ONNX int8 (only where optimum is installed), our ONNX fp32
-padded per batch as the peers pad (to each batch's longest text, one stream), and as shipped
-(``OnnxEmbedder``'s defaults: batches of one length bucket of 4 tokens, two batches at a time where
-there are 2+ threads): the same OpenVINO graph, our ONNX fp32 and int8, the OpenVINO int8 IR where
-the export has one (``export --openvino-int8``) (and, with
---student DIR, that student exported to int8). The CPU's name
+the CPU does bf16 natively, else f32; per-batch padding, one batch at a time, ``last_hidden_state``
+pooled outside the graph; needs the ``openvino`` package), sentence-transformers' own ONNX int8
+(only where optimum is installed), our ONNX fp32 padded per batch as the peers pad (to each batch's
+longest text, one stream), and as shipped (``OnnxEmbedder``'s defaults: batches of one length
+bucket of 4 tokens, two batches at a time where there are 2+ threads): the same OpenVINO graph,
+our ONNX fp32 and int8, the OpenVINO int8 IR where the export has one (``export --openvino-int8``)
+(and, with --student DIR, that student exported to int8). The CPU's name
 and features are printed above the table: a ratio holds on that CPU, no other. Below the table:
 what :func:`fastembed_tune.precision.choose_precision` ships on this CPU and its ratio to the best
 peer row. Sentences/second (best and median of --repeats runs, rows interleaved; on a shared
@@ -17,7 +17,7 @@ over all texts; for a student of the same width this is its distance from the te
 verdict line pairs the runs: in each round, the fastest peer's time over the shipped path's time in
 that round, and the median of those ratios (a spike that slows one round slows both sides of it).
 
-    python benchmarks/inference_side_by_side.py [--n 2000] [--batch-size 64] [--threads 2]
+    python benchmarks/inference_side_by_side.py [--n 2000] [--texts passages|queries] [--batch-size 64] [--threads 2]
                                                 [--onnx-dir DIR] [--student DIR] [--repeats 8]
 
 --onnx-dir reuses an export of the built-in model made with quantize="int8" (else one is made in a
@@ -54,6 +54,43 @@ def _interleaved(rows, texts, batch_size, repeats):
     return [(label, min(times[label]), statistics.median(times[label]), out[label]) for label, _ in rows], times
 
 
+class OpenVinoAsSentenceTransformers:
+    """What ``SentenceTransformer(..., backend="openvino")`` does (optimum-intel's
+    ``OVModelForFeatureExtraction``): the graph's ``last_hidden_state`` only, compiled with the
+    LATENCY hint (one request, every thread), texts sorted longest first (characters), each batch
+    tokenised by the model's own tokenizer and padded to its longest, then mean pooling and L2
+    normalisation outside the graph. Run on our portable ONNX graph (no optimum here)."""
+
+    def __init__(self, portable: str, st, threads: int, precision: str):
+        import openvino as ov
+
+        core = ov.Core()
+        model = core.read_model(portable)
+        model = ov.Model([model.output("last_hidden_state")], model.get_parameters(), "peer")
+        compiled = core.compile_model(model, "CPU", {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads,
+                                                     "INFERENCE_PRECISION_HINT": precision})
+        self.request, self.inputs = compiled.create_infer_request(), [i.get_any_name() for i in compiled.inputs]
+        self.tokenizer, self.max_length = st.tokenizer, st.max_seq_length
+
+    def embed(self, texts, batch_size):
+        import numpy as np
+
+        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+        out = None
+        for s in range(0, len(texts), batch_size):
+            idx = order[s:s + batch_size]
+            enc = self.tokenizer([texts[i] for i in idx], padding=True, truncation=True, max_length=self.max_length,
+                                return_tensors="np")
+            hidden = next(iter(self.request.infer({k: enc[k] for k in self.inputs}).values()))
+            mask = enc["attention_mask"][..., None].astype(np.float32)
+            v = (hidden * mask).sum(1) / np.maximum(mask.sum(1), 1e-9)
+            v /= np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
+            if out is None:
+                out = np.empty((len(texts), v.shape[1]), dtype=np.float32)
+            out[idx] = v
+        return out
+
+
 def paired_ratios(times: dict, row: str, peers: list) -> list:
     """Per round: the fastest peer's seconds over ``row``'s seconds in that same round (rows of one
     round run back to back, so a load spike that slows a whole round cancels out of its ratio).
@@ -67,6 +104,8 @@ def paired_ratios(times: dict, row: str, peers: list) -> list:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=2000)
+    ap.add_argument("--texts", choices=("passages", "queries"), default="passages",
+                    help="the sample's corpus passages, or its training queries (short texts, repeated up to --n)")
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--onnx-dir", default=None)
@@ -88,9 +127,10 @@ def main() -> None:
     print(f"CPU: {cpu_description()}")
 
     torch.set_num_threads(a.threads)
-    corpus = os.path.join(os.path.dirname(__file__), "..", "fastembed_tune", "sample_data", "corpus.jsonl")
-    with open(corpus) as f:
-        texts = [json.loads(line)["text"] for line in f][: a.n]
+    source, field = {"passages": ("corpus.jsonl", "text"), "queries": ("train.jsonl", "query")}[a.texts]
+    with open(os.path.join(os.path.dirname(__file__), "..", "fastembed_tune", "sample_data", source)) as f:
+        texts = [json.loads(line)[field] for line in f]
+    texts = (texts * -(-a.n // len(texts)))[: a.n]
 
     work = tempfile.mkdtemp(prefix="bench-inference-")
     onnx_dir = a.onnx_dir
@@ -115,10 +155,8 @@ def main() -> None:
     portable = os.path.join(onnx_dir, PORTABLE_FILE)
     try:
         ov_precision = "bf16" if bf16_native else "f32"
-        # a peer as sentence-transformers' OpenVINO backend runs it: every batch padded to its longest
-        # (pad_multiple=0), one batch at a time on every thread (optimum-intel's LATENCY hint: streams=1)
-        ov = OnnxEmbedder(portable, threads=a.threads, engine="openvino", precision=ov_precision, pad_multiple=0,
-                          streams=1)
+        # a peer as sentence-transformers' OpenVINO backend runs it (see OpenVinoAsSentenceTransformers)
+        ov = OpenVinoAsSentenceTransformers(portable, st, a.threads, ov_precision)
         runners.append((f"OpenVINO {ov_precision} (reads {PORTABLE_FILE})", ov.embed))
         peers.append(runners[-1][0])
         ours = OnnxEmbedder(portable, threads=a.threads, engine="openvino", precision=ov_precision)
@@ -160,7 +198,7 @@ def main() -> None:
     ref = rows[0][3]
 
     base = len(texts) / rows[0][1]
-    print(f"\n{len(texts)} texts from sample_data/corpus.jsonl, batch {a.batch_size}, {a.threads} threads, "
+    print(f"\n{len(texts)} texts ({a.texts}) from sample_data/{source}, batch {a.batch_size}, {a.threads} threads, "
           f"max_seq_length {st.max_seq_length}, best and median of {a.repeats} interleaved runs")
     print(f"{'':54s} {'sent/s':>8s} {'ratio':>6s} {'median':>8s} {'ratio':>6s} {'cos mean':>9s} {'cos min':>8s}")
     med_base = len(texts) / rows[0][2]

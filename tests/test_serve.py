@@ -499,7 +499,9 @@ def test_sigterm_answers_the_request_in_flight_then_exits_0(export_dir, single):
             time.sleep(0.005)
     s.proc.send_signal(signal.SIGTERM)
     t.join(120)
-    assert s.stop() == 0
+    # one SIGTERM only: stop() would send a second one, and one that lands after the drain, while the
+    # process tears down with the default handler back in place, kills it (-15)
+    assert s.proc.wait(60) == 0
     assert seen and "draining 1 request(s) in flight" in "".join(s.stderr)
     r = out["r"]
     assert r.status_code == 200 and len(r.json()["data"]) == len(texts)
