@@ -322,7 +322,7 @@ class OnnxEmbedder:
         try:
             import openvino as ov
         except ImportError:
-            raise UserError("engine='openvino' needs the openvino package: pip install 'fastembed-tune[openvino]'") from None
+            raise UserError("engine='openvino' needs the openvino package: pip install openvino") from None
         if precision not in ("bf16", "f32"):
             raise UserError(f"openvino precision must be 'bf16' or 'f32', got {precision!r}")
         latency = {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY"}
