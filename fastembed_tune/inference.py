@@ -143,6 +143,17 @@ def embedding_rows(model) -> Optional[int]:
     return None
 
 
+def _check_count(name: str, value, least: int) -> None:
+    """Refuse ``value`` unless it is an integer (not a bool) of at least ``least`` (0 or 1).
+
+    >>> _check_count("streams", 0, 1)
+    Traceback (most recent call last):
+    fastembed_tune.errors.UserError: streams must be a positive integer, got 0
+    """
+    if not isinstance(value, int) or isinstance(value, bool) or value < least:
+        raise UserError(f"{name} must be a {'positive' if least else 'non-negative'} integer, got {value!r}")
+
+
 def bucket_batches(buckets: Sequence[int], lengths: Sequence[int], batch_size: int) -> List[np.ndarray]:
     """Indices cut into batches of at most ``batch_size`` texts that share one bucket (padded
     length), the longest bucket first and the longest text first within it (stable).
@@ -216,8 +227,7 @@ class OnnxEmbedder:
         self.pad_id = int(pad.get("pad_id", meta.get("pad_id", 0)))
         self.pad_type_id = int(pad.get("pad_type_id", 0))
         self.tokenizer.no_padding()  # we pad per batch ourselves, by length bucket
-        if not isinstance(pad_multiple, int) or isinstance(pad_multiple, bool) or pad_multiple < 0:
-            raise UserError(f"pad_multiple must be a non-negative integer, got {pad_multiple!r}")
+        _check_count("pad_multiple", pad_multiple, 0)
         self.pad_multiple = pad_multiple
         self.tokenizer.enable_truncation(max_length=self.max_seq_length)
 
@@ -240,10 +250,10 @@ class OnnxEmbedder:
             self._int8_weights = any(n.op_type in INT8_WEIGHT_OPS for n in proto.graph.node)
             del proto
 
-        if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 0):
-            raise UserError(f"threads must be a non-negative integer, got {threads!r}")
-        if streams is not None and (not isinstance(streams, int) or isinstance(streams, bool) or streams < 1):
-            raise UserError(f"streams must be a positive integer, got {streams!r}")
+        for name, value, least in (("threads", threads, 0), ("streams", streams, 1),
+                                   ("unfused_attention_max", unfused_attention_max, 0)):
+            if value is not None:
+                _check_count(name, value, least)
         cores = threads or os.cpu_count() or 1
         self.streams = min(streams or STREAMS, cores)
         if streams is None and engine == "onnxruntime" and list(providers or ["CPUExecutionProvider"]) != [
@@ -254,13 +264,10 @@ class OnnxEmbedder:
         self._lone: Optional[Callable] = None
         self._lone_lock = threading.Lock()
         self.engine = engine
-        if unfused_attention_max is not None and (not isinstance(unfused_attention_max, int)
-                                                  or isinstance(unfused_attention_max, bool) or unfused_attention_max < 0):
-            raise UserError(f"unfused_attention_max must be a non-negative integer, got {unfused_attention_max!r}")
-        if unfused_attention_max is None:
-            unfused_attention_max = UNFUSED_ATTENTION_MAX if "amx_bf16" in cpu_features() else 0
-        self.unfused_attention_max = unfused_attention_max if engine == "openvino" else 0
+        self.unfused_attention_max = 0  # onnxruntime: no such thing there
         if engine == "openvino":
+            self.unfused_attention_max = (unfused_attention_max if unfused_attention_max is not None
+                                          else UNFUSED_ATTENTION_MAX if "amx_bf16" in cpu_features() else 0)
             self._open_openvino(threads, precision or "f32")
         else:
             self._open_onnxruntime(threads, providers, spin)
