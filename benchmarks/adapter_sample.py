@@ -21,9 +21,9 @@ import time
 
 import numpy as np
 
-from fastembed_tune.adapter import AdapterConfig, _unit, adapt, open_source, train_adapter
-from fastembed_tune.cpu import cpu_description
-from fastembed_tune.pipeline import sample_paths
+from fastembed_tune.adapt.adapter import AdapterConfig, _unit, adapt, open_source, train_adapter
+from fastembed_tune.core.cpu import cpu_description
+from fastembed_tune.data.bundled import sample_paths
 
 # README, "The built-in sample": `make run` on the same pairs (10% held out), its training stage 131 s
 FULL_FINE_TUNE = ("full fine-tune of MiniLM (`fastembed-tune run`, README)", 0.3133, 0.3708, "+0.0382 to +0.0765",
@@ -67,8 +67,8 @@ def main(argv=None) -> int:
     print(f"| {name} | {b:.4f} | {v:.4f} | {v / b:.2f}x | {ci} | {pv:.4f} | {sec} |")
 
     # training time on 10,000 cached pairs
-    from fastembed_tune.data import read_corpus, read_pairs
-    from fastembed_tune.store import EmbeddingStore
+    from fastembed_tune.data.readers import read_corpus, read_pairs
+    from fastembed_tune.embed.store import EmbeddingStore
 
     pairs = read_pairs(p["train"])
     store = EmbeddingStore(a.store, source.fingerprint, source.dim)

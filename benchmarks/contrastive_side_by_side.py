@@ -90,7 +90,7 @@ def main() -> None:
     from fastembed_tune.kernels import simd_name
 
     mib = 2 ** 20
-    from fastembed_tune.cpu import cpu_description
+    from fastembed_tune.core.cpu import cpu_description
 
     print(f"CPU: {cpu_description()}")
     print(f"fused kernel path: {simd_name(a.simd)}; {a.threads} threads; d = {a.d}; "

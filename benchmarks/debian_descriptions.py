@@ -81,8 +81,8 @@ def main(argv=None) -> None:
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args(argv)
 
-    from fastembed_tune.data import load_eval, read_pairs
-    from fastembed_tune.pipeline import sample_paths
+    from fastembed_tune.data.bundled import sample_paths
+    from fastembed_tune.data.readers import load_eval, read_pairs
 
     p = sample_paths()
     queries = {q.casefold().strip() for q in load_eval(p["test"], p["corpus"]).queries.values()}

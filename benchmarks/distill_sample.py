@@ -14,11 +14,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def main() -> None:
-    from fastembed_tune.data import load_eval, read_pairs
-    from fastembed_tune.distill import distill
-    from fastembed_tune.evaluate import evaluate
-    from fastembed_tune.model import EmbeddingModel
-    from fastembed_tune.pipeline import sample_paths
+    from fastembed_tune.data.bundled import sample_paths
+    from fastembed_tune.data.readers import load_eval, read_pairs
+    from fastembed_tune.embed.model import EmbeddingModel
+    from fastembed_tune.evaluation.metrics import evaluate
+    from fastembed_tune.training.distill import distill
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--teacher", required=True)

@@ -31,7 +31,7 @@ import time
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from fastembed_tune.cpu import cpu_description  # noqa: E402
+from fastembed_tune.core.cpu import cpu_description  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -69,10 +69,10 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def load(a: argparse.Namespace):
     """(fit pairs, validation pairs, leak-free corpus, test set) split as ``run`` splits them."""
-    from fastembed_tune.data import load_eval, read_pairs
-    from fastembed_tune.mining import leakfree_corpus
-    from fastembed_tune.pipeline import sample_paths
-    from fastembed_tune.validation import split_validation
+    from fastembed_tune.data.bundled import sample_paths
+    from fastembed_tune.data.readers import load_eval, read_pairs
+    from fastembed_tune.mining.exact import leakfree_corpus
+    from fastembed_tune.training.validation import split_validation
 
     p = sample_paths()
     pairs, ev = read_pairs(p["train"]), load_eval(p["test"], p["corpus"])
@@ -81,8 +81,8 @@ def load(a: argparse.Namespace):
 
 
 def score_test(model_dir: str, ev) -> float:
-    from fastembed_tune.evaluate import evaluate
-    from fastembed_tune.model import EmbeddingModel
+    from fastembed_tune.embed.model import EmbeddingModel
+    from fastembed_tune.evaluation.metrics import evaluate
 
     m = EmbeddingModel.load(model_dir)
     m.max_seq_length = 128
@@ -92,7 +92,7 @@ def score_test(model_dir: str, ev) -> float:
 def one_student(a, name: str, texts, validation, keep_layers, precomputed: dict, per_epoch: bool, **kw) -> dict:
     """Distil one student; its wall time. ``per_epoch``: validated after every epoch (the best
     ships); else (the baseline) scored once on ``validation`` at the end."""
-    from fastembed_tune.distill import distill
+    from fastembed_tune.training.distill import distill
 
     t0 = time.perf_counter()
     s = distill(a.teacher, texts, os.path.join(a.out, a.tag + name), layers=keep_layers, batch_size=a.bs,
@@ -100,7 +100,7 @@ def one_student(a, name: str, texts, validation, keep_layers, precomputed: dict,
                 validation=validation if per_epoch else None, **kw)
     s["wall_s"] = round(time.perf_counter() - t0, 1)
     if "validation" not in s:
-        from fastembed_tune.model import EmbeddingModel
+        from fastembed_tune.embed.model import EmbeddingModel
 
         student = EmbeddingModel.load(s["output"])
         student.max_seq_length = a.msl
@@ -112,9 +112,9 @@ def one_student(a, name: str, texts, validation, keep_layers, precomputed: dict,
 def main(argv=None) -> None:
     import torch
 
-    from fastembed_tune.distill import distillation_texts, spread_layers, teacher_embeddings
-    from fastembed_tune.model import EmbeddingModel
-    from fastembed_tune.validation import Validation
+    from fastembed_tune.embed.model import EmbeddingModel
+    from fastembed_tune.training.distill import distillation_texts, spread_layers, teacher_embeddings
+    from fastembed_tune.training.validation import Validation
 
     a = parse_args(argv)
     if not os.path.isfile(os.path.join(a.teacher, "modules.json")):

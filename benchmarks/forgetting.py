@@ -30,7 +30,7 @@ def replay_pairs(wordnet_dir: str, n: int, avoid: set, seed: int = 1) -> list:
     """``n`` WordNet (lemma, definition) pairs whose lemma and definition are not in ``avoid``."""
     from make_guard import candidates
 
-    from fastembed_tune.data import Pair
+    from fastembed_tune.data.readers import Pair
 
     items = [Pair(lemma, doc) for lemma, doc in candidates(wordnet_dir) if lemma not in avoid and doc not in avoid]
     random.Random(seed).shuffle(items)
@@ -38,13 +38,13 @@ def replay_pairs(wordnet_dir: str, n: int, avoid: set, seed: int = 1) -> list:
 
 
 def main() -> None:
-    from fastembed_tune.cpu import cpu_description
-    from fastembed_tune.data import load_eval, read_pairs
-    from fastembed_tune.evaluate import evaluate
-    from fastembed_tune.forgetting import interpolate
-    from fastembed_tune.model import EmbeddingModel
-    from fastembed_tune.pipeline import guard_paths, sample_paths
-    from fastembed_tune.train import TrainConfig, train
+    from fastembed_tune.core.cpu import cpu_description
+    from fastembed_tune.data.bundled import guard_paths, sample_paths
+    from fastembed_tune.data.readers import load_eval, read_pairs
+    from fastembed_tune.embed.model import EmbeddingModel
+    from fastembed_tune.evaluation.metrics import evaluate
+    from fastembed_tune.training.forgetting import interpolate
+    from fastembed_tune.training.train import TrainConfig, train
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tuned", required=True, help="the fine-tuned model directory")

@@ -9,7 +9,7 @@ bucket of 4 tokens, two batches at a time where there are 2+ threads): the same 
 our ONNX fp32 and int8, the OpenVINO int8 IR where the export has one (``export --openvino-int8``)
 (and, with --student DIR, that student exported to int8). The CPU's name
 and features are printed above the table: a ratio holds on that CPU, no other. Below the table:
-what :func:`fastembed_tune.precision.choose_precision` ships on this CPU and its ratio to the best
+what :func:`fastembed_tune.embed.precision.choose_precision` ships on this CPU and its ratio to the best
 peer row. Sentences/second (best and median of --repeats runs, rows interleaved; on a shared
 machine whose load comes and goes, read both), the ratio to
 sentence-transformers, and the cosine of each row's embeddings to sentence-transformers' (mean and min
@@ -117,12 +117,13 @@ def main() -> None:
     import torch
     from sentence_transformers import SentenceTransformer
 
-    from fastembed_tune.cpu import cpu_description, cpu_features
-    from fastembed_tune.export import export_onnx
-    from fastembed_tune.inference import INT8_FILE, MODEL_FILE, PORTABLE_FILE, OnnxEmbedder
-    from fastembed_tune.model import default_model_path
-    from fastembed_tune.openvino_int8 import OV_INT8_FILE, run_precision
-    from fastembed_tune.precision import choose_precision
+    from fastembed_tune.core.cpu import cpu_description, cpu_features
+    from fastembed_tune.core.cpu import float_precision as run_precision
+    from fastembed_tune.embed.layout import INT8_FILE, MODEL_FILE, OV_INT8_FILE, PORTABLE_FILE
+    from fastembed_tune.embed.model import default_model_path
+    from fastembed_tune.embed.onnx_embedder import OnnxEmbedder
+    from fastembed_tune.embed.precision import choose_precision
+    from fastembed_tune.export.onnx import export_onnx
 
     print(f"CPU: {cpu_description()}")
 

@@ -62,9 +62,9 @@ def one(kind: str, pairs: str, corpus: str, out: str, window: int) -> dict:
     """Run in a child process: time and peak memory of one route."""
     from _rss import PeakRSS
 
-    from fastembed_tune.data import read_corpus, read_pairs
-    from fastembed_tune.mining import mine_to_file
-    from fastembed_tune.mining_stream import mine_stream
+    from fastembed_tune.data.readers import read_corpus, read_pairs
+    from fastembed_tune.mining.exact import mine_to_file
+    from fastembed_tune.mining.stream import mine_stream
 
     with PeakRSS(interval=0.01) as m:
         t0 = time.perf_counter()
@@ -90,7 +90,7 @@ def main() -> None:
         kind, pairs, corpus, out, window = a.child
         print(json.dumps(one(kind, pairs, corpus, out, int(window))))
         return
-    from fastembed_tune.cpu import cpu_description
+    from fastembed_tune.core.cpu import cpu_description
 
     with tempfile.TemporaryDirectory(prefix="mine_stream_scale_") as tmp:
         t0 = time.perf_counter()

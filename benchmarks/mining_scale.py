@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from _rss import PeakRSS
 
-from fastembed_tune.cpu import cpu_description
+from fastembed_tune.core.cpu import cpu_description
 from fastembed_tune.kernels import QuantizedCorpus, quantize_corpus, simd_name, topk_cosine, topk_cosine_lowp
 
 

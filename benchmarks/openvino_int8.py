@@ -31,7 +31,7 @@ The recipe (``quantize_openvino_int8`` + ``bucketed`` below):
 Measured 2026-12-04, CPU: AMD EPYC (2 logical CPUs; features: avx fma avx2 avx512f avx512bw avx512vl
 avx512_vnni avx512_bf16), OpenVINO 2026.4.1, NNCF 3.4.0, 2 threads, batch 64, 1000 corpus texts,
 bucket 16. parity = min cosine to onnxruntime fp32 over the 33 parity texts in the four cases of
-``fastembed_tune.parity`` (batched 33 and the 1-token/sentence/long text alone); corpus = min/mean
+``fastembed_tune.embed.parity`` (batched 33 and the 1-token/sentence/long text alone); corpus = min/mean
 cosine over the 1000 texts; batch-inv = min cosine batched vs alone over 128 corpus texts (batch 64)
 and over the 33 parity texts; speed = ratio to OpenVINO bf16 with per-batch padding, interleaved
 best of 3 in one process (the machine was shared with a CPU-bound job for most runs, so ratios only):
@@ -188,7 +188,7 @@ def calibration_batches(portable_onnx: str, texts, bucket: int, batch: int = 16)
     """Tokenised batches of ``batch`` texts padded as at run time (to their bucket, or their longest)."""
     import numpy as np
 
-    from fastembed_tune.inference import OnnxEmbedder
+    from fastembed_tune.embed.onnx_embedder import OnnxEmbedder
 
     e = OnnxEmbedder(portable_onnx, threads=1)
     enc = e.tokenizer.encode_batch(list(texts), add_special_tokens=True)
@@ -234,7 +234,7 @@ def ir_embedder(portable_onnx: str, xml: str, threads: int, precision: str, extr
     import numpy as np
     import openvino as ov
 
-    from fastembed_tune.inference import OnnxEmbedder
+    from fastembed_tune.embed.onnx_embedder import OnnxEmbedder
 
     e = OnnxEmbedder(portable_onnx, threads=threads)
     core = ov.Core()
@@ -265,11 +265,12 @@ def main() -> None:
     import numpy as np
     from transformers import AutoTokenizer
 
-    from fastembed_tune.cpu import cpu_description
-    from fastembed_tune.export import export_onnx
-    from fastembed_tune.inference import INT8_FILE, MODEL_FILE, PORTABLE_FILE, OnnxEmbedder
-    from fastembed_tune.model import default_model_path
-    from fastembed_tune.parity import check_parity, cosines, parity_texts
+    from fastembed_tune.core.cpu import cpu_description
+    from fastembed_tune.embed.layout import INT8_FILE, MODEL_FILE, PORTABLE_FILE
+    from fastembed_tune.embed.model import default_model_path
+    from fastembed_tune.embed.onnx_embedder import OnnxEmbedder
+    from fastembed_tune.embed.parity import check_parity, cosines, parity_texts
+    from fastembed_tune.export.onnx import export_onnx
 
     print(f"CPU: {cpu_description()}")
     with open(os.path.join(SAMPLE, "corpus.jsonl")) as f:

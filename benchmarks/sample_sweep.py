@@ -20,13 +20,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 def main() -> None:
     import numpy as np
 
-    from fastembed_tune.cli import PRECISIONS, add_precision_arg
-    from fastembed_tune.data import load_eval, read_pairs
-    from fastembed_tune.evaluate import embed_evalset, evaluate
-    from fastembed_tune.mining import mine_hard_negatives
-    from fastembed_tune.model import EmbeddingModel
-    from fastembed_tune.pipeline import sample_paths
-    from fastembed_tune.train import TrainConfig, train
+    from fastembed_tune.cli.commands import PRECISIONS, add_precision_arg
+    from fastembed_tune.data.bundled import sample_paths
+    from fastembed_tune.data.readers import load_eval, read_pairs
+    from fastembed_tune.embed.model import EmbeddingModel
+    from fastembed_tune.evaluation.metrics import embed_evalset, evaluate
+    from fastembed_tune.mining.exact import mine_hard_negatives
+    from fastembed_tune.training.train import TrainConfig, train
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--name", required=True)

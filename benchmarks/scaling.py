@@ -19,7 +19,7 @@ def main() -> None:
     ap.add_argument("--nproc", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=32)
     a = ap.parse_args()
-    from fastembed_tune.pipeline import sample_paths
+    from fastembed_tune.data.bundled import sample_paths
 
     pairs = sample_paths()["train"]
     cores = os.cpu_count() or 1

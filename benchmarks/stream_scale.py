@@ -35,9 +35,9 @@ def one(kind: str, path: str, window: int, batch_size: int) -> dict:
     """Run in a child process: time and peak memory of one reader."""
     from _rss import PeakRSS
 
-    from fastembed_tune.data import read_pairs
-    from fastembed_tune.stream import PairStream
-    from fastembed_tune.train import TrainConfig, _EpochData
+    from fastembed_tune.data.readers import read_pairs
+    from fastembed_tune.data.stream import PairStream
+    from fastembed_tune.training.train import TrainConfig, _EpochData
 
     cfg = TrainConfig("unused", batch_size=batch_size, num_negatives=1)
     with PeakRSS(interval=0.01) as m:
@@ -66,7 +66,7 @@ def main() -> None:
         kind, path, window, bs = a.child
         print(json.dumps(one(kind, path, int(window), int(bs))))
         return
-    from fastembed_tune.cpu import cpu_description
+    from fastembed_tune.core.cpu import cpu_description
 
     tmp = tempfile.mkdtemp(prefix="stream_scale_")
     path = a.file or os.path.join(tmp, "pairs.jsonl")

@@ -19,7 +19,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def main() -> None:
-    from fastembed_tune.cli import PRECISIONS, add_precision_arg
+    from fastembed_tune.cli.commands import PRECISIONS, add_precision_arg
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--pairs", type=int, default=2000)
@@ -39,12 +39,12 @@ def main() -> None:
     )
     from sentence_transformers.training_args import BatchSamplers
 
-    from fastembed_tune.data import load_eval, read_pairs
-    from fastembed_tune.evaluate import evaluate
-    from fastembed_tune.loop import use_bf16
-    from fastembed_tune.model import EmbeddingModel, default_model_path
-    from fastembed_tune.pipeline import sample_paths
-    from fastembed_tune.train import TrainConfig, train
+    from fastembed_tune.data.bundled import sample_paths
+    from fastembed_tune.data.readers import load_eval, read_pairs
+    from fastembed_tune.embed.model import EmbeddingModel, default_model_path
+    from fastembed_tune.evaluation.metrics import evaluate
+    from fastembed_tune.training.loop import use_bf16
+    from fastembed_tune.training.train import TrainConfig, train
 
     p = sample_paths()
     pairs = read_pairs(p["train"])[: a.pairs]

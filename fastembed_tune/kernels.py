@@ -11,7 +11,7 @@ from typing import Any, Callable, Optional, Sequence, Union
 
 import numpy as np
 
-from . import _native
+from fastembed_tune import _native
 
 ArrayLike = Any  # np.ndarray | np.memmap | torch.Tensor
 
@@ -207,7 +207,7 @@ def topk_cosine(
     """
     torch_out = _is_torch(queries) or _is_torch(corpus)
     if torch_out and (queries.device.type != "cpu" if _is_torch(queries) else False):
-        from . import _torch_ref
+        from fastembed_tune import _torch_ref
         return _torch_ref.topk_cosine_torch(queries, corpus, k, exclude=exclude, skip_top=skip_top,
                                             max_ratio=max_ratio, positive_scores=positive_scores)
     q = _as_f32_matrix(queries, "queries")
@@ -329,7 +329,7 @@ def contrastive(q, docs, pos, scale: float = 20.0, *, doc_keys=None, symmetric: 
     global _NATIVE_FN
     import torch
 
-    from ._torch_ref import contrastive_torch
+    from fastembed_tune._torch_ref import contrastive_torch
 
     pos, doc_keys = _check_contrastive(q, docs, pos, scale, doc_keys)
     if q.device.type != "cpu" or not hasattr(_native, "contrastive_forward"):

@@ -11,7 +11,7 @@ import numpy as np
 from ranx import Qrels, Run, evaluate
 from ranx.statistical_tests.fisher_randomization_test import fisher_randomization_test
 
-from fastembed_tune.evaluate import ir_metrics
+from fastembed_tune.evaluation.metrics import ir_metrics
 
 METRICS = list(ir_metrics({"q": ["a"]}, {"q": {"a": 1}}))  # ours, named as ranx names them (tests check both)
 

@@ -22,15 +22,15 @@ def _run_writes_no_openvino_int8_by_default(monkeypatch):
     """Whether `run` writes the OpenVINO int8 IR depends on the CPU (VNNI/AMX) and on nncf being
     installed: off in every test, so a test's outputs do not depend on the machine. The IR's own
     tests (test_openvino_int8.py) ask for it."""
-    monkeypatch.setattr("fastembed_tune.pipeline.openvino_int8_pays", lambda: False)
+    monkeypatch.setattr("fastembed_tune.run.pipeline.openvino_int8_pays", lambda: False)
 
 
 @pytest.fixture(scope="session")
 def minilm_export(tmp_path_factory):
     """The built-in MiniLM exported once per test session (fp32 + int8 + portable): (folder, info).
     Read-only: a test that writes next to it copies it first."""
-    from fastembed_tune.export import export_onnx
-    from fastembed_tune.model import default_model_path
+    from fastembed_tune.embed.model import default_model_path
+    from fastembed_tune.export.onnx import export_onnx
 
     out = tmp_path_factory.mktemp("onnx") / "minilm"
     return out, export_onnx(default_model_path(), out, quantize="int8")
@@ -41,7 +41,7 @@ def make_tiny_model(path, dropout: float = 0.1) -> str:
     import torch
     import transformers
 
-    from fastembed_tune.model import EmbeddingModel, default_model_path
+    from fastembed_tune.embed.model import EmbeddingModel, default_model_path
 
     tok = transformers.AutoTokenizer.from_pretrained(default_model_path())
     torch.manual_seed(0)

@@ -25,7 +25,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import numpy as np
 import pytest
 
-from fastembed_tune.adapter import (
+from fastembed_tune.adapt.adapter import (
     Adapter,
     AdapterConfig,
     AdapterNet,
@@ -37,10 +37,10 @@ from fastembed_tune.adapter import (
     open_source,
     train_adapter,
 )
-from fastembed_tune.api_client import ApiEmbedder, TokenBudget
-from fastembed_tune.cli import main
-from fastembed_tune.errors import UserError
-from fastembed_tune.store import EmbeddingStore, model_fingerprint
+from fastembed_tune.adapt.api_client import ApiEmbedder, TokenBudget
+from fastembed_tune.cli.commands import main
+from fastembed_tune.core.errors import UserError
+from fastembed_tune.embed.store import EmbeddingStore, model_fingerprint
 
 openai = pytest.importorskip("openai")
 
@@ -333,8 +333,8 @@ def test_adapt_over_the_api_embeds_each_text_once_across_epochs_and_runs(tmp_pat
     cfg = json.loads((tmp_path / "a1" / "adapter_config.json").read_text())
     assert cfg["source"]["kind"] == "api" and KEY not in json.dumps(cfg)
     a = Adapter(tmp_path / "a1")  # the shipped adapter reproduces the report from the cached vectors
-    from fastembed_tune.data import load_eval
-    from fastembed_tune.evaluate import evaluate
+    from fastembed_tune.data.readers import load_eval
+    from fastembed_tune.evaluation.metrics import evaluate
 
     ev = load_eval(test, corpus)
     q = np.stack([fake_vector(t) for t in ev.queries.values()])
@@ -347,7 +347,7 @@ def test_adapt_over_the_api_embeds_each_text_once_across_epochs_and_runs(tmp_pat
 
 KILL_SCRIPT = """
 import sys
-from fastembed_tune.adapter import open_source
+from fastembed_tune.adapt.adapter import open_source
 src = open_source(api_base=sys.argv[1], api_model="fake", api_batch_size=4, api_concurrency=1, store_dir=sys.argv[2])
 src.encode([f"d {i}" for i in range(60)])
 """
@@ -469,7 +469,7 @@ def stop_server(proc):
 def test_serve_with_an_adapter_serves_adapted_query_vectors(tmp_path, tiny_model_dir):
     from openai import OpenAI
 
-    from fastembed_tune.inference import OnnxEmbedder
+    from fastembed_tune.embed.onnx_embedder import OnnxEmbedder
 
     rng = np.random.default_rng(7)
     p = {k: (0.2 * rng.standard_normal(v.shape)).astype(np.float32) for k, v in init_params("linear", 32).items()}

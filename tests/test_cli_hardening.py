@@ -1,6 +1,6 @@
 """CLI hardening (issue 10): bad input and machine faults end in one ``error:`` line, never a traceback.
 
-Every case drives ``fastembed_tune.cli.main`` (in-process, ``capsys``) or ``python -m fastembed_tune``
+Every case drives ``fastembed_tune.cli.commands.main`` (in-process, ``capsys``) or ``python -m fastembed_tune``
 (a subprocess: the lock, fail-fast timing and process exit codes) and asserts the contract:
 
 - the exit code: 2 for the user's mistake, 1 for the machine's (full or read-only disk), 0 when valid;
@@ -25,7 +25,7 @@ Readings chosen where the contract is open (what a sentence-transformers / faiss
 - Inf weights may be reported as ``Inf``, ``infinite``, ``non-finite`` or ``NaN``.
 - a disk fault is simulated where an atomic write commits: renaming a temporary entry onto the
   output raises ``OSError(ENOSPC)`` / ``OSError(EROFS)`` (we run as root: chmod stops nothing).
-- the lock file of :func:`fastembed_tune.atomic.output_lock` is gone once the lock is released.
+- the lock file of :func:`fastembed_tune.core.atomic.output_lock` is gone once the lock is released.
 """
 from __future__ import annotations
 
@@ -48,8 +48,8 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from fastembed_tune.cli import build_parser, main
-from fastembed_tune.model import EmbeddingModel
+from fastembed_tune.cli.commands import build_parser, main
+from fastembed_tune.embed.model import EmbeddingModel
 
 # ---------------------------------------------------------------------------------------------------
 # helpers
@@ -205,7 +205,7 @@ def _one_thread(one_torch_thread):
 
 @pytest.fixture(scope="module")
 def D(tiny_model_dir, tmp_path_factory) -> Data:
-    from fastembed_tune.export import export_onnx
+    from fastembed_tune.export.onnx import export_onnx
 
     base = tmp_path_factory.mktemp("hardening_data")
     d = Data()
@@ -409,7 +409,7 @@ def test_run_into_a_file_fails_fast_as_a_process(tmp_path):
 
 @pytest.mark.parametrize("cmd", ["mine", "train"])
 def test_locked_output_is_refused_at_once(cmd, tmp_path, out, D, capsys):
-    from fastembed_tune.atomic import output_lock
+    from fastembed_tune.core.atomic import output_lock
 
     target = out / ("m.jsonl" if cmd == "mine" else "t")
     args = (["mine", "--pairs", D.pairs, "--model", D.tiny, "-o", target, "--num-negatives", "2"] if cmd == "mine"
@@ -545,7 +545,7 @@ def test_embed_blank_line_is_refused(content, line, tmp_path, out, D, capsys):
     "kernel mutex heap\r\nsocket parser token\r\nvector tensor scalar\r\n",
 ], ids=["trailing-newline", "no-final-newline", "crlf"])
 def test_embed_rows_match_lines(content, tmp_path, out, D, capsys):
-    from fastembed_tune.inference import OnnxEmbedder
+    from fastembed_tune.embed.onnx_embedder import OnnxEmbedder
 
     f = write(tmp_path / "in" / "texts.txt", content)
     succeeded(cli(capsys, "embed", "--model", D.onnx, "-i", f, "-o", out / "e.npy", "--precision", "fp32"))
@@ -617,7 +617,7 @@ def int8_ruins_parity(monkeypatch):
     fp32 passes parity, i.e. nothing could be quantised."""
     import onnx
 
-    from fastembed_tune.inference import OnnxEmbedder
+    from fastembed_tune.embed.onnx_embedder import OnnxEmbedder
 
     real = OnnxEmbedder.embed
 
@@ -1100,8 +1100,8 @@ def _dup_embeddings(pairs, corpus, dim=16, seed=5):
 
 
 def test_duplicate_text_corpus_mining_with_given_embeddings():
-    from fastembed_tune.data import Pair
-    from fastembed_tune.mining import mine_hard_negatives
+    from fastembed_tune.data.readers import Pair
+    from fastembed_tune.mining.exact import mine_hard_negatives
 
     pairs, corpus = _dup_corpus()
     qemb, cemb, missing, vec = _dup_embeddings(pairs, corpus)
@@ -1120,8 +1120,8 @@ def test_duplicate_text_corpus_mining_with_given_embeddings():
 
 @pytest.mark.parametrize("wrong", ["deduplicated", "without-missing-positives", "one-extra", "query-rows"])
 def test_given_embeddings_with_wrong_row_count(wrong):
-    from fastembed_tune.data import Pair
-    from fastembed_tune.mining import mine_hard_negatives
+    from fastembed_tune.data.readers import Pair
+    from fastembed_tune.mining.exact import mine_hard_negatives
 
     pairs, corpus = _dup_corpus()
     qemb, cemb, missing, vec = _dup_embeddings(pairs, corpus)

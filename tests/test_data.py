@@ -8,7 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fastembed_tune.data import (
+from fastembed_tune.core.errors import UserError
+from fastembed_tune.data.readers import (
     EvalSet,
     Pair,
     data_report,
@@ -19,7 +20,6 @@ from fastembed_tune.data import (
     read_corpus,
     read_pairs,
 )
-from fastembed_tune.errors import UserError
 
 ROWS = [
     {"query": "what is a tuple", "positive": "an ordered, finite list", "negatives": ["a set", "a bag"]},

@@ -11,8 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from fastembed_tune.data import Pair
-from fastembed_tune.distill import (
+from fastembed_tune.core.errors import UserError
+from fastembed_tune.data.readers import Pair
+from fastembed_tune.embed.model import EmbeddingModel, default_model_path
+from fastembed_tune.training.distill import (
     default_layers,
     distill,
     distill_loss,
@@ -26,8 +28,6 @@ from fastembed_tune.distill import (
     spread_layers,
     teacher_embeddings,
 )
-from fastembed_tune.errors import UserError
-from fastembed_tune.model import EmbeddingModel, default_model_path
 
 WORDS = ["apple", "river", "engine", "violin", "planet", "bread", "tiger", "castle", "rocket", "garden",
          "pencil", "ocean", "candle", "mirror", "forest", "silver", "window", "dragon", "coffee", "saddle"]
@@ -258,7 +258,7 @@ def test_distill_argument_errors(teacher_dir, small_student_dir, tmp_path):
 
 
 def test_cli_distill_needs_texts(tmp_path, capsys):
-    from fastembed_tune.cli import main
+    from fastembed_tune.cli.commands import main
 
     assert main(["distill", "-o", str(tmp_path / "d")]) == 2
     assert "give the texts to distil on" in capsys.readouterr().err
@@ -451,7 +451,7 @@ def test_hidden_state_term_runs_and_pulls_the_layers_to_the_teacher(teacher_dir,
 
 
 def test_cli_distill_hidden_weight(teacher_dir, tmp_path, capsys):
-    from fastembed_tune.cli import main
+    from fastembed_tune.cli.commands import main
 
     corpus = tmp_path / "c.jsonl"
     corpus.write_text("".join(json.dumps({"_id": str(i), "text": t}) + "\n" for i, t in enumerate(_texts(24, 9))))

@@ -10,13 +10,13 @@ import textwrap
 import pytest
 import torch
 
-from fastembed_tune.model import EmbeddingModel
+from fastembed_tune.embed.model import EmbeddingModel
 
 SCRIPT = textwrap.dedent("""
     import json, os, sys, torch
-    from fastembed_tune.data import Pair
-    from fastembed_tune.model import EmbeddingModel
-    from fastembed_tune.train import TrainConfig, train
+    from fastembed_tune.data.readers import Pair
+    from fastembed_tune.embed.model import EmbeddingModel
+    from fastembed_tune.training.train import TrainConfig, train
     model_dir, jobs = sys.argv[1], json.loads(sys.argv[2])
     rank = int(os.environ.get("RANK", "0"))
     step = torch.optim.AdamW.step
@@ -37,7 +37,7 @@ SCRIPT = textwrap.dedent("""
             cfg.max_steps, cfg.validation_share, cfg.eval_every, cfg.patience = 3, 0.2, 1, 5
             cfg.validation_corpus = [f"other text {i}" for i in range(30)]
         if job["stream"]:  # the same pairs, read window by window
-            from fastembed_tune.stream import PairStream
+            from fastembed_tune.data.stream import PairStream
             pairs, cfg.batch_size, cfg.max_steps = PairStream(job["stream"], window=8), 8, 2
         train(pairs, cfg, model=m)
         torch.save(m.state_dict(), os.path.join(out, f"weights-rank{rank}.pt"))

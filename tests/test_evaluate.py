@@ -1,4 +1,4 @@
-"""Tests of fastembed_tune.evaluate: metrics against ranx, retrieval end to end, the report.
+"""Tests of fastembed_tune.evaluation.metrics: metrics against ranx, retrieval end to end, the report.
 
 ranx compiles its metrics with numba on first use, one version per document-id width; numba caches
 them on disk (``cache=True`` in ranx), and ``make test`` compiles them at install time
@@ -15,8 +15,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fastembed_tune.data import EvalSet
-from fastembed_tune.evaluate import embed_evalset, evaluate, format_table, ir_metrics, write_report
+from fastembed_tune.data.readers import EvalSet
+from fastembed_tune.evaluation.metrics import embed_evalset, evaluate, format_table, ir_metrics, write_report
 
 RANX_METRICS = ["ndcg@10", "recall@1", "recall@10", "recall@100", "mrr@10", "map@100"]
 

@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 import torch
 
-from fastembed_tune import export as export_mod
-from fastembed_tune import quantize as quantize_mod
-from fastembed_tune.errors import UserError
-from fastembed_tune.export import ParityError, export_onnx
-from fastembed_tune.inference import OnnxEmbedder
-from fastembed_tune.model import EmbeddingModel, default_model_path
-from fastembed_tune.parity import check_parity, passes
+from fastembed_tune.core.errors import UserError
+from fastembed_tune.embed.model import EmbeddingModel, default_model_path
+from fastembed_tune.embed.onnx_embedder import OnnxEmbedder
+from fastembed_tune.embed.parity import check_parity, passes
+from fastembed_tune.export import onnx as export_mod
+from fastembed_tune.export import quantize as quantize_mod
+from fastembed_tune.export.onnx import ParityError, export_onnx
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
@@ -129,7 +129,7 @@ def test_unsigned_weights_make_the_int8_gemm_exact(case):
     and the original graph is exact wherever cpu.int8_pairs_saturate() says so."""
     import onnxruntime as ort
 
-    from fastembed_tune.cpu import int8_pairs_saturate
+    from fastembed_tune.core.cpu import int8_pairs_saturate
 
     rng = np.random.default_rng(0)
     if case == "random":
@@ -150,7 +150,7 @@ def test_unsigned_weights_make_the_int8_gemm_exact(case):
 
 
 def test_int8_embedder_rewrites_weights_where_the_gemm_saturates(exported):
-    from fastembed_tune.cpu import int8_pairs_saturate
+    from fastembed_tune.core.cpu import int8_pairs_saturate
 
     q = OnnxEmbedder(exported[0] / "model_int8.onnx", threads=2)
     assert q.unsigned_weights == int8_pairs_saturate()
@@ -315,7 +315,7 @@ def test_bucket_batches_cover_every_text_once():
     from hypothesis import given, settings
     from hypothesis import strategies as st
 
-    from fastembed_tune.inference import bucket_batches
+    from fastembed_tune.embed.onnx_embedder import bucket_batches
 
     @settings(max_examples=200, deadline=None)
     @given(st.lists(st.integers(1, 300), max_size=80), st.integers(1, 9), st.integers(1, 20))
@@ -504,7 +504,7 @@ def test_pooling_modes_in_graph(tmp_path, pooling, normalize):
 
 # ---- CLI: export and embed ------------------------------------------------------------------------
 def test_cli_export_and_embed(tmp_path, capsys, minilm):
-    from fastembed_tune.cli import main
+    from fastembed_tune.cli.commands import main
 
     model = tiny_model(tmp_path / "tiny")
     out = tmp_path / "onnx"
@@ -530,7 +530,7 @@ def test_cli_export_and_embed(tmp_path, capsys, minilm):
 
 
 def test_cli_export_embed_bad_input(tmp_path, capsys):
-    from fastembed_tune.cli import main
+    from fastembed_tune.cli.commands import main
 
     (tmp_path / "notmodel").mkdir()
     (tmp_path / "notmodel" / "x.txt").write_text("hi")

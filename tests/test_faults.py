@@ -11,8 +11,8 @@ import time
 import pytest
 import torch
 
-from fastembed_tune.atomic import output_lock
-from fastembed_tune.train import list_checkpoints
+from fastembed_tune.core.atomic import output_lock
+from fastembed_tune.training.train import list_checkpoints
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
 
@@ -54,7 +54,7 @@ def test_sigkill_during_export_is_cleaned_by_the_next_export(tmp_path, tiny_mode
 
 PRUNE_KILLER = textwrap.dedent("""
     import os, shutil, signal, sys
-    import fastembed_tune.atomic as atomic
+    import fastembed_tune.core.atomic as atomic
     real = shutil.rmtree
     def rmtree(path, *a, **k):
         # die half-way through deleting an old checkpoint: one file gone, the rest still there
@@ -63,7 +63,7 @@ PRUNE_KILLER = textwrap.dedent("""
             os.kill(os.getpid(), signal.SIGKILL)
         return real(path, *a, **k)
     atomic.shutil.rmtree = rmtree
-    from fastembed_tune.cli import main
+    from fastembed_tune.cli.commands import main
     sys.exit(main(sys.argv[1:]))
 """)
 
@@ -100,8 +100,8 @@ def test_sigkill_while_pruning_checkpoints_leaves_only_whole_ones(tmp_path, tiny
 
 def test_resumed_log_windows_match_an_uninterrupted_run(tmp_path, tiny_model_dir, one_torch_thread):
     """Checkpoints every 3 steps, logging every 2: the window open at a checkpoint is carried over."""
-    from fastembed_tune.data import read_pairs
-    from fastembed_tune.train import TrainConfig, train
+    from fastembed_tune.data.readers import read_pairs
+    from fastembed_tune.training.train import TrainConfig, train
 
     pairs = read_pairs(_pairs_file(tmp_path / "p.jsonl", 24))
 
@@ -161,7 +161,7 @@ def test_two_trains_into_one_folder_one_wins_one_refuses(tmp_path, tiny_model_di
 
 
 def test_outputs_honour_the_umask(tmp_path, tiny_model_dir, one_torch_thread):
-    from fastembed_tune.cli import main
+    from fastembed_tune.cli.commands import main
 
     pairs = _pairs_file(tmp_path / "p.jsonl")
     old = os.umask(0o022)

@@ -6,11 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from fastembed_tune import forgetting, pipeline
-from fastembed_tune.cli import main
-from fastembed_tune.errors import UserError
-from fastembed_tune.forgetting import choose_alpha, interpolate
-from fastembed_tune.model import EmbeddingModel
+from fastembed_tune.cli.commands import main
+from fastembed_tune.core.errors import UserError
+from fastembed_tune.embed.model import EmbeddingModel
+from fastembed_tune.run import pipeline
+from fastembed_tune.training import forgetting
+from fastembed_tune.training.forgetting import choose_alpha, interpolate
 
 
 class Net(torch.nn.Module):
@@ -123,13 +124,13 @@ def test_run_ships_the_interpolated_model_when_the_guard_forgets(tmp_path, tiny_
         np.testing.assert_allclose(merged[k].numpy(), 0.6 * w.numpy() + 0.4 * tuned[k].numpy(), atol=1e-6)
     metrics = json.loads((out / "metrics.json").read_text())
     assert list(metrics["metrics"])[:3] == ["base", "fine-tuned, raw (alpha 1)", "fine-tuned"]
-    from fastembed_tune.data import load_eval
-    from fastembed_tune.evaluate import evaluate
+    from fastembed_tune.data.readers import load_eval
+    from fastembed_tune.evaluation.metrics import evaluate
 
     want = evaluate(EmbeddingModel.load(str(out / "interpolated")), load_eval(str(tmp_path / "p.jsonl")))
     assert metrics["metrics"]["fine-tuned"]["ndcg@10"] == pytest.approx(want["metrics"]["ndcg@10"], abs=1e-4)
     assert "alpha 0.4" in (out / "report.md").read_text()
-    from fastembed_tune.inference import OnnxEmbedder
+    from fastembed_tune.embed.onnx_embedder import OnnxEmbedder
 
     texts = ["def 3 of thing 3", "t7"]
     shipped, raw = OnnxEmbedder(out / "onnx").embed(texts), EmbeddingModel.load(str(out / "train" / "model"))

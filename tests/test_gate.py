@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fastembed_tune.gate import bootstrap_ci, compare, randomization_p, significant_gain
+from fastembed_tune.evaluation.gate import bootstrap_ci, compare, randomization_p, significant_gain
 
 
 def exact_p(a, b):
@@ -78,7 +78,7 @@ def test_per_query_ndcg_matches_ranx():
     from ranx import Qrels, Run
     from ranx import evaluate as ranx_evaluate
 
-    from fastembed_tune.evaluate import ir_metrics
+    from fastembed_tune.evaluation.metrics import ir_metrics
 
     rng = np.random.default_rng(0)
     qrels = {f"q{i:02d}": {f"d{j}": int(rng.integers(1, 3)) for j in rng.choice(30, 3, replace=False)} for i in range(40)}

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from fastembed_tune.losses import CachedFusedMNRLoss, FusedMNRLoss, MSELoss, TripletLoss
-from fastembed_tune.model import EmbeddingModel, default_model_path
+from fastembed_tune.embed.model import EmbeddingModel, default_model_path
+from fastembed_tune.training.losses import CachedFusedMNRLoss, FusedMNRLoss, MSELoss, TripletLoss
 
 QUERIES = ["thunk", "ACID", "COBOL", "regex", "stack", "heap", "mutex", "kernel"]
 DOCS = ["a delayed computation", "atomicity consistency isolation durability", "a business language",

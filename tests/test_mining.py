@@ -6,8 +6,8 @@ import sys
 import numpy as np
 import pytest
 
-from fastembed_tune.data import Pair
-from fastembed_tune.mining import mine_hard_negatives, write_pairs_jsonl
+from fastembed_tune.data.readers import Pair
+from fastembed_tune.mining.exact import mine_hard_negatives, write_pairs_jsonl
 
 
 def unit(rng, n, d):
@@ -56,7 +56,8 @@ def test_int8_scan_mines_the_same_negatives_on_near_ties(monkeypatch):
     """Corpus rows that differ by less than the int8 step (near-ties) and exact duplicates: the
     int8 candidate scan + fp32 rescoring mines exactly what the fp32 scan mines, summary included;
     ``auto`` takes it on a VNNI CPU from ``LOWP_MIN_ROWS`` rows."""
-    from fastembed_tune import cpu, mining
+    from fastembed_tune.core import cpu
+    from fastembed_tune.mining import common as mining
 
     rng = np.random.default_rng(7)
     base = unit(rng, 50, 32)

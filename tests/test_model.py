@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from fastembed_tune.errors import UserError
-from fastembed_tune.model import EmbeddingModel, default_model_path
+from fastembed_tune.core.errors import UserError
+from fastembed_tune.embed.model import EmbeddingModel, default_model_path
 
 TEXTS = ["thunk", "A delayed computation.", "x " * 400, "Atomicity, consistency, isolation, durability."]
 
@@ -44,7 +44,7 @@ def test_not_a_model(tmp_path):
 
 def test_bf16_encoding_is_close_to_fp32_and_fingerprinted_apart():
     """``model.bf16``: encode under bfloat16 autocast (what run evaluates with where training uses bf16)."""
-    from fastembed_tune.store import model_fingerprint
+    from fastembed_tune.embed.store import model_fingerprint
 
     m = EmbeddingModel.load()
     texts = ["a tuple is an ordered list", "the kernel schedules processes", "x"]

@@ -7,13 +7,14 @@ import numpy as np
 import pytest
 from conftest import make_tiny_model
 
-from fastembed_tune import precision as P
-from fastembed_tune.errors import UserError
-from fastembed_tune.export import BATCH_INVARIANCE_MIN_COSINE, INT8_MIN_COSINE, export_onnx
-from fastembed_tune.inference import PORTABLE_FILE, OnnxEmbedder
-from fastembed_tune.model import default_model_path
-from fastembed_tune.openvino_int8 import OV_INT8_FILE, nncf_available, quantize_openvino_int8, with_short_texts
-from fastembed_tune.parity import batch_invariance
+from fastembed_tune.core.errors import UserError
+from fastembed_tune.embed import precision as P
+from fastembed_tune.embed.layout import OV_INT8_FILE, PORTABLE_FILE
+from fastembed_tune.embed.model import default_model_path
+from fastembed_tune.embed.onnx_embedder import OnnxEmbedder
+from fastembed_tune.embed.parity import batch_invariance
+from fastembed_tune.export.onnx import BATCH_INVARIANCE_MIN_COSINE, INT8_MIN_COSINE, export_onnx
+from fastembed_tune.export.openvino_int8 import nncf_available, quantize_openvino_int8, with_short_texts
 
 pytestmark = pytest.mark.skipif(not nncf_available(), reason="needs openvino and nncf")
 TEXTS = ["ok", "a short sentence", "garbage collection reclaims memory that is no longer reachable",
@@ -88,7 +89,7 @@ def test_minilm_all_int8_ir_stays_close_and_batch_invariant(tmp_path, minilm_exp
     """The real model, every weight MatMul int8 (one NNCF run; the export's search would keep the
     most sensitive in float): held-out corpus texts stay close to fp32, and a text gets the same
     vector batched as alone (static activation scales + length buckets)."""
-    from fastembed_tune.quantize import bundled_sample_texts
+    from fastembed_tune.export.quantize import bundled_sample_texts
 
     d = tmp_path / "minilm"  # a copy: the session's export stays as exported
     shutil.copytree(minilm_export[0], d, ignore=shutil.ignore_patterns("model_int8.onnx"))
@@ -123,7 +124,7 @@ def test_run_keeps_the_ir_only_where_validation_holds(tmp_path, ir_score, kept):
     """`run`'s export writes the IR (an artifact of its own, evaluated like the others); below
     SHIP_RATIO of the fine-tuned model's validation nDCG@10 its files and metadata entry go, so no
     precision probe can offer it."""
-    from fastembed_tune import pipeline
+    from fastembed_tune.run import pipeline
 
     make_tiny_model(tmp_path / "tiny", dropout=0.0)
     result, lines = {}, []
@@ -148,7 +149,8 @@ def test_run_keeps_the_ir_only_where_validation_holds(tmp_path, ir_score, kept):
 def test_run_exports_without_the_ir_when_nncf_fails(tmp_path, monkeypatch):
     """NNCF failing inside (or the IR missing a gate) costs the IR, not the run: the export goes on
     without it (optional, as `run` asks) and records why."""
-    from fastembed_tune import openvino_int8, pipeline
+    from fastembed_tune.export import openvino_int8
+    from fastembed_tune.run import pipeline
 
     def broken(*a, **kw):
         raise RuntimeError("Exception from src/core/src/node.cpp: something inside")

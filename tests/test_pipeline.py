@@ -4,8 +4,8 @@ import json
 import numpy as np
 import pytest
 
-from fastembed_tune.cli import main
-from fastembed_tune.model import EmbeddingModel
+from fastembed_tune.cli.commands import main
+from fastembed_tune.embed.model import EmbeddingModel
 
 
 def write_jsonl(path, rows):
@@ -21,7 +21,7 @@ def test_run_writes_report_and_model(tmp_path, tiny_model_dir, capsys, monkeypat
     for name, rows in (("train", train), ("test", test), ("corpus", corpus)):
         write_jsonl(tmp_path / f"{name}.jsonl", rows)
     out = tmp_path / "run"
-    from fastembed_tune import pipeline
+    from fastembed_tune.run import pipeline
 
     distilled, real_distill = [], pipeline.distill
     monkeypatch.setattr(pipeline, "distill", lambda teacher, texts, *a, **kw: distilled.extend(texts) or
@@ -43,8 +43,8 @@ def test_run_writes_report_and_model(tmp_path, tiny_model_dir, capsys, monkeypat
     assert list(metrics["metrics"]) == ["base", "fine-tuned", "fine-tuned, ONNX int8",
                                         "student (1 layer), ONNX fp32", "student (1 layer), ONNX int8"]
     # the ONNX fp32 graph is the student: same retrieval, same metrics as the PyTorch student
-    from fastembed_tune.data import load_eval
-    from fastembed_tune.evaluate import evaluate
+    from fastembed_tune.data.readers import load_eval
+    from fastembed_tune.evaluation.metrics import evaluate
 
     student = EmbeddingModel.load(str(out / "student" / "model"))
     assert student.max_seq_length == EmbeddingModel.load(tiny_model_dir).max_seq_length  # the teacher's own
@@ -63,7 +63,7 @@ def test_run_writes_report_and_model(tmp_path, tiny_model_dir, capsys, monkeypat
 
     corpus_rows = [json.loads(x) for x in (tmp_path / "corpus.jsonl").read_text().splitlines()]
     qrels = {f"q{i}": {f"d{30 + i}": 1} for i in range(10)}  # test positive i is corpus doc d{30+i}
-    from fastembed_tune.loop import use_bf16
+    from fastembed_tune.training.loop import use_bf16
 
     for label, path in (("base", tiny_model_dir), ("fine-tuned", str(out / "train" / "model"))):
         m = EmbeddingModel.load(path)
@@ -178,8 +178,8 @@ def test_a_planted_regression_makes_run_refuse(tmp_path, tiny_model_dir, capsys)
 def test_the_artifact_that_ships_is_chosen_on_validation(monkeypatch, scores, shipped):
     """Smallest first; an export ships only when it keeps >= 0.95x the fine-tuned model's
     validation nDCG@10 (the test set decides nothing)."""
-    from fastembed_tune import pipeline
-    from fastembed_tune.data import Pair
+    from fastembed_tune.data.readers import Pair
+    from fastembed_tune.run import pipeline
 
     class Fake:
         def __init__(self, name):
@@ -198,9 +198,9 @@ def test_the_artifact_that_ships_is_chosen_on_validation(monkeypatch, scores, sh
 def test_run_reports_the_forgetting_guard(tmp_path, tiny_model_dir):
     """The guard's base figure is the untouched base model's (evaluated before training changes it in
     place), recomputed here; the fine-tuned figure is the saved model's."""
-    from fastembed_tune.data import load_eval
-    from fastembed_tune.evaluate import evaluate
-    from fastembed_tune.pipeline import guard_paths
+    from fastembed_tune.data.bundled import guard_paths
+    from fastembed_tune.data.readers import load_eval
+    from fastembed_tune.evaluation.metrics import evaluate
 
     rows = [{"query": f"t{i}", "positive": f"def {i} of thing {i}"} for i in range(16)]
     write_jsonl(tmp_path / "p.jsonl", rows)

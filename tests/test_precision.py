@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from fastembed_tune import precision as P
-from fastembed_tune.errors import UserError
-from fastembed_tune.export import export_onnx
-from fastembed_tune.model import EmbeddingModel
+from fastembed_tune.core.errors import UserError
+from fastembed_tune.embed import precision as P
+from fastembed_tune.embed.model import EmbeddingModel
+from fastembed_tune.export.onnx import export_onnx
 
 TEXTS = ["ok", "a short sentence", "garbage collection reclaims memory that is no longer reachable"] * 4
 
@@ -108,8 +108,8 @@ def test_forced_precision_is_still_gated(tiny_export, monkeypatch):
 
 
 def test_load_embedder_precision(tiny_export):
-    from fastembed_tune.inference import load_embedder
-    from fastembed_tune.model import default_model_path
+    from fastembed_tune.embed.loader import load_embedder
+    from fastembed_tune.embed.model import default_model_path
 
     e = load_embedder(tiny_export, threads=2, precision="int8")
     assert e.choice.precision == "int8" and e.model_file.name == "model_int8.onnx"
@@ -127,7 +127,7 @@ def test_load_embedder_precision(tiny_export):
 
 def test_unavailable_precision_is_refused_not_replaced(tiny_export, monkeypatch):
     """--precision bf16 where it cannot run is one clear error, never a silent fp32."""
-    from fastembed_tune.inference import load_embedder
+    from fastembed_tune.embed.loader import load_embedder
 
     monkeypatch.setattr(P, "_openvino_available", lambda: False)
     with pytest.raises(UserError, match="precision bf16 is not available here"):
@@ -159,8 +159,8 @@ def test_measured_choice_is_cached_per_export_and_cpu(tiny_export, tmp_path, mon
 
 
 def test_cli_embed_prints_the_choice_and_embeds_with_it(tiny_export, tmp_path, capsys):
-    from fastembed_tune.cli import main
-    from fastembed_tune.inference import load_embedder
+    from fastembed_tune.cli.commands import main
+    from fastembed_tune.embed.loader import load_embedder
 
     (tmp_path / "t.txt").write_text("\n".join(TEXTS) + "\n")
     assert main(["embed", "--model", str(tiny_export), "-i", str(tmp_path / "t.txt"), "-o",
@@ -178,7 +178,7 @@ def test_cli_embed_prints_the_choice_and_embeds_with_it(tiny_export, tmp_path, c
 def test_streams_give_the_vectors_of_one_stream(tiny_export, engine, file, precision):
     """Batches run two at a time (and one batch split over two streams in run()) give the vectors a
     single stream gives, in input order, whichever stream ran a batch."""
-    from fastembed_tune.inference import OnnxEmbedder
+    from fastembed_tune.embed.onnx_embedder import OnnxEmbedder
 
     if engine == "openvino":
         pytest.importorskip("openvino")
@@ -205,7 +205,7 @@ def test_streams_give_the_vectors_of_one_stream(tiny_export, engine, file, preci
 
 @pytest.mark.parametrize("bad", [0, -1, 1.5, True, "2"])
 def test_bad_streams_are_refused(tiny_export, bad):
-    from fastembed_tune.inference import OnnxEmbedder
+    from fastembed_tune.embed.onnx_embedder import OnnxEmbedder
 
     with pytest.raises(UserError, match="streams must be a positive integer"):
         OnnxEmbedder(tiny_export, streams=bad)
@@ -214,7 +214,7 @@ def test_bad_streams_are_refused(tiny_export, bad):
 def test_probe_interleaves_the_candidates_each_round_one_later(monkeypatch):
     """Every candidate is timed in every position once (a fixed order favours whichever runs after
     which), and its best pass is what counts."""
-    import fastembed_tune.precision as P
+    import fastembed_tune.embed.precision as P
 
     calls, speeds = [], iter(range(1, 100))
     monkeypatch.setattr(P, "_speed", lambda emb, texts, bs: calls.append(emb) or next(speeds))
@@ -228,7 +228,7 @@ def test_openvino_runs_short_batches_without_fused_attention(tiny_export, monkey
     OpenVINO's fused attention off, compiled at the first such batch, longer ones on the first; both
     give the vectors of onnxruntime's fp32 graph; only the output read is compiled."""
     ov = pytest.importorskip("openvino")
-    from fastembed_tune.inference import OnnxEmbedder
+    from fastembed_tune.embed.onnx_embedder import OnnxEmbedder
 
     configs = []
     real = ov.Core.compile_model
@@ -251,7 +251,7 @@ def test_openvino_runs_short_batches_without_fused_attention(tiny_export, monkey
 
 def test_unfused_attention_by_cpu_and_refused_when_bad(tiny_export, monkeypatch):
     pytest.importorskip("openvino")
-    import fastembed_tune.inference as I
+    import fastembed_tune.embed.onnx_embedder as I
 
     portable = tiny_export / "onnx" / "model.onnx"
     monkeypatch.setattr(I, "cpu_features", lambda: frozenset({"avx512f", "amx_bf16", "amx_int8"}))

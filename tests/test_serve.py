@@ -25,10 +25,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fastembed_tune import serve as serve_mod
-from fastembed_tune.batching import Batcher, Ids, plan_batches, truncate_ids
-from fastembed_tune.cli import main
-from fastembed_tune.inference import OnnxEmbedder
+from fastembed_tune.cli.commands import main
+from fastembed_tune.embed.onnx_embedder import OnnxEmbedder
+from fastembed_tune.serve import app as serve_mod
+from fastembed_tune.serve.batching import Batcher, Ids, plan_batches, truncate_ids
 
 openai = pytest.importorskip("openai")
 
@@ -533,7 +533,7 @@ def test_cli_user_errors(tmp_path, export_dir, capsys, monkeypatch):
 def test_auto_precision_is_chosen_logged_and_served(tiny_model_dir, tmp_path):
     """``serve`` without --precision measures the candidates on this CPU, says which it serves, and
     serves exactly that graph: answers match the chosen precision's own single-text answers."""
-    from fastembed_tune.inference import load_embedder
+    from fastembed_tune.embed.loader import load_embedder
 
     s = Server(["--model", tiny_model_dir, "--name", NAME, "--cache-dir", str(tmp_path), "--threads", "1"])
     try:
@@ -556,7 +556,7 @@ def test_auto_precision_is_chosen_logged_and_served(tiny_model_dir, tmp_path):
 
 
 def test_cached_export_is_reused(tiny_model_dir, cache_dir, export_dir, monkeypatch):
-    from fastembed_tune import export as export_mod
+    from fastembed_tune.export import onnx as export_mod
 
     def refuse(*a, **k):
         raise AssertionError("exported again")

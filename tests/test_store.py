@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fastembed_tune.store import EmbeddingStore, StoredEncoder, model_fingerprint, text_key
+from fastembed_tune.embed.store import EmbeddingStore, StoredEncoder, model_fingerprint, text_key
 
 
 class Counting:
@@ -82,7 +82,7 @@ def test_sigkill_mid_encode_resumes_with_only_the_missing_texts(tmp_path):
         import os, signal, sys, numpy as np
         sys.path.insert(0, {os.path.dirname(__file__)!r})
         from test_store import Counting
-        from fastembed_tune.store import StoredEncoder
+        from fastembed_tune.embed.store import StoredEncoder
         done = []
         def after(n):
             done.append(n)
@@ -125,7 +125,7 @@ def test_two_processes_append_to_one_store(tmp_path):
 
 
 def test_fingerprint_follows_the_weights(tiny_model_dir):
-    from fastembed_tune.model import EmbeddingModel
+    from fastembed_tune.embed.model import EmbeddingModel
 
     a, b = EmbeddingModel.load(tiny_model_dir), EmbeddingModel.load(tiny_model_dir)
     assert model_fingerprint(a) == model_fingerprint(b)

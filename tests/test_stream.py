@@ -14,13 +14,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors.torch import load_file
 
-from fastembed_tune import losses
-from fastembed_tune.cli import main
-from fastembed_tune.data import read_pairs, read_texts
-from fastembed_tune.errors import UserError
-from fastembed_tune.inference import embed_stream_to_file
-from fastembed_tune.stream import CorpusStream, PairStream, StreamEpoch, held_out
-from fastembed_tune.train import TrainConfig, _data_digest, _EpochData, train
+from fastembed_tune.cli.commands import main
+from fastembed_tune.core.errors import UserError
+from fastembed_tune.data.readers import read_pairs, read_texts
+from fastembed_tune.data.stream import CorpusStream, PairStream, StreamEpoch, held_out
+from fastembed_tune.embed.writers import embed_stream_to_file
+from fastembed_tune.training import losses
+from fastembed_tune.training.train import TrainConfig, _data_digest, _EpochData, train
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -20,10 +20,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 from safetensors.torch import load_file
 
-from fastembed_tune.data import Pair
-from fastembed_tune.errors import UserError
-from fastembed_tune.model import EmbeddingModel
-from fastembed_tune.train import (
+from fastembed_tune.core.errors import UserError
+from fastembed_tune.data.readers import Pair
+from fastembed_tune.embed.model import EmbeddingModel
+from fastembed_tune.training.train import (
     TrainConfig,
     batch_columns,
     epoch_batches,
@@ -146,9 +146,9 @@ def test_mix_replay_is_seeded_and_sized():
 
 _RUNNER = textwrap.dedent("""
     import json, os, sys, time
-    from fastembed_tune import losses
-    from fastembed_tune.data import Pair
-    from fastembed_tune.train import TrainConfig, train
+    from fastembed_tune.training import losses
+    from fastembed_tune.data.readers import Pair
+    from fastembed_tune.training.train import TrainConfig, train
     args = json.loads(sys.argv[1])
     if args["sleep"]:
         orig = losses.FusedMNRLoss.forward
@@ -302,7 +302,7 @@ def test_triplet_needs_negatives(tmp_path, tiny_model_dir):
 def test_bf16_autocast_learns_like_fp32(tmp_path, tiny_model_dir):
     """bf16 autocast (the default where the CPU has native bf16) learns as fp32 does, to bf16 precision;
     the weights and the saved model stay float32."""
-    from fastembed_tune.loop import use_bf16
+    from fastembed_tune.training.loop import use_bf16
 
     assert use_bf16("cpu", True) and not use_bf16("cpu", False)
     runs = {}
@@ -323,7 +323,7 @@ def test_bf16_autocast_learns_like_fp32(tmp_path, tiny_model_dir):
 @given(st.lists(st.tuples(st.integers(0, 15), st.integers(0, 40)), min_size=2, max_size=60),
        st.floats(0.0, 0.9), st.integers(0, 3), st.sets(st.integers(0, 15), max_size=5))
 def test_validation_split_holds_out_whole_queries_never_avoided_ones(rows, share, seed, avoid):
-    from fastembed_tune.validation import split_validation
+    from fastembed_tune.training.validation import split_validation
 
     pairs = [Pair(f"q{q}", f"d{d}") for q, d in rows]
     avoid = [f"q{a}" for a in avoid]
@@ -337,7 +337,7 @@ def test_validation_split_holds_out_whole_queries_never_avoided_ones(rows, share
 
 
 def _scripted_scores(monkeypatch, curve):
-    from fastembed_tune import validation
+    from fastembed_tune.training import validation
 
     scores = iter(curve)
     monkeypatch.setattr(validation.Validation, "score", lambda self, model, batch_size=64: next(scores))
