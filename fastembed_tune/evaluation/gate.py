@@ -117,3 +117,36 @@ def describe(comparison: dict, what: str = "nDCG@10") -> str:
     return (f"{c['diff']:+.4f} {what} ({round(100 * c['confidence'])}% CI {c['ci_low']:+.4f} to {c['ci_high']:+.4f}, "
             f"paired randomization p = {c['p_value']:.4f}; per query {c['wins']} wins, {c['ties']} ties, "
             f"{c['losses']} losses of {c['n']})")
+
+
+def verdict(comparison: dict) -> str:
+    """The gate's word for a comparison: a significant gain, a regression, or neither.
+
+    >>> verdict({"diff": 0.02, "ci_low": 0.01, "ci_high": 0.03, "p_value": 0.001})
+    'a significant gain'
+    >>> verdict({"diff": -0.01, "ci_low": -0.02, "ci_high": 0.001, "p_value": 0.2})
+    'a regression'
+    """
+    if significant_gain(comparison):
+        return "a significant gain"
+    return "a regression" if comparison["diff"] < 0 else "not a significant gain"
+
+
+def enforce_gain(comparison: dict, what: str, over: str, report: str) -> None:
+    """Raise :class:`~fastembed_tune.core.errors.NoSignificantGain` unless ``comparison`` (``over`` vs
+    ``what``, nDCG@10 on the test queries) is a significant gain; the message names ``report``.
+
+    >>> enforce_gain({"diff": 0.02, "ci_low": 0.01, "ci_high": 0.03, "p_value": 0.001, "n": 9}, "x", "y", "r.md")
+    >>> enforce_gain({"diff": 0.0, "ci_low": -0.01, "ci_high": 0.01, "p_value": 0.9, "n": 9}, "the adapter",
+    ...              "the frozen vectors", "r.md")
+    Traceback (most recent call last):
+    fastembed_tune.core.errors.NoSignificantGain: the adapter is not a significant gain over the frozen vectors on the 9 test queries (nDCG@10 +0.0000, 95% CI -0.0100 to +0.0100, p = 0.9000); do not ship it. Everything is in r.md (--allow-no-gain exits 0)
+    """
+    from fastembed_tune.core.errors import NoSignificantGain
+
+    c = comparison
+    if not significant_gain(c):
+        raise NoSignificantGain(f"{what} is {verdict(c)} over {over} on the {c['n']} test queries (nDCG@10 "
+                                f"{c['diff']:+.4f}, 95% CI {c['ci_low']:+.4f} to {c['ci_high']:+.4f}, p = "
+                                f"{c['p_value']:.4f}); do not ship it. Everything is in {report} "
+                                f"(--allow-no-gain exits 0)")

@@ -44,6 +44,22 @@ def split_validation(pairs: Sequence[Pair], share: float, max_queries: int, seed
     return train, [p for p in pairs if p.query in held]
 
 
+def hold_out(pairs: Sequence[Pair], share: float, seed: int, corpus: Sequence[str], evalset: Optional[EvalSet] = None,
+             max_queries: int = 500) -> tuple[list[Pair], list[Pair], Optional["Validation"]]:
+    """(training pairs, validation pairs, their :class:`Validation` or None): :func:`split_validation`
+    that never draws a test query of ``evalset``, scored against ``corpus`` (never a test document).
+    ``run`` and ``adapt`` decide on this split alike.
+
+    >>> ps = [Pair(f"q{i % 10}", f"d{i}") for i in range(20)]
+    >>> fit, val, v = hold_out(ps, 0.2, 0, corpus=[f"d{i}" for i in range(20)])
+    >>> len(fit), len(val), len(v.evalset.queries)
+    (16, 4, 2)
+    """
+    fit, val = split_validation(pairs, share, max_queries, seed,
+                                avoid=set(evalset.queries.values()) if evalset is not None else ())
+    return fit, val, (Validation(list(val), list(corpus), seed=seed) if val else None)
+
+
 @dataclass
 class Validation:
     """nDCG@10 of a model on held-out training queries; ``distractors`` are other documents
