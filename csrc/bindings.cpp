@@ -299,7 +299,7 @@ py::array lowp_dots_py(py::array queries, py::array codes, py::array colsum, py:
 }  // namespace
 
 PYBIND11_MODULE(_native, m) {
-  m.doc() = "fastembed-tune native kernels (see ../shared/DESIGN.md for the contracts)";
+  m.doc() = "fastembed-tune native kernels (see docs/design.md for the contracts)";
   m.def("topk_cosine", &topk_cosine_py, py::arg("queries"), py::arg("corpus"), py::arg("k"),
         py::arg("excl_ptr") = py::none(), py::arg("excl_ids") = py::none(), py::arg("upper") = py::none(),
         py::arg("skip_top") = 0, py::arg("threads") = 0, py::arg("simd") = "auto");

@@ -1,5 +1,5 @@
 // Fused InfoNCE / MultipleNegativesRanking loss, tiled with an online log-sum-exp.
-// Contract: ../shared/DESIGN.md "contrastive". Never allocates a B x M matrix: the forward
+// Contract: docs/design.md "contrastive". Never allocates a B x M matrix: the forward
 // keeps one running (max, sum) per row; the backward recomputes score tiles.
 #pragma once
 #include <cstdint>

@@ -1,5 +1,5 @@
 // Reduced-precision (int8) candidate scan + exact fp32 rescoring: topk_cosine_lowp.
-// Contract: ../shared/DESIGN.md "topk_cosine" (a reduced-precision scan may find candidates, but the
+// Contract: docs/design.md "topk_cosine" (a reduced-precision scan may find candidates, but the
 // returned top-k is the fp32-exact one). The result equals topk_cosine(args, fp32 kernel) bit for bit.
 //
 // Quantisation (per row, symmetric): x~ = s * c with c = round(x / s) in [-127, 127], s = max|x| / 127.

@@ -1,5 +1,5 @@
 // Exact batched top-k inner product (cosine on L2-normalised rows), fused with selection.
-// Contract: ../shared/DESIGN.md "topk_cosine".
+// Contract: docs/design.md "topk_cosine".
 #pragma once
 #include <cstdint>
 
