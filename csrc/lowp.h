@@ -17,8 +17,6 @@
 // s' <= a + e < L <= s' of k + skip_top surely passing rows, so it cannot be in the answer.
 #pragma once
 #include <cstdint>
-#include <string>
-#include <vector>
 
 #include "simd.h"
 #include "topk_cosine.h"
@@ -74,8 +72,7 @@ const LowpScan& lowp_scan_scalar();
 const LowpScan& lowp_scan_avx2();
 const LowpScan& lowp_scan_avx512vnni();
 #endif
-std::vector<std::string> available_lowp();                   // best first; ends with "scalar"
-const LowpScan& get_lowp(const std::string& name);          // "auto", "reference", or a listed name
+// The scan paths are chosen at run time by dispatch.h (available_lowp, get_lowp; FASTEMBED_TUNE_LOWP).
 
 // Quantises queries [Q, d] for `scan`: out codes [Q, dpad] (+ offset), per query sq, A, B (see above).
 void quantise_queries(const LowpScan& scan, const float* q, int64_t Q, int d, int dpad, uint8_t* codes,

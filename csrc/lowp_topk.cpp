@@ -1,8 +1,8 @@
-// topk_cosine_lowp: an int8 scan finds candidates (lowp_scan_<isa>.cpp, chosen at run time like the
-// fp32 paths), then the candidates are rescored with the fp32 kernel's own micro-kernel (so scores
-// are bit-identical to topk_cosine's) and ranked with its tie rule and filters. The error bound and
-// the candidate rule are in lowp.h. The quantised corpus is pre-packed (quantise_corpus), so the scan
-// streams it straight from memory (or a memory map) with no packing step.
+// topk_cosine_lowp: an int8 scan finds candidates (lowp_scan_<isa>.cpp, chosen at run time by
+// dispatch.cpp like the fp32 paths), then the candidates are rescored with the fp32 kernel's own
+// micro-kernel (so scores are bit-identical to topk_cosine's) and ranked with its tie rule and
+// filters. The error bound and the candidate rule are in lowp.h. The quantised corpus is pre-packed
+// (quantise_corpus), so the scan streams it straight from memory (or a memory map) with no packing step.
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
@@ -11,7 +11,6 @@
 #include <stdexcept>
 #include <vector>
 
-#include "dispatch.h"
 #include "lowp.h"
 
 #ifdef _OPENMP
@@ -111,58 +110,6 @@ void quantise_queries(const LowpScan& scan, const float* q, int64_t Q, int d, in
     A[i] = (float)((gamma * nq + eq + 16 * u * nqt) * (1 + 1e-5));
     B[i] = (float)(nqt * (1 + 16 * u) * (1 + 1e-5));
   }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Dispatch
-// ---------------------------------------------------------------------------------------------
-static const LowpScan& lowp_reference_table() {
-  static const LowpScan s = [] {
-    LowpScan r = lowp_scan_scalar();  // same quantisation as the scalar/VNNI paths
-    r.name = "reference";
-    r.reference = true;
-    return r;
-  }();
-  return s;
-}
-
-static bool lowp_cpu_has(const std::string& name) {
-#if defined(FT_HAVE_X86) && (defined(__GNUC__) || defined(__clang__))
-  __builtin_cpu_init();
-  if (name == "avx512vnni")
-    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-           __builtin_cpu_supports("avx512vnni");
-  if (name == "avx2") return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-#endif
-  return name == "scalar" || name == "reference";
-}
-
-std::vector<std::string> available_lowp() {
-  std::vector<std::string> out;
-  for (const char* n : {"avx512vnni", "avx2"})
-    if (lowp_cpu_has(n)) out.emplace_back(n);
-  out.emplace_back("scalar");
-  return out;
-}
-
-const LowpScan& get_lowp(const std::string& requested) {
-  std::string name = requested;
-  if (name.empty() || name == "auto") {
-    const char* env = std::getenv("FASTEMBED_TUNE_LOWP");
-    name = (env && *env) ? std::string(env) : available_lowp().front();
-  }
-  if (name != "avx512vnni" && name != "avx2" && name != "scalar" && name != "reference")
-    throw std::invalid_argument("unknown int8 scan path '" + name +
-                                "'; choose one of auto, avx512vnni, avx2, scalar, reference");
-  if (!lowp_cpu_has(name)) throw std::invalid_argument("int8 scan path '" + name + "' is not supported by this CPU");
-  if (name == "reference") return lowp_reference_table();
-  if (name == "scalar") return lowp_scan_scalar();
-#if defined(FT_HAVE_X86)
-  if (name == "avx2") return lowp_scan_avx2();
-  return lowp_scan_avx512vnni();
-#else
-  throw std::invalid_argument("int8 scan path '" + name + "' is not built on this platform");
-#endif
 }
 
 // ---------------------------------------------------------------------------------------------
