@@ -1,6 +1,6 @@
 """Reading and validating every input format into one record type, :class:`Pair`.
 
-Formats (see DESIGN.md, "Formats"):
+Formats (see docs/design.md, "Formats"):
 
 - training pairs: ``.jsonl``/``.json`` (one JSON object a line, or one JSON array of objects),
   ``.csv``/``.tsv`` with a header row, ``.parquet``, or a BEIR folder;

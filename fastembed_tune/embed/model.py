@@ -198,8 +198,8 @@ class EmbeddingModel(torch.nn.Module):
     def encode(self, texts: Sequence[str], batch_size: int = 64, show_progress_bar: bool = False,
                desc: str = "encode") -> np.ndarray:
         """Embed texts as float32 [n, dim], batches sorted by length (output in input order); under
-        bfloat16 autocast when ``self.bf16`` (about 1.8x faster on AVX512-BF16/AMX CPUs, min cosine
-        to float32 ~0.9999).
+        bfloat16 autocast when ``self.bf16`` (faster on AVX512-BF16/AMX CPUs, vectors within bf16's
+        rounding of float32's; docs/benchmarks.md).
 
         >>> EmbeddingModel.load().encode(["a", "b"]).dtype
         dtype('float32')

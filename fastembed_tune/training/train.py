@@ -94,7 +94,7 @@ class TrainConfig:
     going through as many epochs as it takes. ``log_file`` defaults to
     ``output_dir/train_log.jsonl``; ``device`` defaults to CUDA when available, else CPU.
     ``bf16`` (autocast; weights and optimizer stay float32): ``None`` = where the hardware does it
-    natively (CUDA, or a CPU with AVX512-BF16/AMX, ~1.7x faster steps there), ``False`` = never.
+    natively (CUDA, or a CPU with AVX512-BF16/AMX, where steps run faster), ``False`` = never.
     ``validation_share`` > 0 holds out that share of the training queries (at most
     ``validation_max_queries``, never one of ``validation_avoid``; or give ``validation_pairs``
     split already; distractors from ``validation_corpus``), scores nDCG@10 on them every

@@ -105,8 +105,8 @@ class BestTracker:
     """Which validated step ships, and when to stop. A later evaluation within ``tolerance`` of the
     best score so far takes the best one's place: a later step has seen more data at a lower
     learning rate, and a validation split of a few hundred queries cannot tell apart differences
-    that small (on the built-in sample, picking a step 0.006 above the last one cost 0.03 test
-    nDCG@10). ``should_stop`` after ``patience`` evaluations in a row below ``best - tolerance``
+    that small (a step picked for a validation score barely above the last one's can score worse on
+    the test set; docs/benchmarks.md). ``should_stop`` after ``patience`` evaluations in a row below ``best - tolerance``
     (``patience`` None: never).
 
     >>> t = BestTracker(patience=2, tolerance=0.01)
