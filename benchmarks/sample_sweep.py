@@ -20,7 +20,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 def main() -> None:
     import numpy as np
 
-    from fastembed_tune.cli.commands import PRECISIONS, add_precision_arg
+    from fastembed_tune.cli.common import PRECISIONS, add_precision_arg
     from fastembed_tune.data.bundled import sample_paths
     from fastembed_tune.data.readers import load_eval, read_pairs
     from fastembed_tune.embed.model import EmbeddingModel

@@ -19,7 +19,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def main() -> None:
-    from fastembed_tune.cli.commands import PRECISIONS, add_precision_arg
+    from fastembed_tune.cli.common import PRECISIONS, add_precision_arg
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--pairs", type=int, default=2000)

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from fastembed_tune.cli.commands import main
+from fastembed_tune.cli.app import main
 
 
 def test_bad_pairs_file_is_one_line_exit_2(tmp_path):

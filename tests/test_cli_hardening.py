@@ -1,6 +1,6 @@
 """CLI hardening (issue 10): bad input and machine faults end in one ``error:`` line, never a traceback.
 
-Every case drives ``fastembed_tune.cli.commands.main`` (in-process, ``capsys``) or ``python -m fastembed_tune``
+Every case drives ``fastembed_tune.cli.app.main`` (in-process, ``capsys``) or ``python -m fastembed_tune``
 (a subprocess: the lock, fail-fast timing and process exit codes) and asserts the contract:
 
 - the exit code: 2 for the user's mistake, 1 for the machine's (full or read-only disk), 0 when valid;
@@ -48,7 +48,7 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from fastembed_tune.cli.commands import build_parser, main
+from fastembed_tune.cli.app import build_parser, main
 from fastembed_tune.embed.model import EmbeddingModel
 
 # ---------------------------------------------------------------------------------------------------

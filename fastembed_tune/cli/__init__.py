@@ -1,4 +1,4 @@
-"""The ``fastembed-tune`` command line: one parser, one function per subcommand."""
-from fastembed_tune.cli.commands import main
+"""The ``fastembed-tune`` command line: one parser, one module per subcommand."""
+from fastembed_tune.cli.app import main
 
 __all__ = ["main"]
