@@ -142,8 +142,3 @@ def add_training_args(p: argparse.ArgumentParser, lr: float, num_negatives: Opti
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--quiet", action="store_true")
 
-
-# argparse names a type in "invalid <name> value: 'abc'": keep the names those messages have always shown
-for _type in (positive_int, nonneg_int, ratio, share):
-    _type.__name__ = "_" + _type.__name__
-del _type
