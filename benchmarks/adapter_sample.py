@@ -21,7 +21,10 @@ import time
 
 import numpy as np
 
-from fastembed_tune.adapt.adapter import AdapterConfig, _unit, adapt, open_source, train_adapter
+from fastembed_tune.adapt.adapter import unit
+from fastembed_tune.adapt.sources import open_source
+from fastembed_tune.adapt.training import AdapterConfig, train_adapter
+from fastembed_tune.adapt.workflow import adapt
 from fastembed_tune.core.cpu import cpu_description
 from fastembed_tune.data.bundled import sample_paths
 
@@ -74,7 +77,7 @@ def main(argv=None) -> int:
     store = EmbeddingStore(a.store, source.fingerprint, source.dim)
     docs = list(read_corpus(p["corpus"]).values())
     texts = list(dict.fromkeys([t for x in pairs for t in (x.query, x.positive)] + docs))
-    V = _unit(store.get(texts))
+    V = unit(store.get(texts))
     row = {t: i for i, t in enumerate(texts)}
     reps = -(-10_000 // len(pairs))
     q = np.tile(np.array([row[x.query] for x in pairs]), reps)[:10_000]

@@ -25,19 +25,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import numpy as np
 import pytest
 
-from fastembed_tune.adapt.adapter import (
-    Adapter,
-    AdapterConfig,
-    AdapterNet,
-    PrecomputedVectors,
-    apply_params,
-    init_params,
-    mine,
-    onnx_graph,
-    open_source,
-    train_adapter,
-)
+from fastembed_tune.adapt.adapter import Adapter, AdapterNet, apply_params, init_params, onnx_graph
 from fastembed_tune.adapt.api_client import ApiEmbedder, TokenBudget
+from fastembed_tune.adapt.sources import PrecomputedVectors, open_source
+from fastembed_tune.adapt.training import AdapterConfig, mine, train_adapter
 from fastembed_tune.cli.commands import main
 from fastembed_tune.core.errors import UserError
 from fastembed_tune.embed.store import EmbeddingStore, model_fingerprint
@@ -347,7 +338,7 @@ def test_adapt_over_the_api_embeds_each_text_once_across_epochs_and_runs(tmp_pat
 
 KILL_SCRIPT = """
 import sys
-from fastembed_tune.adapt.adapter import open_source
+from fastembed_tune.adapt.sources import open_source
 src = open_source(api_base=sys.argv[1], api_model="fake", api_batch_size=4, api_concurrency=1, store_dir=sys.argv[2])
 src.encode([f"d {i}" for i in range(60)])
 """
