@@ -80,7 +80,8 @@ class STEngine:
 
 
 def serve_st(model_dir: str, threads: int) -> int:
-    from fastembed_tune.serve.app import bind, create_app, run_server
+    from fastembed_tune.serve.app import create_app
+    from fastembed_tune.serve.server import bind, run_server
 
     engine = STEngine(model_dir, threads)
     engine.run(engine.tokenize(["warm up"]))
@@ -170,7 +171,7 @@ def infinity_model(a, log_dir: str) -> str:
     """The model directory infinity's optimum engine can load: an optimum export of ``a.model`` (a plain
     transformer graph with ``last_hidden_state``; infinity pools and normalises itself), made once with the
     ``optimum-cli`` beside ``--infinity-bin`` and kept under ``/tmp``."""
-    from fastembed_tune.serve.app import directory_fingerprint
+    from fastembed_tune.serve.models import directory_fingerprint
 
     if a.infinity_model:
         return a.infinity_model
@@ -316,7 +317,7 @@ def main(argv=None) -> int:
 
     from fastembed_tune.embed.model import default_model_path
     from fastembed_tune.embed.onnx_embedder import OnnxEmbedder
-    from fastembed_tune.serve.app import resolve_model
+    from fastembed_tune.serve.models import resolve_model
 
     a.model = a.model or default_model_path()
     export_dir = a.export or str(resolve_model(a.model, int8="fastembed-int8" in a.servers))

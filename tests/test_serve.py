@@ -25,9 +25,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from fastembed_tune import serve as serve_mod
 from fastembed_tune.cli.commands import main
 from fastembed_tune.embed.onnx_embedder import OnnxEmbedder
-from fastembed_tune.serve import app as serve_mod
+from fastembed_tune.serve import extra as serve_extra
 from fastembed_tune.serve.batching import Batcher, Ids, plan_batches, truncate_ids
 
 openai = pytest.importorskip("openai")
@@ -525,7 +526,7 @@ def test_cli_user_errors(tmp_path, export_dir, capsys, monkeypatch):
         assert main(["serve", "--model", str(export_dir), "--port", str(busy.getsockname()[1])]) == 2
     err = capsys.readouterr().err
     assert "already in use" in err and len(err.strip().splitlines()) == 1
-    monkeypatch.setattr(serve_mod, "_MISSING", "uvicorn")
+    monkeypatch.setattr(serve_extra, "_MISSING", "uvicorn")
     assert main(["serve", "--model", str(export_dir)]) == 2
     assert 'pip install "fastembed-tune[serve]"' in capsys.readouterr().err
 

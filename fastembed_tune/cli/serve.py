@@ -43,13 +43,13 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Serve ``--model`` until SIGTERM; returns :func:`~fastembed_tune.serve.app.serve`'s exit code.
+    """Serve ``--model`` until SIGTERM; returns :func:`~fastembed_tune.serve.server.serve`'s exit code.
 
     >>> p = argparse.ArgumentParser(); add_parser(p.add_subparsers())
     >>> run(p.parse_args(["serve", "--model", "runs/sample/onnx"]))  # doctest: +SKIP
     0
     """
-    from fastembed_tune.serve.app import serve
+    from fastembed_tune.serve.server import serve
 
     return serve(args.model, int8=args.int8, host=args.host, port=args.port, name=args.name,
                  threads=args.threads or None, max_batch_tokens=args.max_batch_tokens,
