@@ -519,6 +519,47 @@ def _quantize_to_disk(x: np.ndarray, out: str, normalized: bool, threads: int, b
     return QuantizedCorpus.load(out)
 
 
+def _check_lowp_args(q: np.ndarray, x: np.ndarray, k, skip_top, threads, simd, scan) -> None:
+    """:func:`topk_cosine_lowp`'s shape, count and path-name arguments, each refused with a ValueError."""
+    d, N = q.shape[1], x.shape[0]
+    if x.shape[1] != d:
+        raise ValueError(f"queries have dimension {d} but corpus has dimension {x.shape[1]}")
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
+        raise ValueError(f"k must be an integer, got {type(k).__name__}")
+    if not 1 <= k <= N:
+        raise ValueError(f"k must be between 1 and the corpus size N={N}, got k={k}")
+    if isinstance(skip_top, bool) or not isinstance(skip_top, (int, np.integer)) or skip_top < 0:
+        raise ValueError(f"skip_top must be an integer >= 0, got {skip_top!r}")
+    if not isinstance(threads, (int, np.integer)) or threads < 0:
+        raise ValueError(f"threads must be an integer >= 0 (0: all cores), got {threads!r}")
+    if not isinstance(scan, str) or not isinstance(simd, str):
+        raise ValueError("simd and scan must be path names such as 'auto'")
+    try:
+        _native.lowp_name(scan)
+        _native.simd_name(simd)
+    except ValueError as e:
+        raise ValueError(str(e)) from None
+
+
+def _check_quantized(quantized: QuantizedCorpus, x: np.ndarray, normalized: bool) -> None:
+    """A ValueError unless ``quantized`` was made from the corpus ``x`` (shape and fingerprint) and,
+    when ``normalized``, its rows have unit norm."""
+    N, d = x.shape
+    if not isinstance(quantized, QuantizedCorpus):
+        raise ValueError(f"quantized must be a QuantizedCorpus from quantize_corpus, got {type(quantized).__name__}")
+    if (quantized.N, quantized.d) != (N, d) or quantized.fingerprint != _fingerprint(x):
+        raise ValueError(f"quantized was made from another corpus (shape {quantized.N} x {quantized.d}, "
+                         f"corpus {N} x {d}); run quantize_corpus(corpus) again")
+    # quantize_corpus refused NaN/Inf rows already; the row norms it kept (nx) check normalisation
+    # without another pass over the fp32 corpus (which may be far larger than RAM)
+    nx = np.asarray(quantized.nx[:N])
+    bad = np.flatnonzero(~np.isfinite(nx) | ((np.abs(nx - 1.0) > 1e-2) if normalized else False))
+    if bad.size:
+        raise ValueError(f"corpus row {bad[0]} has L2 norm {nx[bad[0]]:.4g}, not 1: cosine top-k needs "
+                         f"L2-normalised rows (divide by np.linalg.norm(x, axis=1, keepdims=True)), or pass "
+                         f"normalized=False for a raw inner-product search")
+
+
 def topk_cosine_lowp(
     queries: ArrayLike,
     corpus: ArrayLike,
@@ -568,42 +609,12 @@ def topk_cosine_lowp(
         return (*out, {}) if return_stats else out
     q = _as_f32_matrix(queries, "queries")
     x = _as_f32_matrix(corpus, "corpus")
-    Q, d = q.shape
-    N = x.shape[0]
-    if x.shape[1] != d:
-        raise ValueError(f"queries have dimension {d} but corpus has dimension {x.shape[1]}")
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
-        raise ValueError(f"k must be an integer, got {type(k).__name__}")
-    if not 1 <= k <= N:
-        raise ValueError(f"k must be between 1 and the corpus size N={N}, got k={k}")
-    if isinstance(skip_top, bool) or not isinstance(skip_top, (int, np.integer)) or skip_top < 0:
-        raise ValueError(f"skip_top must be an integer >= 0, got {skip_top!r}")
-    if not isinstance(threads, (int, np.integer)) or threads < 0:
-        raise ValueError(f"threads must be an integer >= 0 (0: all cores), got {threads!r}")
-    if not isinstance(scan, str) or not isinstance(simd, str):
-        raise ValueError("simd and scan must be path names such as 'auto'")
-    try:
-        _native.lowp_name(scan)
-        _native.simd_name(simd)
-    except ValueError as e:
-        raise ValueError(str(e)) from None
+    _check_lowp_args(q, x, k, skip_top, threads, simd, scan)
     _check_rows(q, "queries", normalized, threads)
     if quantized is None:
         quantized = quantize_corpus(x, normalized=normalized, threads=threads)
     else:
-        if not isinstance(quantized, QuantizedCorpus):
-            raise ValueError(f"quantized must be a QuantizedCorpus from quantize_corpus, got {type(quantized).__name__}")
-        if (quantized.N, quantized.d) != (N, d) or quantized.fingerprint != _fingerprint(x):
-            raise ValueError(f"quantized was made from another corpus (shape {quantized.N} x {quantized.d}, "
-                             f"corpus {N} x {d}); run quantize_corpus(corpus) again")
-        # quantize_corpus refused NaN/Inf rows already; the row norms it kept (nx) check normalisation
-        # without another pass over the fp32 corpus (which may be far larger than RAM)
-        nx = np.asarray(quantized.nx[:N])
-        bad = np.flatnonzero(~np.isfinite(nx) | ((np.abs(nx - 1.0) > 1e-2) if normalized else False))
-        if bad.size:
-            raise ValueError(f"corpus row {bad[0]} has L2 norm {nx[bad[0]]:.4g}, not 1: cosine top-k needs "
-                             f"L2-normalised rows (divide by np.linalg.norm(x, axis=1, keepdims=True)), or pass "
-                             f"normalized=False for a raw inner-product search")
+        _check_quantized(quantized, x, normalized)
     if not normalized and (float(np.max(quantized.nx)) > 1e15 or float(np.max(np.abs(q))) > 1e15):
         # Scores near float32 overflow: the error bound would be infinite; the exact scan is as fast.
         out = topk_cosine(queries, corpus, k, exclude=exclude, skip_top=skip_top, max_ratio=max_ratio,

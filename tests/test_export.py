@@ -12,6 +12,8 @@ import pytest
 import torch
 
 from fastembed_tune.core.errors import UserError
+from fastembed_tune.data.bundled import SAMPLE_DIR
+from fastembed_tune.embed.int8_weights import unsigned_weights
 from fastembed_tune.embed.model import EmbeddingModel, default_model_path
 from fastembed_tune.embed.onnx_embedder import OnnxEmbedder
 from fastembed_tune.embed.parity import check_parity, passes
@@ -31,7 +33,7 @@ def cos(a, b):
 
 
 def corpus(n, skip=0):
-    path = os.path.join(os.path.dirname(export_mod.__file__), "sample_data", "corpus.jsonl")
+    path = SAMPLE_DIR / "corpus.jsonl"
     with open(path) as f:
         return [json.loads(line)["text"] for line in f][skip:skip + n]
 
@@ -145,7 +147,7 @@ def test_unsigned_weights_make_the_int8_gemm_exact(case):
     original = _mmi_graph(w, len(a))
     if not int8_pairs_saturate():
         assert np.array_equal(run(original), exact)
-    assert quantize_mod.unsigned_weights(original) == 1
+    assert unsigned_weights(original) == 1
     assert np.array_equal(run(original), exact)
 
 

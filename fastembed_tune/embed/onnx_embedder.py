@@ -11,19 +11,16 @@ files carry ``truncation: 128`` and ``padding: Fixed 128``): truncation is set t
 text is padded to the next multiple of 4 and a batch holds texts of one bucket only, so no batch
 carries more than 3 padding tokens a text (length-sorted batches of 64 padded to their longest carry
 far more), and a text is run at the same padded length whatever its neighbours. On a CPU, padding
-costs more than small batches save: on an AVX2-only EPYC (two sets of 500 corpus texts, batch 64, 2
-threads) buckets of 4 ran 1.14-1.16x per-batch padding on onnxruntime fp32 and 1.16-1.17x on
-OpenVINO f32 (buckets of 1 / 2 / 8 / 16 on onnxruntime: 1.17-1.20x / 1.17-1.19x / 1.11-1.12x /
-1.04-1.06x; on OpenVINO, whose shapes are compiled, 1 / 8: 1.10-1.13x / 1.12-1.16x).
+costs more than small batches save: narrow buckets beat batches padded to their longest text on
+onnxruntime and on OpenVINO alike, and 4 does well on both (OpenVINO, whose shapes are compiled,
+loses with narrower ones; see docs/benchmarks.md).
 
 Batches run ``streams`` at a time (2 by default where 2 or more threads are given), each on its
 share of the threads, instead of one batch at a time on all of them: a small encoder's GEMMs split
 poorly over threads, every operator ends on a barrier that waits for the slowest thread, and a
-shared machine stalls one thread often. On an Intel Xeon with AMX (2 threads, batch 64, 320 corpus
-texts, rows interleaved in one process, 15 runs for OpenVINO, 8 for onnxruntime) two streams of one
-thread ran OpenVINO bf16 at 1.13x one stream of two threads (best run) and 1.52x (median run), and
-onnxruntime int8 at 1.31x / 1.14x (fp32: 0.93x / 1.06x). A text's vector does not depend on its
-stream. ``streams=1`` is the latency choice: one batch on every thread (``serve`` runs so).
+shared machine stalls one thread often; concurrent batches spend less time waiting (see
+docs/benchmarks.md). A text's vector does not depend on its stream. ``streams=1`` is the latency
+choice: one batch on every thread (``serve`` runs so).
 
 On OpenVINO with AMX, short batches (padded to at most :data:`UNFUSED_ATTENTION_MAX` tokens) run on
 a second compiled model whose attention is not fused (made at the first such batch): OpenVINO's
@@ -48,16 +45,16 @@ import numpy as np
 from fastembed_tune.core.cpu import cpu_features, int8_pairs_saturate
 from fastembed_tune.core.errors import UserError, check_finite_rows
 from fastembed_tune.embed.int8_weights import INT8_WEIGHT_OPS, unsigned_weights
-from fastembed_tune.embed.layout import INT8_FILE, METADATA_FILE, MODEL_FILE, PORTABLE_FILE  # noqa: F401
+from fastembed_tune.embed.layout import METADATA_FILE, MODEL_FILE
 
 PAD_MULTIPLE = 4  # batches are padded to a multiple of this many tokens, one length bucket a batch
 STREAMS = 2  # batches run at once by default (where there are 2+ threads), each on its share of them
 ENGINES = ("onnxruntime", "openvino")
 # OpenVINO on a CPU with AMX: batches padded to at most this many tokens run with its fused attention
 # subgraph (snippets) switched off (SNIPPETS_MODE=DISABLE: the attention MatMuls go to oneDNN's AMX
-# brgemm, the softmax runs on its own); longer ones keep it. On an Intel Xeon with AMX, one thread,
-# all-MiniLM-L6-v2 bf16, batch 64, unfused/fused throughput: 1.29-1.33x at 8 tokens, 1.03-1.08x at
-# 16-64, 1.00-1.04x at 96, 0.96-0.98x at 128, 0.81-0.89x at 208-256 (the NNCF int8 IR alike).
+# brgemm, the softmax runs on its own); longer ones keep it. On an Intel Xeon with AMX the unfused
+# model is the faster one for short batches and the fused one for long texts, the NNCF int8 IR alike;
+# this bound is where they cross (see docs/benchmarks.md).
 UNFUSED_ATTENTION_MAX = 96
 KNOWN_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 _PASS_THROUGH = ("Cast", "Identity", "Reshape", "Unsqueeze", "Squeeze", "Flatten")
@@ -199,13 +196,28 @@ class OnnxEmbedder:
                  providers: Optional[Sequence[str]] = None, engine: str = "onnxruntime",
                  precision: Optional[str] = None, spin: bool = True, pad_multiple: int = PAD_MULTIPLE,
                  streams: Optional[int] = None, unfused_attention_max: Optional[int] = None):
-        import onnx
-        from tokenizers import Tokenizer
-
         self.dir, self.model_file = resolve_model_file(path)
         tok_file = self.dir / "tokenizer.json"
         if not tok_file.is_file():
             raise UserError(f"{self.dir}: tokenizer.json is missing beside {self.model_file.name}")
+        self.metadata = self._read_metadata()
+        self._load_tokenizer(tok_file, pad_multiple)
+        if engine not in ENGINES:
+            raise UserError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+        self._load_graph(engine)
+        self._plan_streams(threads, streams, unfused_attention_max, providers, engine)
+        self.engine = engine
+        self.unfused_attention_max = 0  # onnxruntime: no such thing there
+        if engine == "openvino":
+            self.unfused_attention_max = (unfused_attention_max if unfused_attention_max is not None
+                                          else UNFUSED_ATTENTION_MAX if "amx_bf16" in cpu_features() else 0)
+            self._open_openvino(threads, precision or "f32")
+        else:
+            self._open_onnxruntime(threads, providers, spin)
+
+    # ---- loading ------------------------------------------------------------------------------
+    def _read_metadata(self) -> Dict:
+        """The export's metadata file beside the graph ({} when there is none)."""
         meta_file = self.dir / METADATA_FILE
         meta: Dict = {}
         if meta_file.is_file():
@@ -213,7 +225,14 @@ class OnnxEmbedder:
                 meta = json.loads(meta_file.read_text())
             except (json.JSONDecodeError, UnicodeDecodeError) as e:
                 raise UserError(f"{meta_file}: not valid JSON ({e})") from None
-        self.metadata = meta
+        return meta
+
+    def _load_tokenizer(self, tok_file: Path, pad_multiple: int) -> None:
+        """The Rust tokenizer, truncating at the model's ``max_seq_length`` and padding nothing
+        itself (:meth:`feed` pads each batch to its length bucket with the padding ids kept here)."""
+        from tokenizers import Tokenizer
+
+        meta = self.metadata
         try:
             self.tokenizer = Tokenizer.from_file(str(tok_file))
         except Exception as e:  # the Rust side raises plain Exceptions
@@ -227,23 +246,29 @@ class OnnxEmbedder:
         self.pad_multiple = pad_multiple
         self.tokenizer.enable_truncation(max_length=self.max_seq_length)
 
-        if engine not in ENGINES:
-            raise UserError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+    def _load_graph(self, engine: str) -> None:
+        """Read the graph's inputs and output and check them against the tokenizer (an OpenVINO IR
+        through :meth:`_validate_ir`, an ONNX file through :meth:`_validate`)."""
+        import onnx
+
         self.unsigned_weights = False  # set when the int8 weights were rewritten as uint8 for this CPU
         self._int8_weights = False
         if self.model_file.suffix == ".xml":  # an OpenVINO IR (e.g. the NNCF int8 one)
             if engine != "openvino":
                 raise UserError(f"{self.model_file}: an OpenVINO IR runs on engine='openvino' only")
             self._validate_ir()
-        else:
-            try:
-                proto = onnx.load(str(self.model_file), load_external_data=False)
-            except Exception as e:
-                raise UserError(f"{self.model_file}: not a readable ONNX model ({str(e).splitlines()[0]})") from None
-            self._validate(proto)
-            self._int8_weights = any(n.op_type in INT8_WEIGHT_OPS for n in proto.graph.node)
-            del proto
+            return
+        try:
+            proto = onnx.load(str(self.model_file), load_external_data=False)
+        except Exception as e:
+            raise UserError(f"{self.model_file}: not a readable ONNX model ({str(e).splitlines()[0]})") from None
+        self._validate(proto)
+        self._int8_weights = any(n.op_type in INT8_WEIGHT_OPS for n in proto.graph.node)
+        del proto
 
+    def _plan_streams(self, threads: Optional[int], streams: Optional[int], unfused_attention_max: Optional[int],
+                      providers: Optional[Sequence[str]], engine: str) -> None:
+        """Check the count arguments and set how many batches run at once (:attr:`streams`)."""
         for name, value, least in (("threads", threads, 0), ("streams", streams, 1),
                                    ("unfused_attention_max", unfused_attention_max, 0)):
             if value is not None:
@@ -257,14 +282,6 @@ class OnnxEmbedder:
         self._make_lone: Optional[Callable[[], Callable]] = None  # streams > 1: one stream on every thread
         self._lone: Optional[Callable] = None
         self._lone_lock = threading.Lock()
-        self.engine = engine
-        self.unfused_attention_max = 0  # onnxruntime: no such thing there
-        if engine == "openvino":
-            self.unfused_attention_max = (unfused_attention_max if unfused_attention_max is not None
-                                          else UNFUSED_ATTENTION_MAX if "amx_bf16" in cpu_features() else 0)
-            self._open_openvino(threads, precision or "f32")
-        else:
-            self._open_onnxruntime(threads, providers, spin)
 
     def _open_onnxruntime(self, threads: Optional[int], providers: Optional[Sequence[str]], spin: bool) -> None:
         import onnxruntime as ort
@@ -331,7 +348,7 @@ class OnnxEmbedder:
             core = ov.Core()
             model = self._ir if self.model_file.suffix == ".xml" else core.read_model(str(self.model_file))
             if len(model.outputs) > 1:  # only the output read: the portable graph's last_hidden_state is
-                # not written out (1.00-1.09x the throughput at 8-256 tokens on an AMX Xeon, same vectors)
+                # not written out (the same vectors, for less work)
                 model = ov.Model([model.output(self.output_name)], model.get_parameters(), model.friendly_name)
         except Exception as e:
             raise UserError(f"{self.model_file}: OpenVINO cannot load it ({str(e).splitlines()[0][:200]})") from None
@@ -513,7 +530,8 @@ class OnnxEmbedder:
 
     def _lone_runner(self) -> Callable:
         """The graph on one stream of every thread, made at its first use (one text at a time: a
-        server's lone query ran at 8.1 ms on one of two streams, 4.7 ms on both threads)."""
+        server's lone query cannot be split over streams, and runs sooner on every thread than on one
+        stream's share of them)."""
         with self._lone_lock:
             if self._lone is None:
                 self._lone = self._make_lone()
@@ -527,7 +545,7 @@ class OnnxEmbedder:
     def encodings(self, texts: Sequence[str]) -> list:
         """The tokenizer's encodings of ``texts`` (special tokens added, truncated to
         ``max_seq_length``), without character offsets, which nothing here reads (``encode_batch_fast``:
-        0.75-0.85x the time of ``encode_batch`` on 1000 sample passages; the same ids).
+        less work than ``encode_batch``, the same ids).
 
         >>> [len(x.ids) for x in OnnxEmbedder("/tmp/minilm_onnx").encodings(["a", "b c"])]  # doctest: +SKIP
         [3, 4]

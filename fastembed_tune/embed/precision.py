@@ -1,18 +1,18 @@
 """Which precision and engine to embed an export with, chosen on THIS CPU at run time.
 
-The fastest path is not the same on every CPU (all-MiniLM-L6-v2, batch 64, 2 threads): on an Intel
-Xeon with AMX, bf16 runs ~2.3x fp32 and int8 about as fast; on AMD Zen 4 (AVX-512 VNNI, AVX512-BF16
-without AMX) our int8 was 3.25x; on AVX2-only CPUs int8 has no VNNI and fp32 may win. So:
+The fastest path is not the same on every CPU: on an Intel Xeon with AMX, bf16 leads fp32 by far and
+int8 runs about as fast as bf16; on AMD Zen 4 (AVX-512 VNNI, AVX512-BF16 without AMX) our int8 leads;
+on AVX2-only CPUs int8 has no VNNI and fp32 may win (see docs/benchmarks.md). So:
 
 * candidates, from :func:`fastembed_tune.core.cpu.cpu_features` and what the export holds: ``bf16``
   (OpenVINO reading the portable ``onnx/model.onnx``; onnxruntime has no bf16 GEMM on x86) where
   the CPU has AMX-BF16 or AVX512-BF16 and openvino is installed; ``int8`` (``model_int8.onnx``)
   where it exists; ``fp32`` (``model.onnx`` on onnxruntime) always; and ``fp32-openvino`` (the
   portable graph on OpenVINO in f32) where openvino is installed and the CPU has no native bf16:
-  on an AVX2-only EPYC it ran 1.09x onnxruntime fp32 (400 corpus texts, batch 64, 2 threads); and
+  on an AVX2-only EPYC it ran ahead of onnxruntime fp32; and
   ``int8-openvino`` (the NNCF static int8 IR of :mod:`fastembed_tune.export.openvino_int8`, written by
-  ``export --openvino-int8``) where it exists and openvino is installed: 1.43x OpenVINO bf16 on an
-  AMD Zen 4 with VNNI, 0.55-0.60x OpenVINO f32 on an AVX2-only EPYC, so the probe decides;
+  ``export --openvino-int8``) where it exists and openvino is installed: ahead of OpenVINO bf16 on
+  an AMD Zen 4 with VNNI, behind OpenVINO f32 on an AVX2-only EPYC, so the probe decides;
 * without a probe, the first by features: bf16 with AMX, int8 with VNNI (AVX512-VNNI, AVX-VNNI or
   AMX-INT8; the OpenVINO int8 IR before the onnxruntime graph), else fp32;
 * with a probe (the default), each candidate embeds the same few texts: it must stay within its
@@ -49,9 +49,9 @@ GATES = {"fp32": 0.9999, "bf16": BF16_MIN_COSINE, "int8": INT8_MIN_COSINE}
 PRECISIONS = ("bf16", "int8", "fp32")
 PROBE_REPEATS = 2
 # a candidate of a lower precision must measure this much faster than the most faithful one within
-# reach to be chosen: a 1% lead is noise, and the vectors would lose fidelity for nothing (on an AMX
-# Xeon the OpenVINO int8 IR and bf16 measured 1009 and 1000 sent/s; on short queries the IR's min
-# cosine to PyTorch fp32 was 0.9886, bf16's 0.9999)
+# reach to be chosen: a lead within the noise of the probe is no lead, and the vectors would lose
+# fidelity for nothing (on an AMX Xeon the OpenVINO int8 IR and bf16 measured alike, and on short
+# queries the IR strayed further from PyTorch fp32 than bf16; see docs/benchmarks.md)
 PRECISION_MARGIN = 1.05
 FIDELITY = {"fp32": 2, "bf16": 1, "int8": 0}
 # candidate -> (precision, engine, file): what the probe measures
@@ -156,7 +156,7 @@ def _speeds(embedders: Dict[str, OnnxEmbedder], texts: List[str], batch_size: in
     """The best of :data:`PROBE_REPEATS` (at least one a candidate) interleaved passes per candidate,
     each round starting one candidate later: on a shared machine load drift hits every candidate
     alike, and no candidate always runs after the same one (of two identical OpenVINO models run
-    back to back, the second ran 1.16-1.21x the first on an AMX Xeon).
+    back to back, the second did not run at the speed of the first on an AMX Xeon).
 
     >>> class E:
     ...     def embed(self, texts, batch_size): pass

@@ -8,7 +8,7 @@ go the files that fastembed's custom-model loader and plain onnxruntime users ex
     out_dir/
       model.onnx                  fp32, onnxruntime-optimised (fused Attention/LayerNorm when possible)
       model_int8.onnx             only with quantize="int8": SmoothQuant + batch-invariant int8 (per-token
-                                  MatMul, static-scale QAttention, int8 word-embedding rows; ~26% of fp32)
+                                  MatMul, static-scale QAttention, int8 word-embedding rows)
       onnx/model.onnx             portable: standard ONNX operators only (any runtime: OpenVINO, optimum,
                                   transformers.js), outputs last_hidden_state and sentence_embedding
       modules.json, sentence_bert_config.json, 1_Pooling/, 2_Normalize/
@@ -28,21 +28,21 @@ text the same vector batched and alone (``BATCH_INVARIANCE_MIN_COSINE``, 0.99999
 into a temp dir beside ``out_dir`` and renamed into place only when every check passed; a refused
 export leaves nothing.
 
-The "cosine ~0.90" trap (a plain ``torch.onnx.export(..., dynamo=False)`` of all-MiniLM-L6-v2 under
+The low-cosine trap (a plain ``torch.onnx.export(..., dynamo=False)`` of all-MiniLM-L6-v2 under
 transformers 5). What we found, with torch 2.13 / transformers 5.24 / onnxruntime 1.32:
 
-* The graph itself was not the culprit here: the legacy TorchScript exporter of the sdpa model gives
-  cosine 1.0000 on every case once it is fed exactly the ids PyTorch sees. transformers 5 builds the
+* The graph itself was not the culprit here: the legacy TorchScript exporter of the sdpa model matches
+  PyTorch on every case once it is fed exactly the ids PyTorch sees. transformers 5 builds the
   attention mask in ``masking_utils``; for sdpa it *skips* the mask entirely when the example's mask is
   all ones (``_ignore_bidirectional_mask_sdpa``). Current versions guard that with ``is_tracing()``, but
   an exporter the guard does not recognise bakes in "no mask": the graph then attends to padding
-  (cosine 0.40 for a padded short text in our reproduction; unpadded inputs still look perfect).
-* What did reproduce ~0.90 on one unpadded text: the ``tokenizer.json`` shipped with the model
+  (a padded short text comes out far from PyTorch's vector; unpadded inputs still look perfect).
+* What did reproduce the low cosine on one unpadded text: the ``tokenizer.json`` shipped with the model
   (inherited from the hub repo) carries ``truncation: max_length 128`` and ``padding: Fixed 128``,
   while the model runs with ``max_seq_length`` 256 (sentence_bert_config.json). Anyone who feeds the
   graph from that file as-is (onnxruntime users, our first trial) cuts long texts at 128 tokens and
-  pads every text to 128: cosine 0.906 for a single 600-word text. fastembed instead truncates at
-  ``tokenizer_config.json``'s ``model_max_length`` (512): again not what the model was trained with.
+  pads every text to 128, so a long text loses its tail (see docs/benchmarks.md). fastembed instead
+  truncates at ``tokenizer_config.json``'s ``model_max_length`` (512): again not what the model was trained with.
 
 The fix: export with ``attn_implementation="eager"`` from a padded 2-row example of unequal lengths
 (:func:`~fastembed_tune.export.graph.trace_to_onnx`); rewrite ``tokenizer.json`` (truncation =

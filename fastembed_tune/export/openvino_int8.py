@@ -13,17 +13,17 @@ file name sentence-transformers gives its own static int8 OpenVINO export):
 * calibrated on batches padded exactly as at run time (length buckets), from the user's
   calibration texts (else the bundled sample), plus their first 1-4 words: short inputs (queries,
   one-word texts) have activation ranges long texts never show, and without them a one-token
-  text fell to cosine 0.95 on MiniLM;
+  text lost most of its fidelity on MiniLM;
 * the MatMuls of two activations (Q.K^T, softmax.V) stay in floating point, and so do the
   fewest weight MatMuls needed to reach the int8 gate, the widest input range relative to its RMS
   first (:func:`fastembed_tune.export.quantize.ranked_nodes`, the same ranking the onnxruntime int8 search
   uses). On all-MiniLM-L6-v2 that ranking names the FFN output dense (after GELU) of layers 2, 0, 1
-  first; keeping those three in float is what a hand search found (parity 0.993).
+  first; keeping those three in float is what a hand search found.
 
-Where it pays: CPUs with VNNI (AVX512-VNNI, AVX-VNNI, AMX). Measured on an AMD Zen 4 (AVX-512 VNNI +
-BF16, 2 threads, batch 64, 1000 texts): 1.43x OpenVINO bf16, the best peer there
-(``benchmarks/openvino_int8.py``); on an AVX2-only EPYC (no VNNI) it ran 0.55-0.60x OpenVINO f32,
-so :func:`fastembed_tune.embed.precision.choose_precision` only ships it where the probe measures it fastest.
+Where it pays: CPUs with VNNI (AVX512-VNNI, AVX-VNNI, AMX). On an AMD Zen 4 (AVX-512 VNNI + BF16) it
+ran ahead of OpenVINO bf16, the best peer there (``benchmarks/openvino_int8.py``); on an AVX2-only
+EPYC (no VNNI) it ran behind OpenVINO f32 (see docs/benchmarks.md), so
+:func:`fastembed_tune.embed.precision.choose_precision` only ships it where the probe measures it fastest.
 Needs the ``openvino`` and ``nncf`` packages (``pip install 'fastembed-tune[openvino]'``).
 """
 from __future__ import annotations

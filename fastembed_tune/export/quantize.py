@@ -7,28 +7,28 @@ Then (:func:`_write_int8`):
 * every weight ``MatMul`` reads its input quantised **per token** (one scale per row, max |x| / 127,
   uint8 with zero point 128) and holds int8 weights with one scale per output column, through
   onnxruntime's ``MatMulIntegerToFloat``; the row scales multiply the result. A row's codes depend
-  on that row alone, so a text gets the same vector whatever its batch neighbours (the dynamic
-  per-tensor scales used before gave cosine 0.9987 batched vs alone);
+  on that row alone, so a text gets the same vector whatever its batch neighbours (dynamic
+  per-tensor scales, used before, did not);
 * every fused ``Attention`` becomes ``QAttention`` on an input quantised with a **static** scale, the
   calibrated range of its smoothed input (static: batch-independent too);
-* the word-embedding table (30522 x 384 for MiniLM, half the fp32 file) is stored as int8 rows, one
-  scale a row: a ``Gather`` of int8 rows times a ``Gather`` of their scales. The int8 file is ~26% of
-  the fp32 one (it was 65% with an fp32 table).
+* the word-embedding table (30522 x 384 for MiniLM, a large part of the fp32 file) is stored as int8
+  rows, one scale a row: a ``Gather`` of int8 rows times a ``Gather`` of their scales, so that the
+  int8 file is far smaller than with an fp32 table (see docs/benchmarks.md).
 
 SmoothQuant (alpha 0.7, an exact fp32 rewrite) comes first: each quantised input is read as X/s and
 its weights hold s*W, with s from channel maxima over the parity batch plus up to
 ``CALIBRATION_TEXTS`` calibration texts: the user's own texts when given (``calibration_texts``;
 evenly spaced over the list when there are more), otherwise the last 128 texts of the bundled sample
-corpus. MiniLM then passes with every node in int8 (min cosine 0.996 on the parity batch; batched vs
-alone >= 0.9999999). Should a model still miss the int8 bound + ``INT8_SEARCH_MARGIN``, the nodes
-whose smoothed inputs have the widest range relative to their RMS are kept in fp32, a few more per try.
+corpus. MiniLM then passes with every node in int8, batched and alone alike. Should a model still
+miss the int8 bound + ``INT8_SEARCH_MARGIN``, the nodes whose smoothed inputs have the widest range
+relative to their RMS are kept in fp32, a few more per try.
 """
 from __future__ import annotations
 
 import json
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -143,8 +143,8 @@ def calibration_feeds(tokenize: Callable[[List[str]], Feed], parity_batch: Seque
     """Calibration batches made with ``tokenize`` (texts -> one padded feed, e.g.
     :meth:`OnnxEmbedder.tokenize <fastembed_tune.embed.onnx_embedder.OnnxEmbedder.tokenize>`): the parity batch
     (padded to its longest text, in chunks of 8 rows) and ``texts`` 16 a batch in their order (mixed
-    lengths, natural padding). Channel maxima from the 33 parity texts alone overfit: on held-out
-    text the int8 minimum cosine dropped from 0.98 (no smoothing) to 0.97.
+    lengths, natural padding). Channel maxima from the parity texts alone overfit: on held-out text
+    the smoothed int8 graph did worse than no smoothing at all.
 
     >>> ids = lambda batch: {"input_ids": np.array([[len(t)] for t in batch])}
     >>> [f["input_ids"].shape for f in calibration_feeds(ids, ["a"] * 10, ["b"] * 17)]
@@ -343,6 +343,114 @@ def _word_embedding_gather(model, inits: dict):
     return None
 
 
+@dataclass
+class _Int8Graph:
+    """The int8 graph :func:`_write_int8` builds, node by node in the fp32 graph's order: its nodes,
+    the initializers to add and to drop, and the row widths its per-token quantisers reshape to."""
+
+    inits: dict
+    uses: Dict[str, int]  # tensor name -> how many nodes read it
+    stats: Dict[str, dict]
+    smooth: bool
+    opset: int
+    nodes: list = field(default_factory=list)
+    add: list = field(default_factory=list)
+    drop: set = field(default_factory=set)
+    widths: set = field(default_factory=set)
+
+    def weight(self, name: str) -> np.ndarray:
+        """The initializer ``name`` as float32."""
+        from onnx import numpy_helper
+
+        return numpy_helper.to_array(self.inits[name]).astype(np.float32)
+
+    def drop_if_sole(self, name: str) -> None:
+        """Drop the fp32 initializer ``name`` when the node replaced was its only reader."""
+        if self.uses.get(name) == 1:
+            self.drop.add(name)
+
+
+def _input_uses(model) -> Dict[str, int]:
+    """How many nodes read each tensor name."""
+    uses: Dict[str, int] = {}
+    for n in model.graph.node:
+        for i in n.input:
+            uses[i] = uses.get(i, 0) + 1
+    return uses
+
+
+def _int8_targets(model, inits: dict, stats: Dict[str, dict], keep: set) -> Tuple[Dict[str, list], set]:
+    """(input -> the quantised MatMuls reading it, names of the fused Attentions to quantise): every
+    2-d weight node not in ``keep``; an Attention only when its input has statistics."""
+    groups: Dict[str, list] = {}
+    attention = set()
+    for n in _weight_nodes(model):
+        if n.name in keep or len(inits[n.input[1]].dims) != 2:
+            continue
+        if n.op_type == "MatMul":
+            groups.setdefault(n.input[0], []).append(n)
+        elif n.input[0] in stats:
+            attention.add(n.name)
+    return groups, attention
+
+
+def _int8_embedding(g: _Int8Graph, n) -> None:
+    """The word-embedding ``Gather`` as int8 rows: a ``Gather`` of int8 rows times a ``Gather`` of
+    their scales."""
+    from onnx import TensorProto, helper
+
+    q, s = quantize_weight(g.weight(n.input[0]), axis=1)
+    t, e = n.input[0], n.name
+    g.add += [_const(f"{t}_int8", q), _const(f"{t}_scale", s)]
+    g.nodes += [helper.make_node("Gather", [f"{t}_int8", n.input[1]], [f"{e}_q"], name=f"{e}_q", axis=0),
+                helper.make_node("Cast", [f"{e}_q"], [f"{e}_f"], name=f"{e}_f", to=TensorProto.FLOAT),
+                helper.make_node("Gather", [f"{t}_scale", n.input[1]], [f"{e}_s"], name=f"{e}_s", axis=0),
+                helper.make_node("Mul", [f"{e}_f", f"{e}_s"], [n.output[0]], name=e)]
+    g.drop_if_sole(t)
+
+
+def _int8_attention(g: _Int8Graph, n) -> None:
+    """A fused ``Attention`` as :func:`_static_attention`, on its smoothed input when smoothing."""
+    from onnx import helper
+
+    w = g.weight(n.input[1])
+    x, inv_s = n.input[0], None
+    if g.smooth:
+        s = _smooth_scales(g.stats[x], w)
+        inv_s = (1.0 / s).astype(np.float32)
+        g.add.append(_const(f"{n.name}_smooth_inv", inv_s))
+        g.nodes.append(helper.make_node("Mul", [x, f"{n.name}_smooth_inv"], [f"{n.name}_smoothed"],
+                                        name=f"{n.name}_smooth"))
+        x, w = f"{n.name}_smoothed", w * s[:, None]
+    more_nodes, more_inits = _static_attention(n, x, g.stats[n.input[0]], w, inv_s)
+    g.nodes += more_nodes
+    g.add += more_inits
+    g.drop_if_sole(n.input[1])
+
+
+def _int8_group_input(g: _Int8Graph, x: str, group: list, p: str) -> None:
+    """What the MatMuls reading ``x`` share, placed before the first of them: the smoothing (one
+    scale for all their weights), the per-token row quantiser, and their int8 weights."""
+    from onnx import helper
+
+    ws = [g.weight(m.input[1]) for m in group]
+    k = ws[0].shape[0]
+    g.widths.add(k)
+    src = x
+    if g.smooth and x in g.stats:
+        s = _smooth_scales(g.stats[x], np.concatenate(ws, axis=1))
+        g.add.append(_const(f"{p}_smooth_inv", (1.0 / s).astype(np.float32)))
+        g.nodes.append(helper.make_node("Mul", [x, f"{p}_smooth_inv"], [f"{p}_smoothed"], name=f"{p}_smooth"))
+        src = f"{p}_smoothed"
+        ws = [w * s[:, None] for w in ws]
+    g.nodes += _row_quantizer(p, src, k, g.opset)
+    for m, w in zip(group, ws):
+        wq, wscale = quantize_weight(w, axis=0)
+        g.add += [_const(f"{m.name}_w_int8", wq), _const(f"{m.name}_w_scale", wscale.ravel()),
+                  _const(f"{m.name}_n", np.array([w.shape[1]], np.int64))]
+        g.drop_if_sole(m.input[1])
+
+
 def _write_int8(fp32: Path, dst: Path, stats: Dict[str, dict], keep_fp32: List[str],
                 smooth: bool = True) -> None:
     """Batch-invariant int8 of ``fp32`` (an onnxruntime-optimised graph, EmbedLayerNormalization left
@@ -351,92 +459,37 @@ def _write_int8(fp32: Path, dst: Path, stats: Dict[str, dict], keep_fp32: List[s
     ``Attention`` as ``QAttention`` with a static calibrated input scale, and the word-embedding table
     as int8 rows (a ``Gather`` of int8 rows times a ``Gather`` of their scales)."""
     import onnx
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import helper
 
     m = onnx.load(str(fp32))
     inits = {i.name: i for i in m.graph.initializer}
-    opset = _opset(m)
-    keep = set(keep_fp32)
-    uses: Dict[str, int] = {}
-    for n in m.graph.node:
-        for i in n.input:
-            uses[i] = uses.get(i, 0) + 1
-    groups: Dict[str, list] = {}  # input -> the quantised MatMuls reading it
-    attention = set()
-    for n in _weight_nodes(m):
-        if n.name in keep or len(inits[n.input[1]].dims) != 2:
-            continue
-        if n.op_type == "MatMul":
-            groups.setdefault(n.input[0], []).append(n)
-        elif n.input[0] in stats:
-            attention.add(n.name)
-    first = {g[0].name: x for x, g in groups.items()}
-    member = {n.name: x for x, g in groups.items() for n in g}
-    add = [_const("fet_q_eps", np.float32(1e-8)), _const("fet_q_127", np.float32(127)),
-           _const("fet_q_one", np.float32(1)), _const("fet_q_zp", np.uint8(128)),
-           _const("fet_q_axis1", np.array([1], np.int64))]
-    widths = set()
-    drop, nodes = set(), []
+    groups, attention = _int8_targets(m, inits, stats, set(keep_fp32))
+    firsts = {grp[0].name for grp in groups.values()}
+    member = {n.name: x for x, grp in groups.items() for n in grp}
+    g = _Int8Graph(inits, _input_uses(m), stats, smooth, _opset(m))
+    g.add += [_const("fet_q_eps", np.float32(1e-8)), _const("fet_q_127", np.float32(127)),
+              _const("fet_q_one", np.float32(1)), _const("fet_q_zp", np.uint8(128)),
+              _const("fet_q_axis1", np.array([1], np.int64))]
     emb = _word_embedding_gather(m, inits)
     for n in m.graph.node:
         if n is emb:
-            q, s = quantize_weight(numpy_helper.to_array(inits[n.input[0]]).astype(np.float32), axis=1)
-            t, e = n.input[0], n.name
-            add += [_const(f"{t}_int8", q), _const(f"{t}_scale", s)]
-            nodes += [helper.make_node("Gather", [f"{t}_int8", n.input[1]], [f"{e}_q"], name=f"{e}_q", axis=0),
-                      helper.make_node("Cast", [f"{e}_q"], [f"{e}_f"], name=f"{e}_f", to=TensorProto.FLOAT),
-                      helper.make_node("Gather", [f"{t}_scale", n.input[1]], [f"{e}_s"], name=f"{e}_s", axis=0),
-                      helper.make_node("Mul", [f"{e}_f", f"{e}_s"], [n.output[0]], name=e)]
-            if uses.get(t) == 1:
-                drop.add(t)
-            continue
-        if n.name in attention:
-            w = numpy_helper.to_array(inits[n.input[1]]).astype(np.float32)
-            x, inv_s = n.input[0], None
-            if smooth:
-                s = _smooth_scales(stats[x], w)
-                inv_s = (1.0 / s).astype(np.float32)
-                add.append(_const(f"{n.name}_smooth_inv", inv_s))
-                nodes.append(helper.make_node("Mul", [x, f"{n.name}_smooth_inv"], [f"{n.name}_smoothed"],
-                                              name=f"{n.name}_smooth"))
-                x, w = f"{n.name}_smoothed", w * s[:, None]
-            more_nodes, more_inits = _static_attention(n, x, stats[n.input[0]], w, inv_s)
-            nodes += more_nodes
-            add += more_inits
-            if uses.get(n.input[1]) == 1:
-                drop.add(n.input[1])
-            continue
-        if n.name not in member:
-            nodes.append(n)
-            continue
-        x = member[n.name]
-        group = groups[x]
-        p = f"fet_q_{group[0].name}"
-        if n.name in first:  # the group's shared smoothing and row quantiser, before its first MatMul
-            ws = [numpy_helper.to_array(inits[g.input[1]]).astype(np.float32) for g in group]
-            k = ws[0].shape[0]
-            widths.add(k)
-            src = x
-            if smooth and x in stats:
-                s = _smooth_scales(stats[x], np.concatenate(ws, axis=1))
-                add.append(_const(f"{p}_smooth_inv", (1.0 / s).astype(np.float32)))
-                nodes.append(helper.make_node("Mul", [x, f"{p}_smooth_inv"], [f"{p}_smoothed"], name=f"{p}_smooth"))
-                src = f"{p}_smoothed"
-                ws = [w * s[:, None] for w in ws]
-            nodes += _row_quantizer(p, src, k, opset)
-            for g, w in zip(group, ws):
-                wq, wscale = quantize_weight(w, axis=0)
-                add += [_const(f"{g.name}_w_int8", wq), _const(f"{g.name}_w_scale", wscale.ravel()),
-                        _const(f"{g.name}_n", np.array([w.shape[1]], np.int64))]
-                if uses.get(g.input[1]) == 1:
-                    drop.add(g.input[1])
-        nodes += _int8_matmul(n, p, f"{n.name}_w_int8", f"{n.name}_w_scale")
-    add += [_const(f"fet_q_rows{k}", np.array([-1, k], np.int64)) for k in sorted(widths)]
-    kept = [i for i in m.graph.initializer if i.name not in drop]
+            _int8_embedding(g, n)
+        elif n.name in attention:
+            _int8_attention(g, n)
+        elif n.name not in member:
+            g.nodes.append(n)
+        else:
+            x = member[n.name]
+            p = f"fet_q_{groups[x][0].name}"
+            if n.name in firsts:
+                _int8_group_input(g, x, groups[x], p)
+            g.nodes += _int8_matmul(n, p, f"{n.name}_w_int8", f"{n.name}_w_scale")
+    g.add += [_const(f"fet_q_rows{k}", np.array([-1, k], np.int64)) for k in sorted(g.widths)]
+    kept = [i for i in m.graph.initializer if i.name not in g.drop]
     del m.graph.initializer[:]
-    m.graph.initializer.extend(kept + add)
+    m.graph.initializer.extend(kept + g.add)
     del m.graph.node[:]
-    m.graph.node.extend(nodes)
+    m.graph.node.extend(g.nodes)
     if not any(o.domain == "com.microsoft" for o in m.opset_import):
         m.opset_import.append(helper.make_opsetid("com.microsoft", 1))
     onnx.save(m, str(dst))
@@ -488,6 +541,3 @@ def quantize_int8(fp32: Path, dst: Path, parity_batch: Sequence[str], check: Cal
     ranked = ranked_nodes(fp32, stats)
     parity, k = _search(fp32, dst, stats, ranked, check, min_cosine + INT8_SEARCH_MARGIN)
     return Int8Result(parity, ranked[:k], len(ranked), {"source": source, "texts": len(extra)})
-
-
-# ---- where the int8 GEMM saturates -----------------------------------------------------------------
