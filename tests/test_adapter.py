@@ -29,7 +29,7 @@ from fastembed_tune.adapt.adapter import Adapter, AdapterNet, apply_params, init
 from fastembed_tune.adapt.api_client import ApiEmbedder, TokenBudget
 from fastembed_tune.adapt.sources import PrecomputedVectors, open_source
 from fastembed_tune.adapt.training import AdapterConfig, mine, train_adapter
-from fastembed_tune.cli.commands import main
+from fastembed_tune.cli.app import main
 from fastembed_tune.core.errors import UserError
 from fastembed_tune.embed.store import EmbeddingStore, model_fingerprint
 

@@ -506,7 +506,7 @@ def test_pooling_modes_in_graph(tmp_path, pooling, normalize):
 
 # ---- CLI: export and embed ------------------------------------------------------------------------
 def test_cli_export_and_embed(tmp_path, capsys, minilm):
-    from fastembed_tune.cli.commands import main
+    from fastembed_tune.cli.app import main
 
     model = tiny_model(tmp_path / "tiny")
     out = tmp_path / "onnx"
@@ -532,7 +532,7 @@ def test_cli_export_and_embed(tmp_path, capsys, minilm):
 
 
 def test_cli_export_embed_bad_input(tmp_path, capsys):
-    from fastembed_tune.cli.commands import main
+    from fastembed_tune.cli.app import main
 
     (tmp_path / "notmodel").mkdir()
     (tmp_path / "notmodel" / "x.txt").write_text("hi")

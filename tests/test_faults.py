@@ -63,7 +63,7 @@ PRUNE_KILLER = textwrap.dedent("""
             os.kill(os.getpid(), signal.SIGKILL)
         return real(path, *a, **k)
     atomic.shutil.rmtree = rmtree
-    from fastembed_tune.cli.commands import main
+    from fastembed_tune.cli.app import main
     sys.exit(main(sys.argv[1:]))
 """)
 
@@ -161,7 +161,7 @@ def test_two_trains_into_one_folder_one_wins_one_refuses(tmp_path, tiny_model_di
 
 
 def test_outputs_honour_the_umask(tmp_path, tiny_model_dir, one_torch_thread):
-    from fastembed_tune.cli.commands import main
+    from fastembed_tune.cli.app import main
 
     pairs = _pairs_file(tmp_path / "p.jsonl")
     old = os.umask(0o022)

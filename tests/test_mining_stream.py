@@ -176,7 +176,7 @@ def test_cli_mine_stream(tmp_path):
                                                {"query": "car", "positive": "a vehicle"}])
     (tmp_path / "corpus.txt").write_text("a dog\na feline\na vehicle\na truck\n")
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    run = subprocess.run([sys.executable, "-m", "fastembed_tune.cli.commands", "mine", "--stream", "--pairs", p, "--corpus",
+    run = subprocess.run([sys.executable, "-m", "fastembed_tune", "mine", "--stream", "--pairs", p, "--corpus",
                           str(tmp_path / "corpus.txt"), "-o", str(tmp_path / "m.jsonl"), "--num-negatives", "2",
                           "--summary", str(tmp_path / "s.json"), "--quiet"], capture_output=True, text=True, env=env)
     assert run.returncode == 0, run.stderr
@@ -184,7 +184,7 @@ def test_cli_mine_stream(tmp_path):
     assert [len(r["negatives"]) for r in rows] == [2, 2] and "a feline" not in rows[0]["negatives"]
     assert json.load(open(tmp_path / "s.json"))["pairs"] == 2 and "wrote 2 rows" in run.stdout
     (tmp_path / "pairs.csv").write_text("query,positive\na,b\n")
-    bad = subprocess.run([sys.executable, "-m", "fastembed_tune.cli.commands", "mine", "--stream", "--pairs",
+    bad = subprocess.run([sys.executable, "-m", "fastembed_tune", "mine", "--stream", "--pairs",
                           str(tmp_path / "pairs.csv"), "-o", str(tmp_path / "n.jsonl")], capture_output=True,
                          text=True, env=env)
     assert bad.returncode == 2 and "pairs.csv: streaming reads .jsonl or .parquet" in bad.stderr

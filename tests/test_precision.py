@@ -159,7 +159,7 @@ def test_measured_choice_is_cached_per_export_and_cpu(tiny_export, tmp_path, mon
 
 
 def test_cli_embed_prints_the_choice_and_embeds_with_it(tiny_export, tmp_path, capsys):
-    from fastembed_tune.cli.commands import main
+    from fastembed_tune.cli.app import main
     from fastembed_tune.embed.loader import load_embedder
 
     (tmp_path / "t.txt").write_text("\n".join(TEXTS) + "\n")

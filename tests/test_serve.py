@@ -26,7 +26,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from fastembed_tune import serve as serve_mod
-from fastembed_tune.cli.commands import main
+from fastembed_tune.cli.app import main
 from fastembed_tune.embed.onnx_embedder import OnnxEmbedder
 from fastembed_tune.serve import extra as serve_extra
 from fastembed_tune.serve.batching import Batcher, Ids, plan_batches, truncate_ids

@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors.torch import load_file
 
-from fastembed_tune.cli.commands import main
+from fastembed_tune.cli.app import main
 from fastembed_tune.core.errors import UserError
 from fastembed_tune.data.readers import read_pairs, read_texts
 from fastembed_tune.data.stream import CorpusStream, PairStream, StreamEpoch, held_out
