@@ -17,10 +17,12 @@ $(PY):
 
 # torch is pinned to the CPU wheel first (a plain "torch" request would pull a CUDA build);
 # constraints.txt keeps every later install from replacing it. `make run` needs only the package;
-# `make test` adds the test and benchmark extras (the native build is incremental: build/).
-$(STAMP): $(PY) pyproject.toml CMakeLists.txt constraints.txt $(wildcard csrc/*)
+# `make test` adds the test and benchmark extras. setup.py drives CMakeLists.txt; the native build is
+# incremental (build/cmake-*): a change under csrc/ re-runs the editable install, which recompiles
+# only the changed files and copies _native*.so into fastembed_tune/.
+$(STAMP): $(PY) pyproject.toml setup.py MANIFEST.in CMakeLists.txt constraints.txt $(wildcard csrc/*)
 	$(PIP) install -c constraints.txt "torch==2.13.0"
-	$(PIP) install -c constraints.txt "scikit-build-core>=0.10" "pybind11>=2.12" cmake ninja
+	$(PIP) install -c constraints.txt "setuptools>=64" wheel "pybind11>=2.12" "cmake>=3.18" ninja
 	$(PIP) install -c constraints.txt --no-build-isolation -e .
 	touch $(STAMP)
 
@@ -47,4 +49,4 @@ bench: $(TSTAMP)
 	cd benchmarks && HF_HUB_OFFLINE=1 ../$(PY) topk_side_by_side.py
 
 clean:
-	rm -rf build $(VENV) runs .pytest_cache
+	rm -rf build $(VENV) runs .pytest_cache *.egg-info fastembed_tune/_native*.so
