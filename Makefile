@@ -22,7 +22,7 @@ $(PY):
 # only the changed files and copies _native*.so into fastembed_tune/.
 $(STAMP): $(PY) pyproject.toml setup.py MANIFEST.in CMakeLists.txt constraints.txt $(wildcard csrc/*)
 	$(PIP) install -c constraints.txt "torch==2.13.0"
-	$(PIP) install -c constraints.txt "setuptools>=64" wheel "pybind11>=2.12" "cmake>=3.18" ninja
+	$(PIP) install -c constraints.txt "setuptools>=77" wheel "pybind11>=2.12" "cmake>=3.18" ninja
 	$(PIP) install -c constraints.txt --no-build-isolation -e .
 	touch $(STAMP)
 
