@@ -209,3 +209,21 @@ def test_precomputed_quantized_corpus_still_refuses_unnormalised_rows():
         kernels.topk_cosine_lowp(unit(rng, 2, 16), x, 5, quantized=qc)
     s, i = kernels.topk_cosine_lowp(unit(rng, 2, 16), x, 5, quantized=qc, normalized=False)
     assert i.shape == (2, 5)
+
+
+@pytest.mark.parametrize("forced", SCANS)
+def test_scan_forced_by_environment(monkeypatch, forced):
+    """FASTEMBED_TUNE_LOWP forces the int8 scan for "auto" (the reference loops included); an explicit
+    ``scan=`` wins; a path this build does not know is refused naming the ones it does."""
+    rng = np.random.default_rng(11)
+    q, x = unit(rng, 6, 40), unit(rng, 300, 40)
+    want = kernels.topk_cosine(q, x, 7, simd="reference")
+    monkeypatch.setenv("FASTEMBED_TUNE_LOWP", forced)
+    s, i, st = kernels.topk_cosine_lowp(q, x, 7, return_stats=True)
+    assert st["scan"] == forced
+    np.testing.assert_array_equal(i, want[1])
+    np.testing.assert_allclose(s, want[0], rtol=0, atol=1e-6)
+    assert kernels.topk_cosine_lowp(q, x, 7, scan="scalar", return_stats=True)[2]["scan"] == "scalar"
+    monkeypatch.setenv("FASTEMBED_TUNE_LOWP", "sse9")
+    with pytest.raises(ValueError, match="unknown .*'sse9'.*scalar"):
+        kernels.topk_cosine_lowp(q, x, 7)
