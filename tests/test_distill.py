@@ -15,6 +15,7 @@ from fastembed_tune.core.errors import UserError
 from fastembed_tune.data.readers import Pair
 from fastembed_tune.embed.model import EmbeddingModel, default_model_path
 from fastembed_tune.training.distill import (
+    DistillConfig,
     default_layers,
     distill,
     distill_loss,
@@ -201,8 +202,9 @@ def test_distillation_reduces_mse_on_held_out_texts(teacher_dir, tmp_path):
     teacher = EmbeddingModel.load(teacher_dir)
     target = teacher.encode(held_out)
     before = _mse(prune_layers(teacher, [0, 2]), target, held_out)
-    out = distill(teacher_dir, train_texts + train_texts[:5], tmp_path / "d", layers="0,2", epochs=2,
-                  batch_size=16, lr=3e-3, logging_steps=4, show_progress_bar=False, device="cpu")
+    cfg = DistillConfig(layers="0,2", epochs=2, batch_size=16, lr=3e-3, logging_steps=4, show_progress_bar=False,
+                        device="cpu")
+    out = distill(teacher_dir, train_texts + train_texts[:5], tmp_path / "d", cfg)
     assert out["texts"] == 192 and out["steps"] == 24  # duplicates dropped; 2 epochs x 12 batches
     assert out["student_layers"] == [0, 2] and out["student_num_layers"] == 2 and not out["projection"]
     student = EmbeddingModel.load(out["output"])
@@ -214,9 +216,8 @@ def test_distillation_reduces_mse_on_held_out_texts(teacher_dir, tmp_path):
     assert lines[-1]["loss"] < lines[0]["loss"]
     assert json.loads((tmp_path / "d" / "distill_summary.json").read_text())["steps"] == 24
     assert not out["cache_reused"]
-    # a second run on the same texts reuses the teacher cache
-    again = distill(teacher_dir, train_texts, tmp_path / "d", epochs=1, batch_size=64, lr=1e-3,
-                    show_progress_bar=False, device="cpu")
+    # a second run on the same texts reuses the teacher cache; keyword settings override the config's
+    again = distill(teacher_dir, train_texts, tmp_path / "d", cfg, layers=None, epochs=1, batch_size=64, lr=1e-3)
     assert again["cache_reused"] and again["student_layers"] == [0, 3]  # default: half, first to last
 
 
@@ -254,7 +255,9 @@ def test_distill_argument_errors(teacher_dir, small_student_dir, tmp_path):
     with pytest.raises(UserError, match="kl_temperature"):
         distill(teacher_dir, ["a"], tmp_path, kl_temperature=0)
     with pytest.raises(UserError, match="between 0 and 3"):
-        distill(teacher_dir, ["a"], tmp_path, layers="0,9", show_progress_bar=False)
+        distill(teacher_dir, ["a"], tmp_path, DistillConfig(layers="0,9", show_progress_bar=False))
+    with pytest.raises(TypeError, match="no_such_setting"):  # a misspelt setting is not silently ignored
+        distill(teacher_dir, ["a"], tmp_path, no_such_setting=1)
 
 
 def test_cli_distill_needs_texts(tmp_path, capsys):
@@ -388,9 +391,9 @@ def test_contrastive_distillation_ships_the_best_validated_epoch(teacher_dir, tm
     texts = _texts(48, seed=10)
     pairs = [(f"q {t.split()[0]} {i}", t) for i, t in enumerate(texts[:16])]
     val = _ScriptedValidation([0.2, 0.5, 0.3, 0.1])
-    out = distill(teacher_dir, texts, tmp_path / "c", layers=[0, 3], epochs=4, batch_size=16, lr=1e-3,
-                  pairs=pairs, contrastive_weight=0.1, pair_batch_size=4, validation=val, patience=2,
-                  logging_steps=1, show_progress_bar=False, device="cpu")
+    cfg = DistillConfig(layers=[0, 3], epochs=4, batch_size=16, lr=1e-3, contrastive_weight=0.1, pair_batch_size=4,
+                        patience=2, logging_steps=1, show_progress_bar=False, device="cpu")
+    out = distill(teacher_dir, texts, tmp_path / "c", cfg, pairs=pairs, validation=val)
     assert out["texts"] == 48 + 16 and out["pairs"] == 16  # the queries joined the texts
     assert out["best_epoch"] == 2 and out["epochs_run"] == 4 and out["steps"] == 4 * 4
     assert [c["epoch"] for c in out["validation"]] == [1, 2, 3, 4]

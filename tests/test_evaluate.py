@@ -230,6 +230,28 @@ def test_write_report(tmp_path):
     assert json.loads((out / "metrics.json").read_text())["gain"] == {}
 
 
+def test_report_opens_with_the_verdict_and_the_chart_stays_readable(tmp_path):
+    """The verdict comes before the table; the chart is at most 1600 px wide however many models,
+    one line per model, the shipped row marked; a shipped label that is no row is refused."""
+    from PIL import Image
+
+    labels = ["base", "fine-tuned, raw (alpha 1)", "fine-tuned", "fine-tuned, ONNX int8", "fine-tuned, OpenVINO int8",
+              "student (3 layers), ONNX fp32", "student (3 layers), ONNX int8"]
+    metrics = ["ndcg@10", "recall@1", "recall@10", "recall@100", "mrr@10", "map@100"]
+    rows = [(label, {m: 0.3 + 0.05 * i for m in metrics}) for i, label in enumerate(labels)]
+    intervals = {label: {"ndcg@10": (m["ndcg@10"] - 0.02, m["ndcg@10"] + 0.02)} for label, m in rows}
+    write_report(tmp_path, rows, "run", "## Run", intervals=intervals, verdict_md="## Verdict\n\n**Ship it**",
+                 shipped="student (3 layers), ONNX int8")
+    md = (tmp_path / "report.md").read_text()
+    assert md.startswith("# run\n\n## Verdict\n\n**Ship it**\n\n| model |")
+    assert md.index("## Run") > md.index("| base |")
+    with Image.open(tmp_path / "metrics.png") as png:
+        width, height = png.size
+    assert width <= 1600 and height >= 100 * len(labels)  # not one long strip of tiny panels
+    with pytest.raises(ValueError, match="shipped must be one of the row labels"):
+        write_report(tmp_path, rows, "run", shipped="nothing")
+
+
 def test_format_table_and_bad_rows():
     t = format_table([("base", {"ndcg@10": 0.31, "map@100": 0.2}), ("tuned", {"ndcg@10": 0.5})])
     lines = t.splitlines()

@@ -9,7 +9,7 @@ import torch
 from fastembed_tune.cli.commands import main
 from fastembed_tune.core.errors import UserError
 from fastembed_tune.embed.model import EmbeddingModel
-from fastembed_tune.run import pipeline
+from fastembed_tune.run import guard as run_guard
 from fastembed_tune.training import forgetting
 from fastembed_tune.training.forgetting import choose_alpha, interpolate
 
@@ -110,7 +110,7 @@ def test_run_ships_the_interpolated_model_when_the_guard_forgets(tmp_path, tiny_
             return 1.0 - sum(float((sm[k] - base_w[k]).norm() ** 2) for k in base_w) ** 0.5 / full
         return real(base_fn, tuned, guard, validation_score, 1.0, 0.0, max_forgetting)
 
-    monkeypatch.setattr(pipeline, "choose_alpha", planted)
+    monkeypatch.setattr(run_guard, "choose_alpha", planted)
     rows = [{"query": f"t{i}", "positive": f"def {i} of thing {i}"} for i in range(16)]
     write_jsonl(tmp_path / "p.jsonl", rows)
     out = tmp_path / "run"

@@ -124,18 +124,19 @@ def test_run_keeps_the_ir_only_where_validation_holds(tmp_path, ir_score, kept):
     """`run`'s export writes the IR (an artifact of its own, evaluated like the others); below
     SHIP_RATIO of the fine-tuned model's validation nDCG@10 its files and metadata entry go, so no
     precision probe can offer it."""
-    from fastembed_tune.run import pipeline
+    from fastembed_tune.run import ship
+    from fastembed_tune.run.artifacts import export_model
 
     make_tiny_model(tmp_path / "tiny", dropout=0.0)
-    result, lines = {}, []
-    arts = pipeline._export(tmp_path / "onnx", str(tmp_path / "tiny"), "fine-tuned", TEXTS * 3, result, lines,
-                            openvino_int8=True)
-    label = f"fine-tuned, {pipeline.OV_INT8_LABEL}"
+    made = export_model(tmp_path / "onnx", str(tmp_path / "tiny"), "fine-tuned", TEXTS * 3, openvino_int8=True)
+    arts, lines = made.artifacts, [made.line]
+    label = f"fine-tuned, {ship.OV_INT8_LABEL}"
     assert list(arts) == ["fine-tuned, ONNX fp32", "fine-tuned, ONNX int8", label]
     assert arts[label][1] == tmp_path / "onnx" / OV_INT8_FILE and "OpenVINO int8 0.9" in lines[0]
-    assert pipeline.SHIP_RATIO == 0.95  # the scores below straddle it
-    out = pipeline._check_openvino_int8({label: arts[label]}, object(), _Val(1.0, ir_score), result)
-    assert result["openvino_int8"][label] == {"validation": ir_score, "kept": kept}
+    assert ship.SHIP_RATIO == 0.95  # the scores below straddle it
+    check = ship.check_openvino_int8({label: arts[label]}, object(), _Val(1.0, ir_score))
+    out = check.lines
+    assert check.kept[label] == {"validation": ir_score, "kept": kept}
     meta = json.loads((tmp_path / "onnx" / "fastembed_tune_onnx.json").read_text())
     assert ("openvino_int8" in meta["files"]) == kept == (tmp_path / "onnx" / OV_INT8_FILE).is_file()
     assert ("int8-openvino" in P.candidates(tmp_path / "onnx", frozenset({"amx_int8"}), openvino=True)) == kept
@@ -150,21 +151,20 @@ def test_run_exports_without_the_ir_when_nncf_fails(tmp_path, monkeypatch):
     """NNCF failing inside (or the IR missing a gate) costs the IR, not the run: the export goes on
     without it (optional, as `run` asks) and records why."""
     from fastembed_tune.export import openvino_int8
-    from fastembed_tune.run import pipeline
+    from fastembed_tune.run.artifacts import export_model
 
     def broken(*a, **kw):
         raise RuntimeError("Exception from src/core/src/node.cpp: something inside")
 
     monkeypatch.setattr(openvino_int8, "quantize_openvino_int8", broken)
     make_tiny_model(tmp_path / "tiny", dropout=0.0)
-    result, lines = {}, []
-    arts = pipeline._export(tmp_path / "onnx", str(tmp_path / "tiny"), "fine-tuned", TEXTS * 3, result, lines,
-                            openvino_int8=True)
+    made = export_model(tmp_path / "onnx", str(tmp_path / "tiny"), "fine-tuned", TEXTS * 3, openvino_int8=True)
+    arts, lines = made.artifacts, [made.line]
     assert list(arts) == ["fine-tuned, ONNX fp32", "fine-tuned, ONNX int8"]
     assert "no OpenVINO int8 IR (NNCF could not quantise the graph for OpenVINO (RuntimeError: " in lines[0]
     assert (tmp_path / "onnx" / "model_int8.onnx").is_file() and not (tmp_path / "onnx" / "openvino").exists()
     meta = json.loads((tmp_path / "onnx" / "fastembed_tune_onnx.json").read_text())
     assert meta["openvino_int8_refused"].startswith("NNCF could not quantise the graph for OpenVINO (RuntimeError: ")
-    assert "openvino_int8" not in meta["files"] and result["exports"]["fine-tuned"]["model_int8"]
+    assert "openvino_int8" not in meta["files"] and made.info["model_int8"]
     with pytest.raises(UserError, match="NNCF could not quantise"):  # `export --openvino-int8` says so, exit 2
         export_onnx(tmp_path / "tiny", tmp_path / "o2", optimize=False, openvino_int8=True, warn=lambda line: None)

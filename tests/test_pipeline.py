@@ -21,10 +21,10 @@ def test_run_writes_report_and_model(tmp_path, tiny_model_dir, capsys, monkeypat
     for name, rows in (("train", train), ("test", test), ("corpus", corpus)):
         write_jsonl(tmp_path / f"{name}.jsonl", rows)
     out = tmp_path / "run"
-    from fastembed_tune.run import pipeline
+    from fastembed_tune.run import artifacts
 
-    distilled, real_distill = [], pipeline.distill
-    monkeypatch.setattr(pipeline, "distill", lambda teacher, texts, *a, **kw: distilled.extend(texts) or
+    distilled, real_distill = [], artifacts.distill
+    monkeypatch.setattr(artifacts, "distill", lambda teacher, texts, *a, **kw: distilled.extend(texts) or
                         real_distill(teacher, texts, *a, **kw))
     rc = main(["run", "--model", tiny_model_dir, "--train", str(tmp_path / "train.jsonl"), "--test",
                str(tmp_path / "test.jsonl"), "--corpus", str(tmp_path / "corpus.jsonl"), "-o", str(out),
@@ -52,6 +52,16 @@ def test_run_writes_report_and_model(tmp_path, tiny_model_dir, capsys, monkeypat
     assert metrics["metrics"]["student (1 layer), ONNX fp32"] == pytest.approx(torch_metrics["metrics"], abs=1e-3)
     report = (out / "report.md").read_text()
     assert "vs the fine-tuned model (PyTorch)" in report and "**ship: " in report
+    # the report opens with the verdict: what ships (or that nothing should), its gain, what was not shipped
+    verdict = report.split("| model |")[0]
+    assert report.startswith("# fastembed-tune: base vs fine-tuned\n\n## Verdict\n")
+    ship = metrics["ship"]
+    assert f"**{ship['artifact']}** (`{ship['path']}`)" in verdict and "nDCG@10 on the 10 test queries" in verdict
+    assert "- not shipped:" in verdict and "student (1 layer), ONNX int8" in verdict
+    from PIL import Image
+
+    with Image.open(out / "metrics.png") as png:  # one model per line, readable at its own size
+        assert png.size[0] <= 1600 and png.size[1] >= 100 * len(metrics["metrics"])
     # every row has its 95% bootstrap interval (the chart's error bars) around its own nDCG@10
     assert set(metrics["intervals"]) == set(metrics["metrics"])
     for label, ci in metrics["intervals"].items():
@@ -179,20 +189,20 @@ def test_the_artifact_that_ships_is_chosen_on_validation(monkeypatch, scores, sh
     """Smallest first; an export ships only when it keeps >= 0.95x the fine-tuned model's
     validation nDCG@10 (the test set decides nothing)."""
     from fastembed_tune.data.readers import Pair
-    from fastembed_tune.run import pipeline
+    from fastembed_tune.run.ship import choose
+    from fastembed_tune.training.validation import Validation
 
     class Fake:
         def __init__(self, name):
             self.name = name
 
-    monkeypatch.setattr(pipeline.Validation, "score", lambda self, model, batch_size=64: scores[model.name])
+    monkeypatch.setattr(Validation, "score", lambda self, model, batch_size=64: scores[model.name])
     artifacts = {label: (Fake(label), f"/x/{i}") for i, label in enumerate(
         ["fine-tuned, ONNX fp32", "fine-tuned, ONNX int8", "student (3 layers), ONNX fp32",
          "student (3 layers), ONNX int8"])}
-    result = {}
-    line = pipeline._choose(pipeline.RunConfig("o"), artifacts, Fake("teacher"), "/tuned",
-                            pipeline.Validation([Pair("q", "d"), Pair("r", "e")], ["x"]), result)
-    assert result["ship"]["artifact"] == shipped and f"ship: {'the fine-tuned model' if shipped == 'fine-tuned' else shipped}" in line
+    choice = choose(artifacts, Fake("teacher"), "/tuned", Validation([Pair("q", "d"), Pair("r", "e")], ["x"]))
+    assert choice.record()["artifact"] == shipped
+    assert f"ship: {'the fine-tuned model' if shipped == 'fine-tuned' else shipped}" in choice.line
 
 
 def test_run_reports_the_forgetting_guard(tmp_path, tiny_model_dir):

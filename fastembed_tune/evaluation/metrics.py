@@ -1,27 +1,25 @@
-"""IR metrics and the before/after report.
+"""IR metrics of a model on an evaluation set.
 
 - :func:`ir_metrics`: nDCG@10, Recall@1/10/100, MRR@10 and MAP@100 of a ranked run against graded
   qrels, with the definitions of pytrec_eval / ranx (checked against ranx in the tests).
 - :func:`embed_evalset` / :func:`evaluate`: embed an :class:`~fastembed_tune.data.readers.EvalSet`, retrieve with
   the exact native :func:`~fastembed_tune.kernels.topk_cosine`, and score the run.
-- :func:`write_report` / :func:`format_table`: ``metrics.json``, ``report.md`` and ``metrics.png`` in an
-  output folder (each written to a temporary name and renamed into place), and a terminal table.
+- :func:`write_report` / :func:`format_table` (defined in :mod:`fastembed_tune.evaluation.report`, and
+  importable from here too): ``metrics.json``, ``report.md`` and ``metrics.png`` in an output folder,
+  and a terminal table.
 
-This module imports :mod:`fastembed_tune.kernels` (and the atomic writer) only; a model is any object with
+This module imports :mod:`fastembed_tune.kernels` (and the report modules) only; a model is any object with
 ``encode(texts, batch_size=..., show_progress_bar=..., desc=...)`` returning float32 rows.
 """
 from __future__ import annotations
 
-import json
-import math
-import os
 import time
-from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
-from fastembed_tune.core.atomic import atomic_write
+from fastembed_tune.evaluation.names import METRIC_NAMES
+from fastembed_tune.evaluation.report import format_table, write_report
 from fastembed_tune.kernels import topk_cosine, unit_rows
 
 __all__ = ["ir_metrics", "embed_evalset", "evaluate", "write_report", "format_table", "METRIC_NAMES"]
@@ -29,15 +27,7 @@ __all__ = ["ir_metrics", "embed_evalset", "evaluate", "write_report", "format_ta
 Run = Union[Sequence[Sequence[str]], Mapping[str, Sequence[str]]]
 Qrels = Mapping[str, Mapping[str, int]]
 
-# How each metric key is shown in tables and on the chart.
-METRIC_NAMES = {"ndcg": "nDCG", "recall": "Recall", "mrr": "MRR", "map": "MAP", "precision": "P"}
-
 _CHUNK = 4096  # queries scored at a time: bounds memory at CHUNK x cutoff floats
-
-
-def _display(metric: str) -> str:
-    name, _, k = metric.partition("@")
-    return f"{METRIC_NAMES.get(name, name)}@{k}" if k else METRIC_NAMES.get(name, name)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -251,179 +241,3 @@ def evaluate(model: Any, evalset: Any, batch_size: int = 64, k: int = 100,
     metrics = {m: float(np.sum(v)) / len(per_query["qids"]) for m, v in per_query.items() if m != "qids"}
     return {"metrics": metrics, "per_query": per_query, "queries": len(scored), "corpus": len(docids),
             "seconds": time.perf_counter() - t0}
-
-
-# ----------------------------------------------------------------------------------------------
-# report
-
-
-def _metrics_of(m: Mapping[str, Any]) -> dict[str, float]:
-    """The numeric metrics of a metrics dict, or of an :func:`evaluate` result."""
-    if isinstance(m.get("metrics"), Mapping):
-        m = m["metrics"]
-    return {str(k): float(v) for k, v in m.items()
-            if isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)}
-
-
-def _columns(rows: Sequence[tuple[str, dict[str, float]]]) -> list[str]:
-    cols: list[str] = []
-    for _, m in rows:
-        cols += [c for c in m if c not in cols]
-    return cols
-
-
-def _gain(v: Optional[float], b: Optional[float]) -> Optional[float]:
-    if v is None or b is None or b == 0 or not math.isfinite(b) or not math.isfinite(v):
-        return None
-    return (v - b) / b
-
-
-def _check_rows(rows: Any) -> list[tuple[str, dict[str, float]]]:
-    if not rows:
-        raise ValueError("rows is empty: pass [(label, metrics), ...], e.g. [('base', m0), ('fine-tuned', m1)]")
-    out = []
-    for r in rows:
-        if not (isinstance(r, (tuple, list)) and len(r) == 2 and isinstance(r[1], Mapping)):
-            raise ValueError(f"each row must be a (label, metrics dict) pair, got {r!r:.80}")
-        out.append((str(r[0]), _metrics_of(r[1])))
-    labels = [l for l, _ in out]
-    if len(set(labels)) != len(labels):
-        raise ValueError(f"row labels must be distinct, got {labels}")
-    return out
-
-
-def format_table(rows: Sequence[tuple[str, Mapping[str, Any]]]) -> str:
-    """A fixed-width text table for the terminal: one line per model, 4 decimals.
-
-    >>> print(format_table([("base", {"ndcg@10": 0.31}), ("tuned", {"ndcg@10": 0.4321})]))
-    model  nDCG@10
-    -----  -------
-    base    0.3100
-    tuned   0.4321
-    """
-    rows_ = _check_rows(rows)
-    cols = _columns(rows_)
-    table = [["model", *[_display(c) for c in cols]]]
-    for label, m in rows_:
-        table.append([label, *[f"{m[c]:.4f}" if c in m else "-" for c in cols]])
-    widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
-    lines = []
-    for n, r in enumerate(table):
-        cells = [r[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(r[1:], widths[1:])]
-        lines.append("  ".join(cells).rstrip())
-        if n == 0:
-            lines.append("  ".join("-" * w for w in widths))
-    return "\n".join(lines)
-
-
-def _gain_line(metric: str, b: Optional[float], v: Optional[float], label: str, base: str) -> str:
-    head, tail = f"{_display(metric)}: ", f" — {label} vs {base}"
-    if b is None or v is None:
-        return head + "not measured for both" + tail
-    g = _gain(v, b)
-    if g is None:
-        return head + f"{b:.4f} → {v:.4f} (base is 0: no relative gain)" + tail
-    return head + f"{b:.4f} → {v:.4f} ({g * 100:+.1f}%, {v / b:.2f}x)" + tail
-
-
-def _chart(f: Any, rows: list[tuple[str, dict[str, float]]], cols: list[str], title: str,
-           intervals: Optional[Mapping[str, Mapping[str, tuple[float, float]]]] = None) -> None:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    n = len(rows)
-    fig = Figure(figsize=(max(6.0, 1.3 * len(cols) * max(1, n) * 0.6 + 2), 4.5), dpi=110)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot(1, 1, 1)
-    x = np.arange(len(cols))
-    width = 0.8 / max(1, n)
-    for i, (label, m) in enumerate(rows):
-        vals = [m.get(c, 0.0) for c in cols]
-        xs = x - 0.4 + width * (i + 0.5)
-        ax.bar(xs, vals, width, label=label)
-        ci = (intervals or {}).get(label, {})
-        has = [j for j, c in enumerate(cols) if c in ci]
-        if has:  # error bars only where an interval was given
-            err = np.array([[max(0.0, vals[j] - ci[cols[j]][0]), max(0.0, ci[cols[j]][1] - vals[j])] for j in has]).T
-            ax.errorbar(xs[has], [vals[j] for j in has], yerr=err, fmt="none", ecolor="black", capsize=3,
-                        elinewidth=1)
-        for j, c in enumerate(cols):  # the value, above the bar and its error bar
-            if c in m:
-                ax.text(xs[j], max(m[c], ci[c][1] if c in ci else 0.0) + 0.01, f"{m[c]:.3f}", ha="center",
-                        va="bottom", fontsize=7, rotation=90 if n > 2 else 0)
-    ax.set_xticks(x, [_display(c) for c in cols])
-    top = max([v for _, m in rows for v in m.values()] + [0.0])
-    ax.set_ylim(0, max(1.0, top) * 1.15)
-    ax.set_ylabel("score")
-    ax.set_title(title)
-    ax.legend(loc="upper left", fontsize=8, ncols=min(n, 4))
-    ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(f, format="png")
-
-
-def write_report(out_dir: Union[str, "os.PathLike[str]"], rows: Sequence[tuple[str, Mapping[str, Any]]],
-                 title: str, extra_md: str = "", comparisons: Optional[Mapping[str, dict]] = None,
-                 intervals: Optional[Mapping[str, Mapping[str, tuple[float, float]]]] = None,
-                 extra: Optional[Mapping[str, Any]] = None) -> dict:
-    """Write ``metrics.json``, ``report.md`` and ``metrics.png`` into ``out_dir``; return the JSON.
-
-    ``rows`` is ``[(label, metrics), ...]``, the first row being the base everything is compared
-    with; a metrics dict may also be a whole :func:`evaluate` result. Each file is written to a
-    temporary name in ``out_dir`` and renamed into place (``metrics.json`` last).
-
-    ``metrics.json``: ``{"title", "base": first label, "metrics": {label: {metric: value}},
-    "gain": {label: {metric: (value - base) / base, or null where the base is 0}}}`` for every row
-    after the first; with ``comparisons`` (e.g. ``{"B vs A": gate.compare(...)}``) also
-    ``"comparisons"`` (report.md shows what ``extra_md`` says of them); ``intervals``
-    (``{label: {metric: (low, high)}}``, e.g. 95% bootstrap intervals) become the chart's error bars
-    and ``"intervals"`` in metrics.json; ``extra`` adds its (JSON-able) keys to metrics.json as they are.
-
-    >>> import json, os, tempfile
-    >>> d = tempfile.mkdtemp()
-    >>> r = write_report(d, [("base", {"ndcg@10": 0.25}), ("tuned", {"ndcg@10": 0.5})], "demo")
-    >>> r["gain"]["tuned"]["ndcg@10"], sorted(os.listdir(d))
-    (1.0, ['metrics.json', 'metrics.png', 'report.md'])
-    """
-    rows_ = _check_rows(rows)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    cols = _columns(rows_)
-    base_label, base = rows_[0]
-    result = {
-        "title": title,
-        "base": base_label,
-        "metrics": {label: dict(m) for label, m in rows_},
-        "gain": {label: {c: _gain(m.get(c), base.get(c)) for c in cols} for label, m in rows_[1:]},
-    }
-    if comparisons:
-        result["comparisons"] = dict(comparisons)
-    if intervals:
-        result["intervals"] = {label: {m: list(v) for m, v in ci.items()} for label, ci in intervals.items()}
-    for key, value in (extra or {}).items():
-        if key in result:
-            raise ValueError(f"extra key {key!r} would replace metrics.json's own")
-        result[key] = value
-    headline = "ndcg@10" if "ndcg@10" in cols else (cols[0] if cols else None)
-
-    md = [f"# {title}", ""]
-    if cols:
-        md.append("| model | " + " | ".join(_display(c) for c in cols) + " |")
-        md.append("|---|" + "---:|" * len(cols))
-        for label, m in rows_:
-            md.append(f"| {label} | " + " | ".join(f"{m[c]:.4f}" if c in m else "—" for c in cols) + " |")
-        md.append("")
-    if headline is not None and len(rows_) > 1:
-        md += [f"**Gain vs {base_label}**", ""]
-        for label, m in rows_[1:]:
-            md.append("- " + _gain_line(headline, base.get(headline), m.get(headline), label, base_label))
-        md.append("")
-    md += ["![metrics](metrics.png)", ""]
-    if extra_md:
-        md += [extra_md.rstrip("\n"), ""]
-
-    atomic_write(out / "metrics.png", lambda f: _chart(f, rows_, cols, title, intervals), binary=True)
-    atomic_write(out / "report.md", lambda f: f.write("\n".join(md)), binary=False)
-    atomic_write(out / "metrics.json",
-                  lambda f: f.write(json.dumps(result, indent=2, ensure_ascii=False) + "\n"), binary=False)
-    return result

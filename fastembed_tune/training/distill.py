@@ -28,7 +28,7 @@ import math
 import os
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
@@ -52,7 +52,8 @@ from fastembed_tune.training.losses import FusedMNRLoss, MSELoss, text_keys
 from fastembed_tune.training.validation import BestTracker
 
 __all__ = ["parse_layers", "default_layers", "spread_layers", "prune_layers", "teacher_embeddings", "in_batch_kl",
-           "hidden_state_loss", "pseudo_queries", "query_word_range", "distillation_texts", "distill_loss", "distill"]
+           "hidden_state_loss", "pseudo_queries", "query_word_range", "distillation_texts", "distill_loss",
+           "DistillConfig", "distill"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 CACHE_FILE = "teacher_embeddings.npy"
@@ -103,8 +104,7 @@ def parse_layers(spec: Union[str, Sequence[int], None]) -> Optional[list[int]]:
 def default_layers(num_layers: int) -> list[int]:
     """The default student: half the teacher's layers (rounded up), spread evenly from the first
     to the last (:func:`spread_layers`). The last layer is kept on purpose: pooling reads its output, and a pruned copy
-    without it starts far from the teacher (measured on the built-in sample, fine-tuned MiniLM
-    nDCG@10 0.383 before any distillation: layers [0, 2, 5] 0.235, [0, 2, 4] 0.048).
+    without it starts far from the teacher (docs/benchmarks.md, distillation).
 
     >>> default_layers(6), default_layers(12), default_layers(4), default_layers(1)
     ([0, 2, 5], [0, 2, 4, 7, 9, 11], [0, 3], [0])
@@ -459,49 +459,148 @@ def _check(name: str, ok: bool, v: Any, what: str) -> None:
         raise UserError(f"{name} must be {what}; got {v!r}")
 
 
+def _number(v: Any, low: float, strict: bool = False) -> bool:
+    """``v`` is a finite number >= ``low`` (> ``low`` when ``strict``)."""
+    return isinstance(v, (int, float)) and math.isfinite(v) and (v > low if strict else v >= low)
+
+
+@dataclass
+class DistillConfig:
+    """The settings of one :func:`distill` run (the flags of ``fastembed-tune distill``); the texts,
+    the training pairs, a validation split and rows the teacher already made are :func:`distill`'s
+    own arguments.
+
+    The student: ``student_dir`` (a model to load), or the teacher ``layers`` a layer-pruned copy keeps
+    (``"0,2,5"`` or a list; default: half of them spread from first to last, see :func:`default_layers`);
+    not both.
+
+    The schedule: ``epochs`` passes over the texts in batches of ``batch_size`` similar-length texts
+    (shuffled within windows of ``length_window`` batches, ``seed``), AdamW at ``lr`` with
+    ``weight_decay`` (none on biases and LayerNorm), linear warmup over ``warmup_ratio`` of the steps
+    then linear decay, gradients clipped to ``max_grad_norm``. ``max_seq_length`` (default: the
+    teacher's) is what both models read while distilling; the student is saved with the teacher's own.
+
+    The loss: MSE to the teacher's embeddings, plus ``kl_weight`` x :func:`in_batch_kl` at
+    ``kl_temperature``, plus ``hidden_weight`` x :func:`hidden_state_loss` (a layer-pruned student
+    only), plus ``contrastive_weight`` x InfoNCE on the training pairs at ``contrastive_scale``, about
+    ``pair_batch_size`` pairs a step (default ``batch_size // 2``).
+
+    With a validation split: the best epoch ships (a later one within ``tolerance`` of the best wins),
+    and training stops after ``patience`` epochs in a row below it (None: never).
+
+    Where it runs and what it shows: ``device`` (default: CUDA when available, else CPU); ``bf16``
+    autocast of the student's steps (None: where the hardware does bf16 natively, see
+    :func:`~fastembed_tune.training.loop.use_bf16`); a log line every ``logging_steps`` steps; a
+    progress bar unless ``show_progress_bar`` is False.
+
+    >>> c = DistillConfig(layers="0,2", epochs=2)
+    >>> c.batch_size, c.lr, c.kl_weight
+    (64, 0.0001, 0.0)
+    >>> DistillConfig(kl_temperature=0).validate()
+    Traceback (most recent call last):
+    ...
+    fastembed_tune.core.errors.UserError: kl_temperature must be a finite number > 0; got 0
+    """
+
+    # the student
+    student_dir: Optional[PathLike] = None
+    layers: Union[str, Sequence[int], None] = None
+    # the schedule
+    epochs: int = 1
+    batch_size: int = 64
+    lr: float = 1e-4
+    warmup_ratio: float = 0.1
+    weight_decay: float = 0.01
+    max_grad_norm: Optional[float] = 1.0
+    seed: int = 42
+    length_window: int = 50
+    max_seq_length: Optional[int] = None
+    # the loss
+    kl_weight: float = 0.0
+    kl_temperature: float = 0.05
+    hidden_weight: float = 0.0
+    contrastive_weight: float = 0.0
+    contrastive_scale: float = 20.0
+    pair_batch_size: Optional[int] = None
+    # the validation split, when one is given
+    patience: Optional[int] = None
+    tolerance: float = 0.0
+    # where it runs and what it shows
+    device: Optional[str] = None
+    bf16: Optional[bool] = None
+    logging_steps: int = 10
+    show_progress_bar: bool = True
+
+    def validate(self) -> None:
+        """Raise :class:`~fastembed_tune.core.errors.UserError` with one sentence for the first bad setting."""
+        for name in ("epochs", "batch_size", "logging_steps"):
+            v = getattr(self, name)
+            _check(name, isinstance(v, int) and v >= 1, v, "an integer >= 1")
+        for name in ("lr", "kl_weight"):
+            _check(name, _number(getattr(self, name), 0), getattr(self, name), "a finite number >= 0")
+        _check("kl_temperature", _number(self.kl_temperature, 0, strict=True), self.kl_temperature,
+               "a finite number > 0")
+        _check("warmup_ratio", 0 <= self.warmup_ratio <= 1, self.warmup_ratio, "between 0 and 1")
+        _check("weight_decay", self.weight_decay >= 0, self.weight_decay, ">= 0")
+        m = self.max_seq_length
+        _check("max_seq_length", m is None or (isinstance(m, int) and m >= 1), m, "a positive integer or None")
+        _check("contrastive_weight", _number(self.contrastive_weight, 0), self.contrastive_weight,
+               "a finite number >= 0")
+        _check("contrastive_scale", _number(self.contrastive_scale, 0, strict=True), self.contrastive_scale,
+               "a finite number > 0 (20 is temperature 0.05)")
+        b = self.pair_batch_size
+        _check("pair_batch_size", b is None or (isinstance(b, int) and b >= 2), b,
+               "an integer >= 2 (in-batch negatives need two pairs) or None")
+        _check("patience", self.patience is None or (isinstance(self.patience, int) and self.patience >= 1),
+               self.patience, "an integer >= 1 or None")
+        _check("tolerance", _number(self.tolerance, 0), self.tolerance, "a finite number >= 0")
+        _check("hidden_weight", _number(self.hidden_weight, 0), self.hidden_weight, "a finite number >= 0")
+
+    def resolved(self) -> "DistillConfig":
+        """A checked copy with ``layers`` parsed (:func:`parse_layers`) and ``pair_batch_size`` filled in
+        (``batch_size // 2``, at least 2).
+
+        >>> DistillConfig(layers="0,3", batch_size=16).resolved().pair_batch_size
+        8
+        """
+        self.validate()
+        layers = parse_layers(self.layers)
+        if self.student_dir is not None and layers is not None:
+            raise UserError("give either a student model (student_dir) or the teacher layers to keep (layers), not both")
+        if self.student_dir is not None and self.hidden_weight > 0:
+            raise UserError("hidden_weight maps each student layer to the teacher layer it was copied from: it needs a "
+                            "layer-pruned student (layers=...), not student_dir")
+        return replace(self, layers=layers, pair_batch_size=self.pair_batch_size or max(2, self.batch_size // 2))
+
+
 def distill(teacher_dir: Optional[PathLike], texts: Sequence[str], output_dir: PathLike,
-            student_dir: Optional[PathLike] = None, layers: Union[str, Sequence[int], None] = None,
-            epochs: int = 1, batch_size: int = 64, lr: float = 1e-4, kl_weight: float = 0.0,
-            kl_temperature: float = 0.05, seed: int = 42, max_seq_length: Optional[int] = None,
-            show_progress_bar: bool = True, warmup_ratio: float = 0.1, weight_decay: float = 0.01,
-            max_grad_norm: Optional[float] = 1.0, logging_steps: int = 10, length_window: int = 50,
-            device: Optional[str] = None, precomputed: Optional[dict] = None,
-            bf16: Optional[bool] = None, pairs: Optional[Sequence] = None, contrastive_weight: float = 0.0,
-            contrastive_scale: float = 20.0, pair_batch_size: Optional[int] = None,
-            validation: Any = None, patience: Optional[int] = None, tolerance: float = 0.0,
-            hidden_weight: float = 0.0) -> dict:
+            config: Optional[DistillConfig] = None, *, pairs: Optional[Sequence] = None, validation: Any = None,
+            precomputed: Optional[dict] = None, **settings: Any) -> dict:
     """Distil the teacher at ``teacher_dir`` (``None``: the built-in MiniLM) into a smaller student and
-    save it to ``output_dir/model``.
+    save it to ``output_dir/model``, as ``config`` (a :class:`DistillConfig`; ``settings``: fields of
+    one, overriding ``config``'s) says.
 
-    The student is ``student_dir`` loaded, or a copy of the teacher keeping ``layers`` (default:
-    half of them spread from first to last, ``[0, 2, 5]`` of 6; see :func:`default_layers`). It learns the teacher's embeddings of ``texts``
-    (duplicates and empty texts are dropped; the teacher runs once, cached by
-    :func:`teacher_embeddings`) by MSE - through a learned linear projection when the dimensions
-    differ - plus ``kl_weight`` x :func:`in_batch_kl` at ``kl_temperature``. AdamW (no decay on
-    biases and LayerNorm) with linear warmup (``warmup_ratio``) and decay, gradient clipping,
-    seeded shuffled batches of similar-length texts; ``max_seq_length`` (default: the teacher's) is
-    used by both models while distilling, and the student is saved with the teacher's own.
-    Logs to ``output_dir/distill_log.jsonl``. ``precomputed`` (``{text: row}``,
-    made by this teacher at this ``max_seq_length``) spares the teacher those texts. ``bf16``: autocast
-    the student's steps (None: where the hardware does bf16 natively, see :func:`~fastembed_tune.training.loop.use_bf16`).
+    The student is ``config.student_dir`` loaded, or a copy of the teacher keeping ``config.layers``.
+    It learns the teacher's embeddings of ``texts`` (duplicates and empty texts are dropped; the teacher
+    runs once, cached by :func:`teacher_embeddings`) by MSE - through a learned linear projection when
+    the dimensions differ - plus the opt-in terms of the config (the defaults leave the MSE-only
+    student). Logs to ``output_dir/distill_log.jsonl``.
 
-    Opt-in (the defaults leave the MSE-only student as it was):
-
+    - ``precomputed`` (``{text: row}``, made by this teacher at this ``max_seq_length``) spares the
+      teacher those texts.
     - ``pairs`` (training :class:`~fastembed_tune.data.readers.Pair` or ``(query, positive)`` tuples) with
       ``contrastive_weight`` > 0: their texts join ``texts``, and an epoch is one pass over the pairs
       and the other texts (:func:`_epoch_steps`): every step embeds ``batch_size`` other texts and about
-      ``pair_batch_size`` (default ``batch_size // 2``; fewer when the other texts need more steps)
-      pairs, and adds ``contrastive_weight`` x InfoNCE (in-batch negatives, ``contrastive_scale``) on
-      the pairs to the MSE, which covers every row (:func:`distill_loss`).
+      ``pair_batch_size`` pairs (fewer when the other texts need more steps), and adds
+      ``contrastive_weight`` x InfoNCE (in-batch negatives, ``contrastive_scale``) on the pairs to the
+      MSE, which covers every row (:func:`distill_loss`).
     - ``validation`` (anything with ``score(model) -> float``, e.g. a
       :class:`~fastembed_tune.training.validation.Validation` on held-out training queries): scored after every
-      epoch; the student saved is the best epoch's (a later one within ``tolerance`` of the best
-      wins, see :class:`~fastembed_tune.training.validation.BestTracker`), and training stops after ``patience``
-      epochs in a row below it (None: never). The schedule still spans ``epochs``.
-    - ``hidden_weight`` > 0 (a layer-pruned student only): adds that weight x
-      :func:`hidden_state_loss`, each kept layer's token states against the teacher layer it was
-      copied from. The teacher then runs beside the student on every step (no cache: token states
-      are too big to keep).
+      epoch; the student saved is the best epoch's (see :class:`~fastembed_tune.training.validation.BestTracker`,
+      ``tolerance`` and ``patience``). The schedule still spans ``epochs``.
+    - ``hidden_weight`` > 0 (a layer-pruned student only): each kept layer's token states learn the
+      teacher layer's they were copied from; the teacher then runs beside the student on every step
+      (no cache: token states are too big to keep).
 
     Returns a summary: steps, seconds, final_loss, student_layers (teacher layer indices kept, or
     ``None`` for ``student_dir``), student_num_layers, dims, projection, texts, cache_reused, output;
@@ -513,92 +612,37 @@ def distill(teacher_dir: Optional[PathLike], texts: Sequence[str], output_dir: P
     >>> bert = transformers.BertModel(transformers.BertConfig(vocab_size=tok.vocab_size, hidden_size=8,
     ...     num_hidden_layers=2, num_attention_heads=1, intermediate_size=8))
     >>> d = tempfile.mkdtemp(); EmbeddingModel(bert, tok, max_seq_length=32).save(d + "/teacher")
-    >>> out = distill(d + "/teacher", [f"text {i}" for i in range(8)], d + "/out", batch_size=4,
-    ...               show_progress_bar=False)
+    >>> out = distill(d + "/teacher", [f"text {i}" for i in range(8)], d + "/out",
+    ...               DistillConfig(batch_size=4, show_progress_bar=False))
     >>> out["steps"], out["student_layers"], os.path.isfile(os.path.join(out["output"], "modules.json"))
     (2, [1], True)
     """
     t_start = time.perf_counter()
-    _check("epochs", isinstance(epochs, int) and epochs >= 1, epochs, "an integer >= 1")
-    _check("batch_size", isinstance(batch_size, int) and batch_size >= 1, batch_size, "an integer >= 1")
-    _check("logging_steps", isinstance(logging_steps, int) and logging_steps >= 1, logging_steps, "an integer >= 1")
-    _check("lr", isinstance(lr, (int, float)) and math.isfinite(lr) and lr >= 0, lr, "a finite number >= 0")
-    _check("kl_weight", isinstance(kl_weight, (int, float)) and math.isfinite(kl_weight) and kl_weight >= 0,
-           kl_weight, "a finite number >= 0")
-    _check("kl_temperature", isinstance(kl_temperature, (int, float)) and math.isfinite(kl_temperature)
-           and kl_temperature > 0, kl_temperature, "a finite number > 0")
-    _check("warmup_ratio", 0 <= warmup_ratio <= 1, warmup_ratio, "between 0 and 1")
-    _check("weight_decay", weight_decay >= 0, weight_decay, ">= 0")
-    _check("max_seq_length", max_seq_length is None or (isinstance(max_seq_length, int) and max_seq_length >= 1),
-           max_seq_length, "a positive integer or None")
-    _check("contrastive_weight", isinstance(contrastive_weight, (int, float)) and math.isfinite(contrastive_weight)
-           and contrastive_weight >= 0, contrastive_weight, "a finite number >= 0")
-    _check("contrastive_scale", isinstance(contrastive_scale, (int, float)) and math.isfinite(contrastive_scale)
-           and contrastive_scale > 0, contrastive_scale, "a finite number > 0 (20 is temperature 0.05)")
-    _check("pair_batch_size", pair_batch_size is None or (isinstance(pair_batch_size, int) and pair_batch_size >= 2),
-           pair_batch_size, "an integer >= 2 (in-batch negatives need two pairs) or None")
-    _check("patience", patience is None or (isinstance(patience, int) and patience >= 1), patience,
-           "an integer >= 1 or None")
-    _check("tolerance", isinstance(tolerance, (int, float)) and math.isfinite(tolerance) and tolerance >= 0,
-           tolerance, "a finite number >= 0")
-    _check("hidden_weight", isinstance(hidden_weight, (int, float)) and math.isfinite(hidden_weight)
-           and hidden_weight >= 0, hidden_weight, "a finite number >= 0")
+    cfg = replace(config or DistillConfig(), **settings)
+    cfg.validate()
     if validation is not None and not callable(getattr(validation, "score", None)):
         raise UserError(f"validation must have a score(model) method (e.g. a Validation); got {type(validation).__name__}")
-    pair_list = _pair_list(pairs, contrastive_weight)
-    layers = parse_layers(layers)
-    if student_dir is not None and layers is not None:
-        raise UserError("give either a student model (student_dir) or the teacher layers to keep (layers), not both")
-    if student_dir is not None and hidden_weight > 0:
-        raise UserError("hidden_weight maps each student layer to the teacher layer it was copied from: it needs a "
-                        "layer-pruned student (layers=...), not student_dir")
+    pair_list = _pair_list(pairs, cfg.contrastive_weight)
+    cfg = cfg.resolved()
     texts = list(dict.fromkeys(t for t in texts if isinstance(t, str) and t.strip()))
     if not texts:
         raise UserError("distillation needs at least one non-empty text")
     texts = list(dict.fromkeys(texts + [t for pair in pair_list for t in pair]))
-
-    settings = _Settings(teacher_dir, student_dir, layers, epochs, batch_size, lr, kl_weight, kl_temperature, seed,
-                         max_seq_length, show_progress_bar, warmup_ratio, weight_decay, max_grad_norm, logging_steps,
-                         length_window, device, precomputed, bf16, pair_list, contrastive_weight, contrastive_scale,
-                         pair_batch_size or max(2, batch_size // 2), validation, patience, tolerance,
-                         hidden_weight)
     out_dir = check_output(output_dir, "dir")
     with output_lock(out_dir):
         out_dir.mkdir(parents=True, exist_ok=True)
         clean_stale_inside(out_dir)  # a killed run's half-written cache or model
-        return _distill_locked(settings, texts, out_dir, t_start)
+        return _distill_locked(teacher_dir, cfg, _Inputs(texts, pair_list, validation, precomputed), out_dir, t_start)
 
 
 @dataclass
-class _Settings:
-    """:func:`distill`'s arguments, checked, passed on to its steps below."""
-    teacher_dir: Optional[PathLike]
-    student_dir: Optional[PathLike]
-    layers: Optional[list[int]]
-    epochs: int
-    batch_size: int
-    lr: float
-    kl_weight: float
-    kl_temperature: float
-    seed: int
-    max_seq_length: Optional[int]
-    show_progress_bar: bool
-    warmup_ratio: float
-    weight_decay: float
-    max_grad_norm: Optional[float]
-    logging_steps: int
-    length_window: int
-    device: Optional[str]
-    precomputed: Optional[dict]
-    bf16: Optional[bool]
+class _Inputs:
+    """What :func:`distill` learns from besides its settings: the texts (the pairs' included), the
+    pairs, the validation split and the teacher's rows already made."""
+    texts: list[str]
     pairs: list[tuple[str, str]] = field(default_factory=list)
-    contrastive_weight: float = 0.0
-    contrastive_scale: float = 20.0
-    pair_batch_size: int = 32
     validation: Any = None
-    patience: Optional[int] = None
-    tolerance: float = 0.0
-    hidden_weight: float = 0.0
+    precomputed: Optional[dict] = None
 
 
 def _pair_list(pairs: Optional[Sequence], contrastive_weight: float) -> list[tuple[str, str]]:
@@ -624,10 +668,11 @@ def _pair_list(pairs: Optional[Sequence], contrastive_weight: float) -> list[tup
     return out
 
 
-def _models(s: _Settings, dev: torch.device) -> tuple[EmbeddingModel, EmbeddingModel, Optional[list[int]], int, int]:
+def _models(teacher_dir: Optional[PathLike], s: DistillConfig, dev: torch.device
+            ) -> tuple[EmbeddingModel, EmbeddingModel, Optional[list[int]], int, int]:
     """(teacher at the distillation length, student, teacher layers kept, teacher's layer count,
     the teacher's own max_seq_length, which the student is saved with, as train does)."""
-    teacher = EmbeddingModel.load(s.teacher_dir, device=str(dev))
+    teacher = EmbeddingModel.load(teacher_dir, device=str(dev))
     saved_max_len = teacher.max_seq_length
     if s.max_seq_length:
         teacher.max_seq_length = s.max_seq_length
@@ -675,7 +720,7 @@ class _LayerTargets:
     kept: list[int]
 
 
-def _step_loss(s: _Settings, loss_fn: MSELoss, step: _Step, targets: np.ndarray, texts: list[str],
+def _step_loss(s: DistillConfig, loss_fn: MSELoss, step: _Step, targets: np.ndarray, texts: list[str],
                dev: torch.device, bf16: bool, layers: Optional[_LayerTargets] = None
                ) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor],
                           Optional[torch.Tensor]]:
@@ -705,22 +750,39 @@ def _step_loss(s: _Settings, loss_fn: MSELoss, step: _Step, targets: np.ndarray,
     return loss, mse, kl, con, hidden
 
 
-def _distill_loop(s: _Settings, loss_fn: MSELoss, targets: np.ndarray, texts: list[str], dev: torch.device,
+def _step_rows(texts: list[str], pairs: list[tuple[str, str]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(the pairs' query rows, their positive rows, the rows of every text in no pair) of ``texts``.
+
+    >>> [r.tolist() for r in _step_rows(["q", "d", "x"], [("q", "d")])]
+    [[0], [1], [2]]
+    """
+    row = {t: i for i, t in enumerate(texts)}
+    pq = np.asarray([row[q] for q, _ in pairs], dtype=np.int64)
+    pp = np.asarray([row[p] for _, p in pairs], dtype=np.int64)
+    in_pairs = set(pq.tolist()) | set(pp.tolist())
+    return pq, pp, np.asarray([i for i in range(len(texts)) if i not in in_pairs], dtype=np.int64)
+
+
+def _terms(mse: torch.Tensor, kl: Optional[torch.Tensor], con: Optional[torch.Tensor],
+           hid: Optional[torch.Tensor]) -> dict:
+    """One step's loss terms as the log line's floats (None where a term is off)."""
+    return {"mse": float(mse.detach()), "kl": float(kl.detach()) if kl is not None else None,
+            "contrastive": float(con.detach()) if con is not None else None,
+            "hidden": float(hid.detach()) if hid is not None else None}
+
+
+def _distill_loop(s: DistillConfig, loss_fn: MSELoss, targets: np.ndarray, data: _Inputs, dev: torch.device,
                   bf16: bool, log_file: Path, layers: Optional[_LayerTargets] = None
                   ) -> tuple[int, float, int, float, Optional[dict]]:
     """The epochs of MSE (+ in-batch KL, + contrastive on pairs) steps, validated after each epoch
-    when ``s.validation``; returns (steps, last loss, texts seen, seconds, validation summary or None).
+    when ``data.validation``; returns (steps, last loss, texts seen, seconds, validation summary or None).
     With validation the student holds the best epoch's weights on return."""
-    student = loss_fn.model
-    row = {t: i for i, t in enumerate(texts)}
-    pq = np.asarray([row[q] for q, _ in s.pairs], dtype=np.int64)
-    pp = np.asarray([row[p] for _, p in s.pairs], dtype=np.int64)
-    in_pairs = set(pq.tolist()) | set(pp.tolist())
-    others = np.asarray([i for i in range(len(texts)) if i not in in_pairs], dtype=np.int64)
+    student, texts = loss_fn.model, data.texts
+    pq, pp, others = _step_rows(texts, data.pairs)
     lengths = [len(texts[i]) for i in others]
 
     def epoch_steps(epoch: int) -> list[tuple[np.ndarray, np.ndarray]]:
-        return _epoch_steps(len(others), len(s.pairs), s.batch_size, s.pair_batch_size, s.seed, epoch, lengths,
+        return _epoch_steps(len(others), len(data.pairs), s.batch_size, s.pair_batch_size, s.seed, epoch, lengths,
                             s.length_window)
 
     total_steps = s.epochs * len(epoch_steps(0))
@@ -739,8 +801,7 @@ def _distill_loop(s: _Settings, loss_fn: MSELoss, targets: np.ndarray, texts: li
                 for bidx, (idx, pb) in enumerate(batches):
                     columns = [c for c in (np.sort(others[idx]), pq[pb], pp[pb]) if len(c)]  # sorted: memory-map reads
                     lr_now = scheduler.get_last_lr()[0]
-                    loss, mse, kl, con, hid = _step_loss(s, loss_fn, _Step(columns, len(pb)), targets, texts, dev,
-                                                         bf16, layers)
+                    loss, *terms = _step_loss(s, loss_fn, _Step(columns, len(pb)), targets, texts, dev, bf16, layers)
                     loss.backward()
                     optimizer_step(loss_fn.parameters(), optimizer, scheduler, s.max_grad_norm)
                     n_rows = sum(len(c) for c in columns)
@@ -750,15 +811,12 @@ def _distill_loop(s: _Settings, loss_fn: MSELoss, targets: np.ndarray, texts: li
                                         f"(now {s.lr}), kl_weight (now {s.kl_weight}) or contrastive_weight "
                                         f"(now {s.contrastive_weight})")
                     rec = log.add(step, epoch + (bidx + 1) / len(batches), lr_now, n_rows, total_steps,
-                                  loss=last_loss, mse=float(mse.detach()),
-                                  kl=float(kl.detach()) if kl is not None else None,
-                                  contrastive=float(con.detach()) if con is not None else None,
-                                  hidden=float(hid.detach()) if hid is not None else None)
+                                  loss=last_loss, **_terms(*terms))
                     if rec:
                         bar.set_postfix(loss=f"{rec['loss']:.5f}")
                     bar.update(1)
-                if s.validation is not None:
-                    score = float(s.validation.score(student))
+                if data.validation is not None:
+                    score = float(data.validation.score(student))
                     curve.append({"epoch": epoch + 1, "ndcg@10": score,
                                   "seconds": round(time.perf_counter() - t_loop, 3)})
                     if tracker.update(score, epoch + 1):
@@ -768,7 +826,7 @@ def _distill_loop(s: _Settings, loss_fn: MSELoss, targets: np.ndarray, texts: li
     finally:
         bar.close()
     seconds = time.perf_counter() - t_loop
-    if s.validation is None:
+    if data.validation is None:
         return step, last_loss, texts_done, seconds, None
     if best_state is not None:
         loss_fn.load_state_dict(best_state)
@@ -776,15 +834,17 @@ def _distill_loop(s: _Settings, loss_fn: MSELoss, targets: np.ndarray, texts: li
                                                   "validation": curve}
 
 
-def _distill_locked(s: _Settings, texts: list[str], out_dir: Path, t_start: float) -> dict:
+def _distill_locked(teacher_dir: Optional[PathLike], s: DistillConfig, data: _Inputs, out_dir: Path,
+                    t_start: float) -> dict:
     """:func:`distill` once ``out_dir`` is locked: models, the teacher's cached targets, the loop, the save."""
+    texts = data.texts
     dev = torch.device(s.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    teacher, student, kept, teacher_layers, saved_max_len = _models(s, dev)
+    teacher, student, kept, teacher_layers, saved_max_len = _models(teacher_dir, s, dev)
     cache = out_dir / CACHE_FILE
     key = _cache_key(teacher, texts)
     cache_reused = _open_cached(cache, key) is not None
     targets = teacher_embeddings(teacher, texts, cache, batch_size=s.batch_size,
-                                 show_progress_bar=s.show_progress_bar, precomputed=s.precomputed, key=key)
+                                 show_progress_bar=s.show_progress_bar, precomputed=data.precomputed, key=key)
     teacher_dim = teacher.dim
     layers = None
     if s.hidden_weight > 0:  # the teacher's token states, step by step
@@ -797,7 +857,7 @@ def _distill_locked(s: _Settings, texts: list[str], out_dir: Path, t_start: floa
     loss_fn = MSELoss(student, teacher_dim=teacher_dim).to(dev)
     bf16 = use_bf16(dev, s.bf16)
     log_file = out_dir / "distill_log.jsonl"
-    step, last_loss, texts_done, loop_s, val = _distill_loop(s, loss_fn, targets, texts, dev, bf16, log_file, layers)
+    step, last_loss, texts_done, loop_s, val = _distill_loop(s, loss_fn, targets, data, dev, bf16, log_file, layers)
     student.eval()
     final = out_dir / "model"
     distill_len = student.max_seq_length
@@ -814,8 +874,8 @@ def _distill_locked(s: _Settings, texts: list[str], out_dir: Path, t_start: floa
                "kl_temperature": s.kl_temperature, "max_seq_length": distill_len,
                "cache": str(cache), "cache_reused": cache_reused, "output": str(final),
                "log_file": str(log_file), "device": str(dev), "bf16": bf16}
-    if s.pairs:
-        summary.update(pairs=len(s.pairs), contrastive_weight=s.contrastive_weight,
+    if data.pairs:
+        summary.update(pairs=len(data.pairs), contrastive_weight=s.contrastive_weight,
                        contrastive_scale=s.contrastive_scale, pair_batch_size=s.pair_batch_size)
     if val is not None:
         summary.update(val)
