@@ -18,7 +18,7 @@ def main() -> None:
     from fastembed_tune.data.readers import load_eval, read_pairs
     from fastembed_tune.embed.model import EmbeddingModel
     from fastembed_tune.evaluation.metrics import evaluate
-    from fastembed_tune.training.distill import distill
+    from fastembed_tune.training.distill import DistillConfig, distill
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--teacher", required=True)
@@ -37,8 +37,9 @@ def main() -> None:
     test_docs = {d for rel in ev.qrels.values() for d in rel}
     texts = list(dict.fromkeys([x.query for x in pairs] + [t for d, t in ev.corpus.items() if d not in test_docs]))
     name = f"l{(a.layers or 'default').replace(',', '')}_e{a.epochs}_t{a.msl}_lr{a.lr}_kl{a.kl}"
-    s = distill(a.teacher, texts, os.path.join(a.out, name), layers=a.layers, epochs=a.epochs, lr=a.lr,
-                kl_weight=a.kl, batch_size=a.bs, max_seq_length=a.msl, show_progress_bar=True)
+    s = distill(a.teacher, texts, os.path.join(a.out, name), DistillConfig(
+        layers=a.layers, epochs=a.epochs, lr=a.lr, kl_weight=a.kl, batch_size=a.bs, max_seq_length=a.msl,
+        show_progress_bar=True))
     teacher, student = EmbeddingModel.load(a.teacher), EmbeddingModel.load(s["output"])
     teacher.max_seq_length = student.max_seq_length = 128
     t, st = evaluate(teacher, ev)["metrics"]["ndcg@10"], evaluate(student, ev)["metrics"]["ndcg@10"]

@@ -92,12 +92,13 @@ def score_test(model_dir: str, ev) -> float:
 def one_student(a, name: str, texts, validation, keep_layers, precomputed: dict, per_epoch: bool, **kw) -> dict:
     """Distil one student; its wall time. ``per_epoch``: validated after every epoch (the best
     ships); else (the baseline) scored once on ``validation`` at the end."""
-    from fastembed_tune.training.distill import distill
+    from fastembed_tune.training.distill import DistillConfig, distill
 
     t0 = time.perf_counter()
-    s = distill(a.teacher, texts, os.path.join(a.out, a.tag + name), layers=keep_layers, batch_size=a.bs,
-                max_seq_length=a.msl, seed=a.seed, show_progress_bar=False, precomputed=precomputed,
-                validation=validation if per_epoch else None, **kw)
+    cfg = DistillConfig(layers=keep_layers, batch_size=a.bs, max_seq_length=a.msl, seed=a.seed, show_progress_bar=False,
+                        **kw)
+    s = distill(a.teacher, texts, os.path.join(a.out, a.tag + name), cfg, precomputed=precomputed,
+                validation=validation if per_epoch else None)
     s["wall_s"] = round(time.perf_counter() - t0, 1)
     if "validation" not in s:
         from fastembed_tune.embed.model import EmbeddingModel

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -217,7 +218,7 @@ def test_distillation_reduces_mse_on_held_out_texts(teacher_dir, tmp_path):
     assert json.loads((tmp_path / "d" / "distill_summary.json").read_text())["steps"] == 24
     assert not out["cache_reused"]
     # a second run on the same texts reuses the teacher cache; keyword settings override the config's
-    again = distill(teacher_dir, train_texts, tmp_path / "d", cfg, layers=None, epochs=1, batch_size=64, lr=1e-3)
+    again = distill(teacher_dir, train_texts, tmp_path / "d", replace(cfg, layers=None, epochs=1, batch_size=64, lr=1e-3))
     assert again["cache_reused"] and again["student_layers"] == [0, 3]  # default: half, first to last
 
 
@@ -228,8 +229,7 @@ def test_kl_term_runs_and_is_finite(teacher_dir, tmp_path):
     assert torch.isfinite(kl) and kl > 0 and torch.isfinite(s.grad).all()
     assert float(in_batch_kl(t, t.clone())) == pytest.approx(0.0, abs=1e-6)
     assert float(in_batch_kl(t[:1], s[:1].detach())) == 0.0
-    out = distill(teacher_dir, _texts(40, seed=7), tmp_path / "kl", layers=[1], batch_size=8, lr=1e-3,
-                  kl_weight=1.0, kl_temperature=0.1, logging_steps=1, show_progress_bar=False, device="cpu")
+    out = distill(teacher_dir, _texts(40, seed=7), tmp_path / "kl", DistillConfig(layers=[1], batch_size=8, lr=1e-3, kl_weight=1.0, kl_temperature=0.1, logging_steps=1, show_progress_bar=False, device="cpu"))
     assert np.isfinite(out["final_loss"])
     lines = [json.loads(x) for x in (tmp_path / "kl" / "distill_log.jsonl").read_text().splitlines()]
     assert len(lines) == 5 and all(np.isfinite(r["kl"]) and r["kl"] >= 0 for r in lines)
@@ -239,8 +239,7 @@ def test_kl_term_runs_and_is_finite(teacher_dir, tmp_path):
 def test_student_with_another_dim_uses_the_projection(teacher_dir, small_student_dir, tmp_path):
     from sentence_transformers import SentenceTransformer
 
-    out = distill(teacher_dir, _texts(32, seed=8), tmp_path / "p", student_dir=small_student_dir, batch_size=8,
-                  lr=1e-3, show_progress_bar=False, device="cpu")
+    out = distill(teacher_dir, _texts(32, seed=8), tmp_path / "p", DistillConfig(student_dir=small_student_dir, batch_size=8, lr=1e-3, show_progress_bar=False, device="cpu"))
     assert out["projection"] and out["student_dim"] == 16 and out["teacher_dim"] == 32
     assert out["student_layers"] is None and out["student_num_layers"] == 1
     st = SentenceTransformer(out["output"], device="cpu")
@@ -249,19 +248,19 @@ def test_student_with_another_dim_uses_the_projection(teacher_dir, small_student
 
 def test_distill_argument_errors(teacher_dir, small_student_dir, tmp_path):
     with pytest.raises(UserError, match="not both"):
-        distill(teacher_dir, ["a"], tmp_path, student_dir=small_student_dir, layers=[0])
+        distill(teacher_dir, ["a"], tmp_path, DistillConfig(student_dir=small_student_dir, layers=[0]))
     with pytest.raises(UserError, match="non-empty text"):
         distill(teacher_dir, ["", "  "], tmp_path)
     with pytest.raises(UserError, match="kl_temperature"):
-        distill(teacher_dir, ["a"], tmp_path, kl_temperature=0)
+        distill(teacher_dir, ["a"], tmp_path, DistillConfig(kl_temperature=0))
     with pytest.raises(UserError, match="between 0 and 3"):
         distill(teacher_dir, ["a"], tmp_path, DistillConfig(layers="0,9", show_progress_bar=False))
     with pytest.raises(TypeError, match="no_such_setting"):  # a misspelt setting is not silently ignored
-        distill(teacher_dir, ["a"], tmp_path, no_such_setting=1)
+        distill(teacher_dir, ["a"], tmp_path, DistillConfig(no_such_setting=1))
 
 
 def test_cli_distill_needs_texts(tmp_path, capsys):
-    from fastembed_tune.cli.commands import main
+    from fastembed_tune.cli.app import main
 
     assert main(["distill", "-o", str(tmp_path / "d")]) == 2
     assert "give the texts to distil on" in capsys.readouterr().err
@@ -362,8 +361,9 @@ def test_bad_options_raise_value_errors(teacher_dir, tmp_path):
         (dict(tolerance=-0.1), "tolerance must be"),
     ]
     for kw, match in cases:
+        runtime = {k: kw.pop(k) for k in ("pairs", "validation") if k in kw}
         with pytest.raises(ValueError, match=match):
-            distill(teacher_dir, ["a"], tmp_path / "bad", show_progress_bar=False, **kw)
+            distill(teacher_dir, ["a"], tmp_path / "bad", DistillConfig(show_progress_bar=False, **kw), **runtime)
     with pytest.raises(ValueError, match="min_words <= max_words"):
         pseudo_queries(["a b"], min_words=3, max_words=2)
     with pytest.raises(ValueError, match="per_doc"):
@@ -403,8 +403,7 @@ def test_contrastive_distillation_ships_the_best_validated_epoch(teacher_dir, tm
     assert all(np.isfinite(r["contrastive"]) and r["contrastive"] > 0 for r in lines)
     assert all(r["loss"] == pytest.approx(r["mse"] + 0.1 * r["contrastive"], rel=1e-4) for r in lines)
     assert all(r["texts_per_s"] > 0 for r in lines)
-    early = distill(teacher_dir, texts, tmp_path / "e", layers=[3], epochs=5, batch_size=32, validation=
-                    _ScriptedValidation([0.5, 0.1, 0.1, 0.9, 0.9]), patience=2, show_progress_bar=False, device="cpu")
+    early = distill(teacher_dir, texts, tmp_path / "e", DistillConfig(layers=[3], epochs=5, batch_size=32, patience=2, show_progress_bar=False, device="cpu"), validation=_ScriptedValidation([0.5, 0.1, 0.1, 0.9, 0.9]))
     assert early["epochs_run"] == 3 and early["best_epoch"] == 1  # stopped after 2 epochs below the best
 
 
@@ -430,8 +429,8 @@ def test_hidden_state_term_runs_and_pulls_the_layers_to_the_teacher(teacher_dir,
     texts = _texts(64, seed=8)
     kw = dict(layers=[0, 2], batch_size=16, lr=3e-3, epochs=2, logging_steps=1, show_progress_bar=False,
               device="cpu", bf16=False)
-    plain = distill(teacher_dir, texts, tmp_path / "plain", **kw)
-    layered = distill(teacher_dir, texts, tmp_path / "hidden", hidden_weight=5.0, **kw)
+    plain = distill(teacher_dir, texts, tmp_path / "plain", DistillConfig(**kw))
+    layered = distill(teacher_dir, texts, tmp_path / "hidden", DistillConfig(hidden_weight=5.0, **kw))
     assert layered["hidden_weight"] == 5.0 and plain["hidden_weight"] == 0.0
     lines = [json.loads(x) for x in (tmp_path / "hidden" / "distill_log.jsonl").read_text().splitlines()]
     assert all(np.isfinite(r["hidden"]) and r["loss"] >= r["mse"] for r in lines)
@@ -449,12 +448,11 @@ def test_hidden_state_term_runs_and_pulls_the_layers_to_the_teacher(teacher_dir,
 
     assert layer_distance(layered["output"]) < layer_distance(plain["output"])
     with pytest.raises(UserError, match="layer-pruned"):
-        distill(teacher_dir, texts, tmp_path / "x", student_dir=plain["output"], hidden_weight=1.0,
-                show_progress_bar=False)
+        distill(teacher_dir, texts, tmp_path / "x", DistillConfig(student_dir=plain["output"], hidden_weight=1.0, show_progress_bar=False))
 
 
 def test_cli_distill_hidden_weight(teacher_dir, tmp_path, capsys):
-    from fastembed_tune.cli.commands import main
+    from fastembed_tune.cli.app import main
 
     corpus = tmp_path / "c.jsonl"
     corpus.write_text("".join(json.dumps({"_id": str(i), "text": t}) + "\n" for i, t in enumerate(_texts(24, 9))))

@@ -16,7 +16,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fastembed_tune.data.readers import EvalSet
-from fastembed_tune.evaluation.metrics import embed_evalset, evaluate, format_table, ir_metrics, write_report
+from fastembed_tune.evaluation.metrics import embed_evalset, evaluate, ir_metrics
+from fastembed_tune.evaluation.report import format_table, write_report
 
 RANX_METRICS = ["ndcg@10", "recall@1", "recall@10", "recall@100", "mrr@10", "map@100"]
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from fastembed_tune.cli.commands import main
+from fastembed_tune.cli.app import main
 from fastembed_tune.core.errors import UserError
 from fastembed_tune.embed.model import EmbeddingModel
 from fastembed_tune.run import guard as run_guard

@@ -4,7 +4,7 @@ import json
 import numpy as np
 import pytest
 
-from fastembed_tune.cli.commands import main
+from fastembed_tune.cli.app import main
 from fastembed_tune.embed.model import EmbeddingModel
 
 

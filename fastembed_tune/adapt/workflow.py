@@ -152,7 +152,8 @@ def _evaluate_and_report(directory: PathLike, inputs: _Inputs, vecs: _Vectors, a
     """Frozen vs adapted on the test set: ``report.md`` / ``metrics.json`` / ``metrics.png`` written
     into ``directory``; the metrics and their paired comparison returned."""
     from fastembed_tune.evaluation.gate import compare, describe, mean_ci
-    from fastembed_tune.evaluation.metrics import evaluate, format_table, write_report
+    from fastembed_tune.evaluation.metrics import evaluate
+    from fastembed_tune.evaluation.report import format_table, write_report
 
     evalset = inputs.evalset
     qv, cv = vecs.of(evalset.queries.values()), vecs.of(evalset.corpus.values())

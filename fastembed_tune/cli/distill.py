@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     fastembed_tune.core.errors.UserError: --output is empty; give a path
     """
     from fastembed_tune.data.readers import read_corpus, read_pairs
-    from fastembed_tune.training.distill import distill
+    from fastembed_tune.training.distill import DistillConfig, distill
 
     check_output(args.output, "dir")
     texts: list[str] = []
@@ -58,9 +58,9 @@ def run(args: argparse.Namespace) -> int:
         texts += list(read_corpus(path).values())
     if not texts:
         raise UserError("give the texts to distil on: --pairs FILE and/or --corpus FILE")
-    summary = distill(args.teacher, texts, args.output, student_dir=args.student, layers=args.layers,
-                      epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, kl_weight=args.kl_weight,
-                      hidden_weight=args.hidden_weight, seed=args.seed, max_seq_length=args.max_seq_length,
-                      bf16=PRECISIONS[args.precision], show_progress_bar=not args.quiet)
+    summary = distill(args.teacher, texts, args.output, DistillConfig(
+        student_dir=args.student, layers=args.layers, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+        kl_weight=args.kl_weight, hidden_weight=args.hidden_weight, seed=args.seed, max_seq_length=args.max_seq_length,
+        bf16=PRECISIONS[args.precision], show_progress_bar=not args.quiet))
     print(json.dumps(summary, indent=2))
     return 0

@@ -54,7 +54,8 @@ def run(args: argparse.Namespace) -> int:
 
 def _eval_locked(args: argparse.Namespace, evalset, models) -> int:
     """Evaluate the loaded ``models`` (``--output`` is locked when given) and print/write the results."""
-    from fastembed_tune.evaluation.metrics import evaluate, format_table, write_report
+    from fastembed_tune.evaluation.metrics import evaluate
+    from fastembed_tune.evaluation.report import format_table, write_report
 
     rows = []
     for path, m in zip(args.model or [None], models):

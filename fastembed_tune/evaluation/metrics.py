@@ -4,11 +4,8 @@
   qrels, with the definitions of pytrec_eval / ranx (checked against ranx in the tests).
 - :func:`embed_evalset` / :func:`evaluate`: embed an :class:`~fastembed_tune.data.readers.EvalSet`, retrieve with
   the exact native :func:`~fastembed_tune.kernels.topk_cosine`, and score the run.
-- :func:`write_report` / :func:`format_table` (defined in :mod:`fastembed_tune.evaluation.report`, and
-  importable from here too): ``metrics.json``, ``report.md`` and ``metrics.png`` in an output folder,
-  and a terminal table.
 
-This module imports :mod:`fastembed_tune.kernels` (and the report modules) only; a model is any object with
+This module imports :mod:`fastembed_tune.kernels` only; a model is any object with
 ``encode(texts, batch_size=..., show_progress_bar=..., desc=...)`` returning float32 rows.
 """
 from __future__ import annotations
@@ -18,11 +15,9 @@ from typing import Any, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
-from fastembed_tune.evaluation.names import METRIC_NAMES
-from fastembed_tune.evaluation.report import format_table, write_report
 from fastembed_tune.kernels import topk_cosine, unit_rows
 
-__all__ = ["ir_metrics", "embed_evalset", "evaluate", "write_report", "format_table", "METRIC_NAMES"]
+__all__ = ["ir_metrics", "embed_evalset", "evaluate"]
 
 Run = Union[Sequence[Sequence[str]], Mapping[str, Sequence[str]]]
 Qrels = Mapping[str, Mapping[str, int]]

@@ -575,10 +575,9 @@ class DistillConfig:
 
 def distill(teacher_dir: Optional[PathLike], texts: Sequence[str], output_dir: PathLike,
             config: Optional[DistillConfig] = None, *, pairs: Optional[Sequence] = None, validation: Any = None,
-            precomputed: Optional[dict] = None, **settings: Any) -> dict:
+            precomputed: Optional[dict] = None) -> dict:
     """Distil the teacher at ``teacher_dir`` (``None``: the built-in MiniLM) into a smaller student and
-    save it to ``output_dir/model``, as ``config`` (a :class:`DistillConfig`; ``settings``: fields of
-    one, overriding ``config``'s) says.
+    save it to ``output_dir/model``, as ``config`` (a :class:`DistillConfig`; None: its defaults) says.
 
     The student is ``config.student_dir`` loaded, or a copy of the teacher keeping ``config.layers``.
     It learns the teacher's embeddings of ``texts`` (duplicates and empty texts are dropped; the teacher
@@ -618,7 +617,7 @@ def distill(teacher_dir: Optional[PathLike], texts: Sequence[str], output_dir: P
     (2, [1], True)
     """
     t_start = time.perf_counter()
-    cfg = replace(config or DistillConfig(), **settings)
+    cfg = config or DistillConfig()
     cfg.validate()
     if validation is not None and not callable(getattr(validation, "score", None)):
         raise UserError(f"validation must have a score(model) method (e.g. a Validation); got {type(validation).__name__}")
