@@ -11,7 +11,7 @@ the first use of a name imports the module that defines it):
 """
 from __future__ import annotations
 
-import importlib
+from fastembed_tune.core.lazy import lazy_exports
 
 _WHERE = {
     "topk_cosine": "fastembed_tune.kernels",
@@ -35,15 +35,4 @@ _WHERE = {
 }
 __all__ = sorted(_WHERE)
 
-
-def __getattr__(name: str):
-    where = _WHERE.get(name)
-    if where is None:
-        raise AttributeError(f"module 'fastembed_tune' has no attribute {name!r}")
-    value = getattr(importlib.import_module(where), name)
-    globals()[name] = value  # the next access is a plain attribute read
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports("fastembed_tune", _WHERE, globals())

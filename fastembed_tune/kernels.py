@@ -212,18 +212,7 @@ def topk_cosine(
                                             max_ratio=max_ratio, positive_scores=positive_scores)
     q = _as_f32_matrix(queries, "queries")
     x = _as_f32_matrix(corpus, "corpus")
-    Q, d = q.shape
-    N = x.shape[0]
-    if x.shape[1] != d:
-        raise ValueError(f"queries have dimension {d} but corpus has dimension {x.shape[1]}")
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
-        raise ValueError(f"k must be an integer, got {type(k).__name__}")
-    if not 1 <= k <= N:
-        raise ValueError(f"k must be between 1 and the corpus size N={N}, got k={k}")
-    if isinstance(skip_top, bool) or not isinstance(skip_top, (int, np.integer)) or skip_top < 0:
-        raise ValueError(f"skip_top must be an integer >= 0, got {skip_top!r}")
-    if not isinstance(threads, (int, np.integer)) or threads < 0:
-        raise ValueError(f"threads must be an integer >= 0 (0: all cores), got {threads!r}")
+    _check_search_args(q, x, k, skip_top, threads)
     _check_rows(q, "queries", normalized, threads)
     _check_rows(x, "corpus", normalized, threads)
     ptr, ids, upper = _filters(q, x, exclude, max_ratio, positive_scores)
@@ -519,8 +508,8 @@ def _quantize_to_disk(x: np.ndarray, out: str, normalized: bool, threads: int, b
     return QuantizedCorpus.load(out)
 
 
-def _check_lowp_args(q: np.ndarray, x: np.ndarray, k, skip_top, threads, simd, scan) -> None:
-    """:func:`topk_cosine_lowp`'s shape, count and path-name arguments, each refused with a ValueError."""
+def _check_search_args(q: np.ndarray, x: np.ndarray, k, skip_top, threads) -> None:
+    """The shape and count arguments of a top-k search, each refused with a ValueError."""
     d, N = q.shape[1], x.shape[0]
     if x.shape[1] != d:
         raise ValueError(f"queries have dimension {d} but corpus has dimension {x.shape[1]}")
@@ -532,6 +521,11 @@ def _check_lowp_args(q: np.ndarray, x: np.ndarray, k, skip_top, threads, simd, s
         raise ValueError(f"skip_top must be an integer >= 0, got {skip_top!r}")
     if not isinstance(threads, (int, np.integer)) or threads < 0:
         raise ValueError(f"threads must be an integer >= 0 (0: all cores), got {threads!r}")
+
+
+def _check_lowp_args(q: np.ndarray, x: np.ndarray, k, skip_top, threads, simd, scan) -> None:
+    """:func:`topk_cosine_lowp`'s shape, count and path-name arguments, each refused with a ValueError."""
+    _check_search_args(q, x, k, skip_top, threads)
     if not isinstance(scan, str) or not isinstance(simd, str):
         raise ValueError("simd and scan must be path names such as 'auto'")
     try:

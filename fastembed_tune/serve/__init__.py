@@ -15,7 +15,7 @@ The names below are loaded lazily, from the module that defines them:
 """
 from __future__ import annotations
 
-import importlib
+from fastembed_tune.core.lazy import lazy_exports
 
 _WHERE = {
     "ApiError": "fastembed_tune.serve.protocol",
@@ -37,15 +37,4 @@ _WHERE = {
 }
 __all__ = sorted(_WHERE)
 
-
-def __getattr__(name: str):
-    where = _WHERE.get(name)
-    if where is None:
-        raise AttributeError(f"module 'fastembed_tune.serve' has no attribute {name!r}")
-    value = getattr(importlib.import_module(where), name)
-    globals()[name] = value  # the next access is a plain attribute read
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports("fastembed_tune.serve", _WHERE, globals())
