@@ -4,7 +4,7 @@ also compared to that reference path."""
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from fastembed_tune import _native, kernels
@@ -45,13 +45,16 @@ def run(q, docs, pos, scale, keys=None, symmetric=False, simd="auto", fn=None):
     return loss.item(), q.grad, d.grad
 
 
-def close(got, ref, rtol=1e-5):
+def close(got, ref, rtol=1e-5, scale=1.0):
+    """Loss and gradients equal to ``rtol``. A gradient entry is a sum of terms as large as ``scale``
+    (the logit scale) that may cancel to about 0 (d = 1: every vector is +-1), so float32 rounding is
+    bounded by the terms' size, not by the result's: the tolerance grows with ``scale``."""
     (l, gq, gd), (rl, rq, rd) = got, ref
     assert abs(l - rl) <= rtol * max(1.0, abs(rl))
     for g, r in ((gq, rq), (gd, rd)):
         r = r.float()
         assert torch.isfinite(g).all()
-        tol = rtol * max(1.0, r.abs().max().item()) + 1e-7
+        tol = rtol * max(1.0, scale, r.abs().max().item()) + 1e-7
         assert (g - r).abs().max().item() <= tol, (g - r).abs().max().item()
 
 
@@ -80,7 +83,8 @@ shapes = dict(B=st.integers(1, 70), extra=st.integers(0, 140), d=st.sampled_from
 @given(**shapes)
 def test_matches_float64_reference(simd, B, extra, d, dup, symmetric, scale, seed):
     q, docs, pos, keys = batch(B, extra, d, dup, seed)
-    close(run(q, docs, pos, scale, keys, symmetric, simd), reference(q, docs, pos, scale, keys, symmetric))
+    close(run(q, docs, pos, scale, keys, symmetric, simd), reference(q, docs, pos, scale, keys, symmetric),
+          scale=scale)
 
 
 test_matches_float64_reference = settings(max_examples=60)(test_matches_float64_reference)
@@ -90,7 +94,8 @@ test_matches_float64_reference = settings(max_examples=60)(test_matches_float64_
 @given(**shapes)
 def test_every_simd_path_matches_the_reference_path(simd, B, extra, d, dup, symmetric, scale, seed):
     q, docs, pos, keys = batch(B, extra, d, dup, seed)
-    close(run(q, docs, pos, scale, keys, symmetric, simd), run(q, docs, pos, scale, keys, symmetric, "reference"))
+    close(run(q, docs, pos, scale, keys, symmetric, simd), run(q, docs, pos, scale, keys, symmetric, "reference"),
+          scale=scale)
     # The row statistics: the same log-sum-exp, and either path's (max, sum) drive either backward.
     qn, dn, pn = q.numpy(), docs.numpy(), pos.numpy()
     kn = keys.numpy() if keys is not None else None
@@ -104,11 +109,12 @@ def test_every_simd_path_matches_the_reference_path(simd, B, extra, d, dup, symm
         for stats in ((m, s), (rm, rs)):
             got = _native.contrastive_backward(qn, dn, pn, scale, kn, *stats, 0.5, 0, path)
             for g, r in zip(got, want):
-                np.testing.assert_allclose(g, r, rtol=0, atol=1e-5 * max(1.0, np.abs(r).max()) + 1e-7)
+                np.testing.assert_allclose(g, r, rtol=0, atol=1e-5 * max(1.0, scale, np.abs(r).max()) + 1e-7)
 
 
-test_every_simd_path_matches_the_reference_path = settings(max_examples=30)(
-    test_every_simd_path_matches_the_reference_path)
+test_every_simd_path_matches_the_reference_path = settings(max_examples=30)(example(
+    B=1, extra=128, d=1, dup=True, symmetric=False, scale=50.0, seed=177)(  # gradients that cancel to ~0
+    test_every_simd_path_matches_the_reference_path))
 
 
 @pytest.mark.parametrize("simd", ALL)
