@@ -21,6 +21,7 @@ text is requested once, ever, and a killed run resumes without re-requesting wha
 from __future__ import annotations
 
 import base64
+import json
 import math
 import os
 import random
@@ -211,6 +212,8 @@ class ApiEmbedder:
                 self.requests += 1
             try:
                 resp = client.embeddings.create(input=batch, model=self.model, encoding_format="float", **extra)
+            except (json.JSONDecodeError, openai.APIResponseValidationError) as e:
+                raise self._not_embeddings(f"not JSON: {e}" if isinstance(e, json.JSONDecodeError) else e) from None
             except (openai.RateLimitError, openai.InternalServerError, openai.APITimeoutError,
                     openai.APIConnectionError, openai.APIStatusError) as e:
                 status = getattr(e, "status_code", None)
@@ -264,16 +267,33 @@ class ApiEmbedder:
                              f"server is running")
         return UserError(f"{self._where()}: the endpoint refused the request ({d})")
 
+    def _not_embeddings(self, what: object) -> UserError:
+        """The endpoint answered (HTTP 200) something that is not an embeddings list: an HTML page, a proxy's
+        login form, another API."""
+        return UserError(f"{self._where()}: the answer is not an OpenAI embeddings JSON ({_scrub(str(what), self._key)[:120]}); "
+                         f"check that the URL is the embeddings API's (it usually ends in /v1)")
+
+    def _vectors(self, resp) -> list[np.ndarray]:
+        """The answer's embeddings as float32 arrays, in ``index`` order (a malformed answer: :meth:`_not_embeddings`)."""
+        data = getattr(resp, "data", None)
+        if not isinstance(data, list):
+            raise self._not_embeddings(resp if isinstance(resp, str) else f"no 'data' list in {type(resp).__name__}")
+        try:
+            data = sorted(data, key=lambda x: x.index)
+            rows = []
+            for item in data:
+                emb = item.embedding
+                if isinstance(emb, str):  # a server that answers base64 whatever was asked
+                    emb = np.frombuffer(base64.b64decode(emb), dtype="<f4")
+                rows.append(np.asarray(emb, dtype=np.float32))
+        except (AttributeError, TypeError, ValueError) as e:
+            raise self._not_embeddings(f"a malformed 'data' item: {e}") from None
+        return rows
+
     def _rows(self, resp, batch: list[str]) -> np.ndarray:
-        data = sorted(getattr(resp, "data", None) or [], key=lambda x: x.index)
-        if len(data) != len(batch):
-            raise UserError(f"{self._where()}: asked for {len(batch)} embeddings, got {len(data)}")
-        rows = []
-        for item in data:
-            emb = item.embedding
-            if isinstance(emb, str):  # a server that answers base64 whatever was asked
-                emb = np.frombuffer(base64.b64decode(emb), dtype="<f4")
-            rows.append(np.asarray(emb, dtype=np.float32))
+        rows = self._vectors(resp)
+        if len(rows) != len(batch):
+            raise UserError(f"{self._where()}: asked for {len(batch)} embeddings, got {len(rows)}")
         dims = {r.shape for r in rows}
         if len(dims) != 1 or len(next(iter(dims))) != 1:
             raise UserError(f"{self._where()}: the embeddings in one answer have different sizes {sorted(dims)}")
@@ -282,6 +302,11 @@ class ApiEmbedder:
         if bad.any():
             i = int(np.argmax(bad))
             raise UserError(f"{self._where()}: NaN/Inf in the embedding of {batch[i][:40]!r}; refusing to cache it")
+        zero = ~out.any(axis=1)
+        if zero.any():
+            i = int(np.argmax(zero))
+            raise UserError(f"{self._where()}: an all-zero embedding for {batch[i][:40]!r} (it has no direction, so "
+                            f"no cosine similarity); refusing to cache it")
         with self._lock:
             if self._dim is None:
                 self._dim = out.shape[1]
@@ -336,14 +361,12 @@ def stored_api_encoder(api: ApiEmbedder, root: Union[str, os.PathLike], first_te
     >>> stored_api_encoder(api, tempfile.mkdtemp(), "hello").dim
     4
     """
-    import json
+    from fastembed_tune.embed.store import StoredEncoder, model_fingerprint, read_meta
 
-    from fastembed_tune.embed.store import StoredEncoder, model_fingerprint
-
-    meta = Path(root) / model_fingerprint(api) / "meta.json"
+    meta = read_meta(Path(root) / model_fingerprint(api))
     probe = None
-    if meta.is_file():
-        api.dim = json.loads(meta.read_text())["dim"]
+    if meta is not None:
+        api.dim = meta["dim"]
     elif api.dimensions is None:
         probe = api.encode([first_text])
     api.dim = int(api._dim)

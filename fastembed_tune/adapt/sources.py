@@ -57,18 +57,38 @@ class PrecomputedVectors:
         else:
             raise UserError(f"--embeddings {self.path}: vectors must be a .npy (beside a texts file) or a "
                             f".parquet file with 'text' and 'embedding' columns")
-        if rows.ndim != 2 or rows.shape[1] < 1:
-            raise UserError(f"{self.path}: expected a [texts, dim] matrix, got shape {tuple(rows.shape)}")
-        bad = ~np.isfinite(rows).all(axis=1)
-        if bad.any():
-            raise UserError(f"{self.path} row {int(np.argmax(bad)) + 1}: NaN or Inf in the vector")
-        self.rows = np.ascontiguousarray(rows, dtype=np.float32)
-        self.index: dict[str, int] = {}
-        for i, t in enumerate(texts):
-            self.index.setdefault(t, i)
+        self.rows = self._checked(rows)
+        self.index = self._index_texts(texts)
         self.dim = int(self.rows.shape[1])
         self.fingerprint = "vectors|" + hashlib.blake2b(self.rows.tobytes(), digest_size=16).hexdigest()
         self.embedded, self.served = 0, 0
+
+    def _checked(self, rows: np.ndarray) -> np.ndarray:
+        """``rows`` as contiguous float32, refused (naming the 1-based row) when not a matrix, or a row
+        holds NaN/Inf or is all zeros (no direction, so no cosine)."""
+        if rows.ndim != 2 or rows.shape[1] < 1:
+            raise UserError(f"{self.path}: expected a [texts, dim] matrix, got shape {tuple(rows.shape)}")
+        rows = np.ascontiguousarray(rows, dtype=np.float32)
+        bad = ~np.isfinite(rows).all(axis=1)
+        if bad.any():
+            raise UserError(f"{self.path} row {int(np.argmax(bad)) + 1}: NaN or Inf in the vector")
+        zero = ~rows.any(axis=1)
+        if zero.any():
+            raise UserError(f"{self.path} row {int(np.argmax(zero)) + 1}: the vector is all zeros (a failed "
+                            f"embedding?); it has no direction, so no cosine similarity")
+        return rows
+
+    def _index_texts(self, texts: Sequence[str]) -> dict[str, int]:
+        """``{text: row}``; a text given twice must have the same vector both times (else a
+        :class:`UserError` naming both rows: which one is right cannot be guessed)."""
+        index: dict[str, int] = {}
+        for i, t in enumerate(texts):
+            first = index.setdefault(t, i)
+            if first != i and not np.array_equal(self.rows[first], self.rows[i]):
+                short = t if len(t) <= 60 else t[:57] + "..."
+                raise UserError(f"{self.path} rows {first + 1} and {i + 1}: the same text {short!r} has two "
+                                f"different vectors; keep one of them (identical duplicates are fine)")
+        return index
 
     def _parquet(self) -> tuple[list[str], np.ndarray]:
         import pyarrow.parquet as pq
@@ -81,13 +101,31 @@ class PrecomputedVectors:
             if col not in table.column_names:
                 raise UserError(f"{self.path}: column '{col}' is missing (columns: {', '.join(table.column_names)})")
         texts = table.column("text").to_pylist()
-        emb = table.column("embedding").to_pylist()
-        for i, (t, e) in enumerate(zip(texts, emb), 1):
+        for i, t in enumerate(texts, 1):
             if not isinstance(t, str) or not t:
                 raise UserError(f"{self.path} row {i}: field 'text' must be a non-empty string")
-            if e is None or len(e) != len(emb[0] or ()):
-                raise UserError(f"{self.path} row {i}: field 'embedding' must be a list of {len(emb[0] or ())} numbers")
-        return texts, np.asarray(emb, dtype=np.float32)
+        return texts, self._parquet_embeddings(table.column("embedding").combine_chunks())
+
+    def _parquet_embeddings(self, col: Any) -> np.ndarray:
+        """The ``embedding`` column as a [rows, size] matrix: numpy straight from Arrow when it is a
+        list of numbers without nulls, all of one size; else the first bad row, named."""
+        import pyarrow as pa
+
+        t = col.type
+        if (pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)) and (
+                pa.types.is_floating(t.value_type) or pa.types.is_integer(t.value_type)) and col.null_count == 0:
+            flat = col.flatten()
+            lengths = np.diff(np.asarray(col.offsets)) if not pa.types.is_fixed_size_list(t) else None
+            size = int(lengths[0]) if lengths is not None and len(lengths) else getattr(t, "list_size", 0)
+            if flat.null_count == 0 and (lengths is None or (lengths == size).all()):
+                return flat.to_numpy(zero_copy_only=False).astype(np.float32).reshape(len(col), size)
+        emb = col.to_pylist()
+        size = next((len(e) for e in emb if isinstance(e, (list, tuple))), None)
+        for i, e in enumerate(emb, 1):
+            if not (isinstance(e, (list, tuple)) and len(e) == size and _what(e) == f"a list of {size}"):
+                raise UserError(f"{self.path} row {i}: field 'embedding' must be a list of {size or 'N'} numbers, got "
+                                f"{_what(e)}")
+        return np.asarray(emb, dtype=np.float32).reshape(len(emb), size or 0)
 
     def _npy(self) -> tuple[list[str], np.ndarray]:
         from fastembed_tune.data.readers import read_texts
@@ -121,6 +159,25 @@ class PrecomputedVectors:
                             f"set with the same model")
         self.served += len(texts)
         return self.rows[[self.index[t] for t in texts]] if texts else np.empty((0, self.dim), np.float32)
+
+
+def _what(value: Any) -> str:
+    """How a message names a bad ``embedding`` value.
+
+    >>> _what(None), _what("[0.1, 0.2]"), _what([0.1, None]), _what([0.5] * 3)
+    ('null', "a string '[0.1, 0.2]'", 'a list holding null', 'a list of 3')
+    """
+    if value is None:
+        return "null"
+    if isinstance(value, str):
+        return f"a string {value[:30]!r}"
+    if isinstance(value, (list, tuple)):
+        if any(x is None for x in value):
+            return "a list holding null"
+        if not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in value):
+            return "a list holding non-numbers"
+        return f"a list of {len(value)}"
+    return type(value).__name__
 
 
 class Source:

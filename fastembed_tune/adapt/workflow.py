@@ -98,6 +98,11 @@ def _embed_once(source: Source, texts: list[str], show_progress_bar: bool, log: 
     if V.shape != (len(texts), source.dim) or not np.isfinite(V).all():
         raise UserError(f"{source.description}: returned vectors of shape {V.shape} (or NaN/Inf) for "
                         f"{len(texts)} texts of dim {source.dim}")
+    zero = ~V.any(axis=1)
+    if zero.any():
+        i = int(np.argmax(zero))
+        raise UserError(f"{source.description}: an all-zero vector for the text {texts[i][:40]!r}; it has no direction, "
+                        f"so no cosine similarity")
     return _Vectors(unit(V), {t: i for i, t in enumerate(texts)}, new, embed_s)
 
 

@@ -87,6 +87,25 @@ def _text_list(texts: Sequence[str], what: str) -> List[str]:
     return texts
 
 
+def check_unicode(texts: Sequence[str]) -> None:
+    """Refuse the first text holding a lone surrogate (not valid Unicode: no UTF-8 encodes it), by index.
+
+    >>> try:
+    ...     check_unicode(["ok", "a\\ud800"])
+    ... except UserError as e:
+    ...     print(e)
+    text #1 holds a lone surrogate (U+D800 at position 2), which is not valid Unicode text
+    """
+    for i, t in enumerate(texts):
+        try:
+            t.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise UserError(f"text #{i} holds a lone surrogate (U+{ord(t[e.start]):04X} at position {e.start + 1}), "
+                            f"which is not valid Unicode text") from None
+        except AttributeError:
+            raise UserError(f"text #{i} is a {type(t).__name__}, not a string") from None
+
+
 def embedding_rows(model) -> Optional[int]:
     """Rows of the word-embedding matrix that ``input_ids`` indexes, or None when not found.
 
@@ -551,7 +570,12 @@ class OnnxEmbedder:
         [3, 4]
         """
         fast = getattr(self.tokenizer, "encode_batch_fast", None)  # tokenizers >= 0.20
-        return (fast or self.tokenizer.encode_batch)(list(texts), add_special_tokens=True)
+        texts = list(texts)
+        try:
+            return (fast or self.tokenizer.encode_batch)(texts, add_special_tokens=True)
+        except TypeError:  # the tokenizer's words for a lone surrogate: name the text (looked for only now)
+            check_unicode(texts)
+            raise
 
     def tokenize(self, texts: Sequence[str]) -> Dict[str, np.ndarray]:
         """Tokenise ``texts`` (truncated to ``max_seq_length``) into ONE padded batch, in input order:

@@ -29,10 +29,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -74,6 +75,8 @@ class Choice:
     reason: str
     measured: Dict[str, Dict] = field(default_factory=dict)  # candidate -> {"sent_per_s", "min_cosine"}
     threads: Optional[int] = None
+    # the embedder that passed the parity gate for this choice (spin, one default stream): load() hands it over
+    _embedder: Optional[OnnxEmbedder] = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def candidate(self) -> str:
@@ -88,6 +91,9 @@ class Choice:
 
     def load(self, spin: bool = True, streams: Optional[int] = None) -> OnnxEmbedder:
         """The embedder for this choice (``spin``, ``streams``: see :class:`~fastembed_tune.embed.onnx_embedder.OnnxEmbedder`)."""
+        if self._embedder is not None and spin and streams is None:  # the one gated at the choice, opened so
+            embedder, self._embedder = self._embedder, None
+            return embedder
         return _open(self.candidate, self.file, self.threads, spin, streams)
 
 
@@ -180,10 +186,14 @@ def choose_precision(export_dir: Union[str, os.PathLike], probe: bool = True, th
     and take the fastest within its parity gate of the fp32 graph (or a higher precision measured
     within :data:`PRECISION_MARGIN` of it); otherwise the first by CPU
     features. ``allow`` restricts the precisions considered (e.g. ``("fp32",)`` to force fp32).
-    A candidate that fails to load or to pass its gate is skipped, and the reason kept in
+    A candidate that fails to load, to run or to pass its gate (a damaged ``model_int8.onnx``) is
+    left out with one warning line naming its file on stderr, and the reason kept in
     ``Choice.measured``. With ``cache`` (and the built-in probe texts) the measured choice is kept
     in :func:`~fastembed_tune.core.atomic.cache_dir` ``("precision")`` under a key of the export's files
     (path, size, mtime), this CPU, the threads and the runtimes' versions, so the probe runs once.
+    A cached choice is a hint: it must pass its parity gate again on the parity texts (a few
+    texts), else the export is measured again; a damaged cache entry is measured again too, and
+    the entry rewritten.
 
     >>> from fastembed_tune.export.onnx import export_onnx                               # doctest: +SKIP
     >>> c = choose_precision("/tmp/minilm_onnx", threads=2)                        # doctest: +SKIP
@@ -201,14 +211,51 @@ def choose_precision(export_dir: Union[str, os.PathLike], probe: bool = True, th
         why = "chosen by CPU features" if len(order) > 1 else "the only candidate here"
         return _choice(d, order[0], why, threads=threads)
     key = _cache_key(d, order, threads, batch_size) if cache and not texts else None
-    cached = _cache_read(key)
-    if cached is not None:
-        return _choice(d, cached["precision"], cached["reason"] + " (measured earlier on this CPU)",
-                       cached["measured"], threads)
-    choice = _measure(d, order, threads, list(texts) if texts else _probe_texts(), batch_size)
-    if key is not None:
-        _cache_write(key, {"precision": choice.candidate, "reason": choice.reason, "measured": choice.measured})
+    cached = _cache_read(key, order)
+    choice = _regate(d, cached, threads, batch_size) if cached is not None else None
+    if choice is None:
+        choice = _measure(d, order, threads, list(texts) if texts else _probe_texts(), batch_size)
+        if key is not None:
+            _cache_write(key, {"precision": choice.candidate, "reason": choice.reason, "measured": choice.measured})
     return choice
+
+
+def _regate(d: Path, cached: Dict, threads: Optional[int], batch_size: int) -> Optional[Choice]:
+    """The cached choice if it passes its parity gate to the fp32 graph again on the parity texts
+    (the fp32 graph is the reference itself), else None: measure again."""
+    p = cached["precision"]
+    choice = _choice(d, p, cached["reason"] + " (measured earlier on this CPU)", cached["measured"], threads)
+    if p == "fp32":
+        return choice
+    ref = OnnxEmbedder(d / MODEL_FILE, threads=threads).embed(TYPICAL_TEXTS, batch_size=batch_size)
+    embedder, _ = _try(d, p, threads, TYPICAL_TEXTS, batch_size, ref)
+    if embedder is None:
+        return None
+    choice._embedder = embedder
+    return choice
+
+
+def _try(d: Path, p: str, threads: Optional[int], texts: List[str], batch_size: int,
+         ref: np.ndarray) -> Tuple[Optional[OnnxEmbedder], Dict]:
+    """Candidate ``p`` opened, run on ``texts`` and gated against ``ref`` (the fp32 graph's vectors of
+    them): (its embedder, {"min_cosine"}), or (None, {"skipped": one line naming its file}) for a
+    graph that cannot be read or run (truncated, garbage) or that gives other vectors."""
+    file = _file(d, p)
+    try:
+        embedder = _open(p, file, threads)
+        got = embedder.embed(texts, batch_size=batch_size, check_finite=False)  # also its warm-up
+    except MemoryError:
+        raise
+    except Exception as e:  # any failure of a damaged graph, whichever runtime reports it and how
+        why = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        return None, {"skipped": why if isinstance(e, UserError) and str(file) in why
+                      else f"{file}: {type(e).__name__}: {why}"}
+    c = cosines(got, ref)
+    worst = float(c.min()) if np.isfinite(c).all() else float("nan")
+    gate = GATES[CANDIDATES[p][0]]
+    if not worst >= gate:  # NaN fails too
+        return None, {"min_cosine": round(worst, 6), "skipped": f"{file}: min cosine {worst:.5f} to fp32 < {gate}"}
+    return embedder, {"min_cosine": round(worst, 6)}
 
 
 def _measure(d: Path, order: List[str], threads: Optional[int], probe_texts: List[str], batch_size: int) -> Choice:
@@ -218,27 +265,19 @@ def _measure(d: Path, order: List[str], threads: Optional[int], probe_texts: Lis
     measured: Dict[str, Dict] = {"fp32": {"min_cosine": 1.0}}
     loaded = {"fp32": fp32}
     for p in order:
-        if p == "fp32":
-            continue
-        try:
-            emb = _open(p, _file(d, p), threads)
-            got = emb.embed(probe_texts, batch_size=batch_size, check_finite=False)  # also its warm-up
-        except UserError as e:
-            measured[p] = {"skipped": str(e)}
-            continue
-        c = cosines(got, ref)
-        worst = float(c.min()) if np.isfinite(c).all() else float("nan")
-        measured[p] = {"min_cosine": round(worst, 6)}
-        loaded[p] = emb
-        gate = GATES[CANDIDATES[p][0]]
-        if not worst >= gate:  # NaN fails too
-            measured[p]["skipped"] = f"min cosine {worst:.5f} to fp32 < {gate}"
-    for p, speed in _speeds(loaded, probe_texts, batch_size).items():
+        if p != "fp32":
+            embedder, measured[p] = _try(d, p, threads, probe_texts, batch_size, ref)
+            if embedder is not None:
+                loaded[p] = embedder
+    for p, speed in _speeds(loaded, probe_texts, batch_size).items():  # only the candidates that passed
         measured[p] = {"sent_per_s": round(speed, 1), **measured[p]}
     ok = {p: m for p, m in measured.items() if "skipped" not in m and p in order}
     if not ok:
         why = "; ".join(f"{p}: {m.get('skipped')}" for p, m in measured.items() if p != "fp32")
         raise UserError(f"{d}: no precision of {', '.join(order)} passed its parity gate here ({why})")
+    for m in measured.values():  # left out, not silently (once: the choice is cached)
+        if "skipped" in m:
+            print(f"warning: {m['skipped']}; left out of the precision candidates", file=sys.stderr)
     fastest = max(ok[p]["sent_per_s"] for p in ok)
     near = [p for p in ok if ok[p]["sent_per_s"] * PRECISION_MARGIN >= fastest]  # within noise of the fastest
     best = max(near, key=lambda p: (FIDELITY[CANDIDATES[p][0]], ok[p]["sent_per_s"]))
@@ -248,7 +287,9 @@ def _measure(d: Path, order: List[str], threads: Optional[int], probe_texts: Lis
            f"{' (' + others + ')' if others else ''}, min cosine {ok[best]['min_cosine']:.5f} to fp32")
     if ok[best]["sent_per_s"] < fastest:
         why += f" (faster ones within {PRECISION_MARGIN - 1:.0%} of it are of a lower precision)"
-    return _choice(d, best, why, measured, threads)
+    choice = _choice(d, best, why, measured, threads)
+    choice._embedder = loaded[best]
+    return choice
 
 
 def _cache_key(d: Path, order: List[str], threads: Optional[int], batch_size: int) -> str:
@@ -269,14 +310,26 @@ def _cache_key(d: Path, order: List[str], threads: Optional[int], batch_size: in
     return hashlib.sha256(json.dumps(what).encode()).hexdigest()[:32]
 
 
-def _cache_read(key: Optional[str]) -> Optional[Dict]:
+def _cache_read(key: Optional[str], order: List[str]) -> Optional[Dict]:
+    """The cache entry under ``key`` as :func:`_cache_write` wrote it, choosing one of ``order``; None
+    when there is none or it is damaged (not JSON, a key missing or of another type, a precision
+    that is not a candidate here): measure again.
+
+    >>> _cache_read(None, ["fp32"]) is None
+    True
+    """
     if key is None:
         return None
     try:
         got = json.loads((cache_dir("precision") / f"{key}.json").read_text())
-        return got if got.get("precision") in CANDIDATES else None
-    except (OSError, ValueError, AttributeError):
-        return None  # no cache, or a damaged one: measure again
+    except (OSError, ValueError):  # no cache, not UTF-8, not JSON
+        return None
+    if not isinstance(got, dict) or not isinstance(got.get("reason"), str):
+        return None
+    measured = got.get("measured")
+    if not (isinstance(measured, dict) and all(k in CANDIDATES and isinstance(v, dict) for k, v in measured.items())):
+        return None
+    return got if isinstance(got.get("precision"), str) and got["precision"] in order else None
 
 
 def _cache_write(key: str, value: Dict) -> None:

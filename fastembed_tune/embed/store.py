@@ -25,6 +25,7 @@ from typing import Any, Callable, Iterator, Optional, Sequence, Union
 import numpy as np
 
 from fastembed_tune.core.atomic import atomic_write, umask
+from fastembed_tune.core.errors import UserError
 
 KEY_BYTES = 16
 DTYPES = ("float32", "float16")
@@ -127,15 +128,59 @@ def torch_uint8():
     return torch.uint8
 
 
+def read_meta(directory: Union[str, os.PathLike]) -> Optional[dict]:
+    """A store folder's ``meta.json`` (``{"dim", "dtype", "format"}``), checked; None when there is none.
+    A damaged one is a :class:`UserError` naming it.
+
+    >>> import tempfile; d = tempfile.mkdtemp(); read_meta(d) is None
+    True
+    >>> _ = open(os.path.join(d, "meta.json"), "w").write('{"dim": 0}'); read_meta(d)
+    Traceback (most recent call last):
+    ...
+    fastembed_tune.core.errors.UserError: .../meta.json: damaged (needs {"dim": an integer >= 1, "dtype": "float32" or "float16", "format": 1}); delete the folder ... to re-embed its texts
+    """
+    path = Path(directory) / "meta.json"
+    if not path.exists():
+        return None
+    hint = f"delete the folder {path.parent} to re-embed its texts"
+    try:
+        meta = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: damaged, not valid JSON ({e}); {hint}") from None
+    dim = meta.get("dim") if isinstance(meta, dict) else None
+    if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1 or meta.get("dtype") not in DTYPES \
+            or meta.get("format") != 1:
+        raise UserError(f'{path}: damaged (needs {{"dim": an integer >= 1, "dtype": "float32" or "float16", '
+                        f'"format": 1}}); {hint}')
+    return meta
+
+
 _SHARD = re.compile(r"^shard-(\d{6})\.keys$")
 
 
+def shard_digest(keys: bytes, rows_path: Union[str, os.PathLike]) -> str:
+    """The checksum of one store shard: BLAKE2b (16 bytes, hex) over its keys, then its rows file.
+
+    >>> import tempfile; p = os.path.join(tempfile.mkdtemp(), "r"); _ = open(p, "wb").write(b"rows")
+    >>> len(shard_digest(b"k" * 16, p)), shard_digest(b"k" * 16, p) == shard_digest(b"j" * 16, p)
+    (32, False)
+    """
+    h = hashlib.blake2b(keys, digest_size=16)
+    with open(rows_path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 class EmbeddingStore:
-    """Embeddings of one model on disk, by text: ``root/<fingerprint>/shard-NNNNNN.{rows,keys}``
+    """Embeddings of one model on disk, by text: ``root/<fingerprint>/shard-NNNNNN.{rows,keys,sum}``
     plus ``meta.json`` (dim, dtype). Rows are memory-mapped for reading; :meth:`add` appends a shard
-    (rows first, then the key file: the key file's rename is the commit), under an ``flock`` so
-    several processes can share a store. What a killed writer left (temporary files, rows without
-    keys) is ignored and removed by the next writer.
+    (rows first, then its checksum, then the key file: the key file's rename is the commit), under
+    an ``flock`` so several processes can share a store. What a killed writer left (temporary files,
+    rows without keys) is ignored and removed by the next writer. A shard whose keys and rows no
+    longer match their checksum (:func:`shard_digest`, verified when the shard is first read) is a
+    :class:`UserError` naming it: a store is never read past a change made on disk. A shard without
+    a ``.sum`` file (written before checksums) is read as it is.
 
     >>> import tempfile; root = tempfile.mkdtemp()
     >>> s = EmbeddingStore(root, "m1", dim=2)
@@ -157,15 +202,16 @@ class EmbeddingStore:
         self.dir.mkdir(parents=True, exist_ok=True)
         meta = self.dir / "meta.json"
         want = {"dim": self.dim, "dtype": dtype, "format": 1}
-        if meta.exists():
-            have = json.loads(meta.read_text())
+        have = read_meta(self.dir)
+        if have is not None:
             if have != want:
-                raise ValueError(f"{self.dir}: holds {have['dtype']} rows of dim {have['dim']}, not {dtype} of dim "
-                                 f"{self.dim}; use another store folder")
+                raise UserError(f"{self.dir}: holds {have['dtype']} rows of dim {have['dim']}, not {dtype} of dim "
+                                f"{self.dim}; use another store folder")
         else:
             atomic_write(meta, lambda f: f.write(json.dumps(want)))
         self._index: dict[bytes, tuple[int, int]] = {}
         self._shards: list[np.ndarray] = []
+        self._paths: list[Path] = []  # each shard's rows file, for messages
         self._read_shards()
 
     def _read_shards(self) -> None:
@@ -175,14 +221,22 @@ class EmbeddingStore:
             rows_path = self.dir / name.replace(".keys", ".rows")
             n = len(keys) // KEY_BYTES
             if len(keys) % KEY_BYTES or rows_path.stat().st_size != n * self.dim * self.dtype.itemsize:
-                raise ValueError(f"{rows_path}: damaged shard (its rows and keys disagree); delete the shard "
-                                 f"and its .keys file to re-embed those texts")
+                raise UserError(f"{rows_path}: damaged shard (its rows and keys disagree); {self._delete_hint(name)}")
+            sum_path = self.dir / name.replace(".keys", ".sum")
+            if sum_path.exists() and sum_path.read_text().strip() != shard_digest(keys, rows_path):
+                raise UserError(f"{rows_path}: checksum mismatch (the shard or its .keys file changed on disk since "
+                                f"it was written); {self._delete_hint(name)}")
             shard = len(self._shards)
             rows = (np.memmap(rows_path, dtype=self.dtype, mode="r", shape=(n, self.dim)) if n else
                     np.empty((0, self.dim), self.dtype))
             self._shards.append(rows)
+            self._paths.append(rows_path)
             for i in range(n):
                 self._index.setdefault(keys[i * KEY_BYTES:(i + 1) * KEY_BYTES], (shard, i))
+
+    def _delete_hint(self, keys_name: str) -> str:
+        stem = keys_name[:-len(".keys")]
+        return f"delete {stem}.rows, {stem}.keys and {stem}.sum in {self.dir} to re-embed those texts"
 
     def __len__(self) -> int:
         return len(self._index)
@@ -195,13 +249,23 @@ class EmbeddingStore:
         return [t for t in dict.fromkeys(texts) if text_key(t) not in self._index]
 
     def get(self, texts: Sequence[str]) -> np.ndarray:
-        """float32 rows of ``texts`` in order; ``KeyError`` naming the first text not stored."""
+        """float32 rows of ``texts`` in order; ``KeyError`` naming the first text not stored; a
+        :class:`UserError` naming the shard when a stored row holds NaN/Inf (the store keeps finite
+        rows only, so the shard was changed on disk)."""
         out = np.empty((len(texts), self.dim), np.float32)
         for i, t in enumerate(texts):
             where = self._index.get(text_key(t))
             if where is None:
                 raise KeyError(f"not in the store: {t[:60]!r}")
             out[i] = self._shards[where[0]][where[1]]
+        bad = ~np.isfinite(out).all(axis=1)
+        if bad.any():
+            i = int(np.argmax(bad))
+            shard, row = self._index[text_key(texts[i])]
+            name = self._paths[shard].name
+            raise UserError(f"{self._paths[shard]}: NaN/Inf in row {row + 1} (the text {texts[i][:40]!r}); the store "
+                            f"keeps finite rows only, so the shard was changed on disk; "
+                            f"{self._delete_hint(name.replace('.rows', '.keys'))}")
         return out
 
     def add(self, texts: Sequence[str], rows: np.ndarray) -> int:
@@ -226,19 +290,22 @@ class EmbeddingStore:
             self._clean()
             name = f"shard-{len(self._shards):06d}"
             data = np.ascontiguousarray(rows[[i for i, _ in keep]], dtype=self.dtype)
+            keys = b"".join(k for _, k in keep)
             atomic_write(self.dir / f"{name}.rows", lambda f: f.write(data.tobytes()), binary=True)
-            atomic_write(self.dir / f"{name}.keys", lambda f: f.write(b"".join(k for _, k in keep)), binary=True)
+            digest = shard_digest(keys, self.dir / f"{name}.rows")
+            atomic_write(self.dir / f"{name}.sum", lambda f: f.write(digest + "\n"))
+            atomic_write(self.dir / f"{name}.keys", lambda f: f.write(keys), binary=True)
             self._read_shards()
             return len(keep)
         finally:
             os.close(fd)
 
     def _clean(self) -> None:
-        """Remove what a killed writer left: temporary files and rows without their keys."""
+        """Remove what a killed writer left: temporary files, rows and checksums without their keys."""
         for n in os.listdir(self.dir):
             if n.endswith(".tmp") and n.startswith("."):
                 os.unlink(self.dir / n)
-            elif n.endswith(".rows") and not (self.dir / n.replace(".rows", ".keys")).exists():
+            elif n.endswith((".rows", ".sum")) and not (self.dir / (n.rsplit(".", 1)[0] + ".keys")).exists():
                 os.unlink(self.dir / n)
 
 

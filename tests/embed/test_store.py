@@ -70,8 +70,8 @@ def test_what_a_killed_writer_left_is_ignored_then_cleaned(tmp_path):
     again = EmbeddingStore(tmp_path, "m", dim=2)
     assert len(again) == 1 and "b" not in again
     again.add(["b"], np.full((1, 2), 2.0))
-    assert sorted(os.listdir(d)) == [".lock", "meta.json", "shard-000000.keys", "shard-000000.rows",
-                                     "shard-000001.keys", "shard-000001.rows"]
+    assert sorted(os.listdir(d)) == [".lock", "meta.json", "shard-000000.keys", "shard-000000.rows", "shard-000000.sum",
+                                     "shard-000001.keys", "shard-000001.rows", "shard-000001.sum"]
     assert EmbeddingStore(tmp_path, "m", dim=2).get(["b", "a"]).tolist() == [[2.0, 2.0], [1.0, 1.0]]
 
 
