@@ -26,7 +26,9 @@ def add_parser(sub) -> None:
     t.add_argument("--mini-batch-size", type=positive_int, default=32, help="for cached_mnrl (GradCache)")
     t.add_argument("--checkpoint-every", type=positive_int, default=None, help="steps between checkpoints")
     t.add_argument("--keep-checkpoints", type=positive_int, default=2)
-    t.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in OUTPUT")
+    t.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in OUTPUT, with the same "
+                   "settings (a changed --lr, --batch-size, --max-seq-length, --precision, ... is refused; "
+                   "--quiet, --checkpoint-every, --keep-checkpoints may change)")
     t.add_argument("--replay", help="old training data mixed in so the old domain is not forgotten")
     t.add_argument("--replay-ratio", type=float, default=0.0)
     t.add_argument("--stream", action="store_true",

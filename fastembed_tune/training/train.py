@@ -28,8 +28,11 @@ file with ``default_rng([seed, epoch, 1])`` (without replacement when there are 
 
 Resume: a checkpoint holds the model weights, the optimizer, the scheduler, the python / numpy /
 torch (and CUDA) RNG states and the data position (epoch, next batch, a digest of the epoch's
-batch order and of the data). ``resume=True`` continues from the newest checkpoint that loads,
-so a run killed with SIGKILL and resumed ends with the same weights as one never interrupted.
+batch order and of the data) and the record of the settings that change the run's result
+(:func:`run_settings`). ``resume=True`` continues from the newest checkpoint that loads, so a run
+killed with SIGKILL and resumed ends with the same weights as one never interrupted; a resume with
+another model, loss, lr, batch size, sequence length, precision, ... is refused, naming each changed
+setting with its old and new value (how the run is watched or saved may change).
 """
 from __future__ import annotations
 
@@ -404,6 +407,78 @@ def _save_checkpoint(output_dir: Path, step: int, model, optimizer, scheduler, p
     return final
 
 
+# The settings that change a run's result: recorded with every checkpoint and compared at resume,
+# so a resumed run never mixes two runs. The others only change how a run is watched, saved or
+# placed and may differ: show_progress_bar, logging_steps, log_file, checkpoint_every,
+# keep_checkpoints, device, mini_batch_size (GradCache's memory knob: the same loss and gradients).
+RUN_SETTINGS = ("model", "loss", "scale", "symmetric", "triplet_margin", "batch_size", "num_negatives", "seed",
+                "length_window", "lr", "warmup_ratio", "weight_decay", "max_grad_norm", "epochs", "max_steps",
+                "replay_ratio", "max_seq_length", "bf16", "validation_share", "validation_max_queries",
+                "eval_every", "patience")
+_RESOLVED_SETTINGS = ("model", "max_seq_length", "bf16", "eval_every")  # recorded as the run resolved them
+
+
+def run_settings(config: TrainConfig, max_seq_length: int, bf16: bool, eval_every: int = 0) -> dict:
+    """The record of a run's :data:`RUN_SETTINGS`, as the run resolved them: the model folder's real
+    path, the sequence length trained at, bf16 on or off, the validation cadence (``eval_every``
+    0: no validation, so neither it nor ``patience`` matters); ``epochs`` is None under ``max_steps``.
+
+    >>> s = run_settings(TrainConfig("o", max_steps=4), max_seq_length=64, bf16=False)
+    >>> s["lr"], s["epochs"], s["max_seq_length"], s["bf16"], s["patience"]
+    (2e-05, None, 64, False, None)
+    """
+    s = {k: getattr(config, k) for k in RUN_SETTINGS}
+    model = config.model
+    s.update(model=os.path.realpath(model) if model and os.path.isdir(model) else model,
+             max_seq_length=max_seq_length, bf16=bool(bf16), eval_every=eval_every or None)
+    if config.max_steps is not None:
+        s["epochs"] = None
+    if not eval_every:
+        s["patience"] = None
+    return s
+
+
+def _show_setting(name: str, value: Any) -> str:
+    """One setting as its flag and value: ``--lr 0.001``, ``--precision bf16``, ``--symmetric off``."""
+    if name == "bf16":
+        return f"--precision {'bf16' if value else 'fp32'}"
+    flag = "--" + name.replace("_", "-")
+    if isinstance(value, bool):
+        return f"{flag} {'on' if value else 'off'}"
+    return f"{flag} {'unset' if value is None else value}"
+
+
+def settings_mismatch(saved: dict, now: dict) -> Optional[str]:
+    """What differs between a checkpoint's settings record and this run's (only the names both
+    records hold are compared), as "with X; this run asks for Y"; None when nothing does.
+
+    >>> settings_mismatch({"lr": 0.001, "seed": 42}, {"lr": 0.01, "seed": 42})
+    'with --lr 0.001; this run asks for --lr 0.01'
+    >>> settings_mismatch({"bf16": True}, {"bf16": True}) is None
+    True
+    """
+    names = [k for k in RUN_SETTINGS if k in saved and k in now and saved[k] != now[k]]
+    if not names:
+        return None
+    return (f"with {', '.join(_show_setting(k, saved[k]) for k in names)}; "
+            f"this run asks for {', '.join(_show_setting(k, now[k]) for k in names)}")
+
+
+def _check_settings(ckpt: Path, position: dict, now: dict) -> None:
+    """Refuse to resume ``ckpt`` with settings that change the run. A checkpoint written before
+    the settings record existed is compared on its raw config (the resolved settings left out)."""
+    saved = position.get("settings")
+    if saved is None:
+        raw = position.get("config") or {}
+        saved = {k: raw[k] for k in RUN_SETTINGS if k in raw and k not in _RESOLVED_SETTINGS + ("patience",)}
+        if raw.get("max_steps") is not None:
+            saved["epochs"] = None
+    mismatch = settings_mismatch(saved, now)
+    if mismatch:
+        raise UserError(f"{ckpt} was written {mismatch}: resuming would mix two runs; resume with the "
+                        f"checkpoint's settings, or train without --resume into another output folder")
+
+
 def _load_latest_checkpoint(output_dir: Path) -> Optional[tuple[Path, dict, dict]]:
     for ckpt in reversed(list_checkpoints(output_dir)):
         try:
@@ -622,6 +697,12 @@ def _prepare(pairs: Union[list[Pair], PairStream], replay: list[Pair], config: T
                 out_dir, log_file, saved_max_len)
 
 
+def _settings(run: _Run) -> dict:
+    """This run's settings record (:func:`run_settings`), trained length and bf16 as resolved."""
+    return run_settings(run.config, run.model.max_seq_length, run.bf16,
+                        run.eval_every if run.validation is not None else 0)
+
+
 def _resume(run: _Run) -> bool:
     """Continue from the newest checkpoint that loads (``config.resume``): weights, optimizer,
     schedule, data position, the log's open window, the RNG states (set last, so nothing before
@@ -633,6 +714,7 @@ def _resume(run: _Run) -> bool:
         set_seed(run.config.seed)
         return False
     ckpt, position, state = loaded
+    _check_settings(ckpt, position, _settings(run))
     if position.get("data_digest") != run.data_digest:
         raise UserError(f"{ckpt} was written for other training data; resume with the same pairs "
                         f"(and replay file), or choose another output_dir")
@@ -675,7 +757,7 @@ def _checkpoint(run: _Run, epoch: Union[_ListEpoch, StreamEpoch], log: WindowLog
                 "batch_order_digest": epoch.digest, "num_batches": len(epoch),
                 "data_digest": run.data_digest, "total_steps": run.total_steps,
                 "elapsed": run.elapsed0 + time.perf_counter() - log.t0, "log_window": log.state(),
-                "validation": run.tracker.state(),
+                "validation": run.tracker.state(), "settings": _settings(run),
                 "config": {k: v for k, v in dataclasses.asdict(c).items()
                            if k not in ("validation_corpus", "validation_avoid", "validation_pairs")}}
     if run.rank == 0:
