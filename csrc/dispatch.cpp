@@ -92,9 +92,12 @@ struct KernelFamily {
 
   const K& get(const std::string& requested) const {
     std::string name = requested;
+    std::string from;  // "VARIABLE=value: " when the name came from the environment, so that the
+                       // caller can tell the user's setting from a bad argument
     if (name.empty() || name == "auto") {
       const char* e = std::getenv(env);
       name = (e && *e) ? std::string(e) : std::string("auto");
+      if (e && *e) from = std::string(env) + "=" + name + ": ";
     }
     if (name == "auto") name = available().front();
     for (const auto& p : paths) {
@@ -102,8 +105,8 @@ struct KernelFamily {
       if (!runs(p)) {
         std::string have;
         for (const auto& n : available()) have += (have.empty() ? "" : ", ") + n;
-        throw std::invalid_argument(std::string(what) + " '" + name + "' is not supported by this CPU; it has: " +
-                                    have);
+        throw std::invalid_argument(from + std::string(what) + " '" + name +
+                                    "' is not supported by this CPU; it has: " + have);
       }
       return p.table();
     }
@@ -111,8 +114,8 @@ struct KernelFamily {
     std::string all = "auto";
     for (auto it = paths.rbegin(); it != paths.rend(); ++it)
       if (it->name != std::string(kReference)) all += std::string(", ") + it->name;
-    throw std::invalid_argument("unknown " + std::string(what) + " '" + name + "'; choose one of " + all + ", " +
-                                kReference);
+    throw std::invalid_argument(from + "unknown " + std::string(what) + " '" + name + "'; choose one of " + all +
+                                ", " + kReference);
   }
 };
 

@@ -24,6 +24,9 @@
 // a row, or a row this CPU cannot run, throws std::invalid_argument (whether it came from the
 // argument or the variable), e.g. "unknown SIMD path 'sse9'; choose one of auto, scalar, avx2,
 // avx512, reference" or "SIMD path 'avx512' is not supported by this CPU; it has: avx2, scalar".
+// A name read from the variable prefixes the message with "VARIABLE=value: " (e.g.
+// "FASTEMBED_TUNE_SIMD=sse9: unknown SIMD path 'sse9'; ..."): kernels.py turns those into a user
+// error naming the variable, and keeps a bad argument a ValueError.
 #pragma once
 #include <cstdint>
 #include <string>

@@ -15,6 +15,9 @@
 // Candidates: L = (k + skip_top)-th largest a - e over rows that surely pass the filters (not excluded,
 // a + e <= upper); every row with a + e >= L and a - e <= upper is rescored. A row left out has
 // s' <= a + e < L <= s' of k + skip_top surely passing rows, so it cannot be in the answer.
+// upper is topk_cosine's (topk_cosine.h, TopkArgs::upper): for max_ratio r and positive score p,
+// p - (1 - min(r, 1)) * |p| rounded down to float, never above p, so a negative p keeps its margin
+// and no candidate scoring above the positive passes; the scan and the rescoring compare with it alike.
 #pragma once
 #include <cstdint>
 

@@ -18,6 +18,12 @@ struct TopkArgs {
   const int64_t* excl_ptr = nullptr;
   const int64_t* excl_ids = nullptr;
   // Per-query upper bound: a candidate scoring above upper[q] is dropped (nullptr: none).
+  // max_ratio r with positive score p gives upper[q] = p - (1 - min(r, 1)) * |p| (r * p for p >= 0,
+  // (2 - r) * p for p < 0), computed in double and rounded down to float (kernels.ratio_bound). Why
+  // not r * p everywhere: for p < 0 it lies above p, so documents the model ranks above the positive
+  // would come back as hard negatives; this keeps the same (1 - r) |p| margin below the positive on
+  // both sides of 0 (continuous at 0), and never a bound above p, so a candidate scoring above the
+  // positive is never a negative. The kernels take upper as given (any value but NaN).
   const float* upper = nullptr;
   int threads = 0;  // 0: OpenMP default
 };

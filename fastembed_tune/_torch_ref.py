@@ -48,7 +48,7 @@ def topk_cosine_torch(queries: torch.Tensor, corpus: torch.Tensor, k: int, *, ex
                 raise ValueError("max_ratio needs positive_scores or a non-empty exclude per query")
             positive_scores = torch.stack([(queries[i:i + 1].double() @ corpus[r.to(dev)].double().T).min()
                                            for i, r in enumerate(excl)])
-        upper = (max_ratio * torch.as_tensor(positive_scores, dtype=torch.float64, device=dev)).float()
+        upper = ratio_bound_torch(max_ratio, torch.as_tensor(positive_scores, dtype=torch.float64, device=dev))
     scores = torch.full((Q, k), float("-inf"), device=dev)
     ids = torch.full((Q, k), -1, dtype=torch.long, device=dev)
     for b0 in range(0, Q, block):
@@ -67,6 +67,20 @@ def topk_cosine_torch(queries: torch.Tensor, corpus: torch.Tensor, k: int, *, ex
         scores[b0:b0 + block, :w] = torch.where(valid, sv, torch.full_like(sv, float("-inf")))
         ids[b0:b0 + block, :w] = torch.where(valid, si, torch.full_like(si, -1))
     return scores, ids
+
+
+def ratio_bound_torch(max_ratio: float, p: torch.Tensor) -> torch.Tensor:
+    """``kernels.ratio_bound`` in torch, on ``p``'s device: ``p - (1 - r) * |p|`` with ``r`` capped at 1
+    (``r * p`` for ``p >= 0``, ``(2 - r) * p`` below), computed in float64 and rounded down to float32.
+
+    >>> ratio_bound_torch(0.5, torch.tensor([0.5, -0.5], dtype=torch.float64)).tolist()
+    [0.25, -0.75]
+    """
+    p = p.to(torch.float64)
+    r = min(float(max_ratio), 1.0)
+    b = torch.where(p >= 0, r * p, (2.0 - r) * p)
+    b32 = b.float()
+    return torch.where(b32.double() > b, torch.nextafter(b32, torch.full_like(b32, float("-inf"))), b32)
 
 
 def contrastive_mask(pos: torch.Tensor, doc_keys: Optional[torch.Tensor], rows: slice, M: int) -> Optional[torch.Tensor]:

@@ -12,10 +12,11 @@ from typing import Any, Callable, Optional, Sequence, Union
 import numpy as np
 
 from fastembed_tune import _native
+from fastembed_tune.core.errors import UserError
 
 ArrayLike = Any  # np.ndarray | np.memmap | torch.Tensor
 
-__all__ = ["topk_cosine", "available_simd", "simd_name"]
+__all__ = ["topk_cosine", "available_simd", "simd_name", "ratio_bound"]
 
 
 def available_simd() -> list[str]:
@@ -33,7 +34,22 @@ def simd_name(simd: str = "auto") -> str:
     >>> simd_name("scalar")
     'scalar'
     """
-    return _native.simd_name(simd)
+    return _check_paths(simd)
+
+
+def _check_paths(simd: Optional[str], scan: Optional[str] = None) -> Optional[str]:
+    """The fp32 path ``simd`` names (and checks the int8 scan path ``scan``): a bad name read from
+    ``FASTEMBED_TUNE_SIMD`` / ``FASTEMBED_TUNE_LOWP`` is the user's setting, a ``UserError`` naming the
+    variable (the native message starts with ``VARIABLE=value:``); a bad argument stays a ValueError."""
+    if not all(n is None or isinstance(n, str) for n in (simd, scan)):
+        raise ValueError("simd and scan must be path names such as 'auto'")
+    try:
+        if scan is not None:
+            _native.lowp_name(scan)
+        return None if simd is None else _native.simd_name(simd)
+    except ValueError as e:
+        msg = str(e)
+        raise (UserError(msg) if msg.startswith("FASTEMBED_TUNE_") else ValueError(msg)) from None
 
 
 def _is_torch(x: Any) -> bool:
@@ -157,8 +173,33 @@ def _filters(q: np.ndarray, x: np.ndarray, exclude: Any, max_ratio: Any, positiv
             raise ValueError(f"positive_scores has {p.shape[0]} entries but there are {Q} queries")
         if not np.all(np.isfinite(p)):
             raise ValueError("positive_scores must be finite")
-        upper = np.ascontiguousarray((max_ratio * p).astype(np.float32))
+        upper = ratio_bound(max_ratio, p)
     return ptr, ids, upper
+
+
+def ratio_bound(max_ratio: float, positive_scores: ArrayLike) -> np.ndarray:
+    """The ``max_ratio`` filter's per-query bound: a candidate passes when its float32 score is at
+    most this. The bound is the positive's score ``p`` less a ``(1 - max_ratio)`` share of its
+    magnitude, ``p - (1 - r) * |p|`` (``r * p`` when ``p >= 0``, ``(2 - r) * p`` when ``p < 0``), never
+    above ``p`` (``r >= 1`` gives ``p``): a candidate scoring above the positive is never a negative,
+    whatever the positive's sign (``r * p`` alone lies above a negative ``p``). Computed in float64 and
+    rounded down to float32, so ``score <= bound`` in float32 holds exactly when it holds in reals.
+    The one definition: the kernels and the mining summary's dropped count both use it.
+
+    >>> ratio_bound(0.5, [0.5, -0.5, 0.0]).tolist()
+    [0.25, -0.75, 0.0]
+    >>> ratio_bound(2.0, [0.5, -0.5]).tolist()
+    [0.5, -0.5]
+    """
+    if _is_torch(positive_scores):
+        positive_scores = positive_scores.detach().cpu().numpy()
+    p = np.asarray(positive_scores, dtype=np.float64).ravel()
+    r = min(float(max_ratio), 1.0)
+    b = np.where(p >= 0, r * p, (2.0 - r) * p)
+    b32 = b.astype(np.float32)
+    up = b32.astype(np.float64) > b  # rounded up: step down to the float32 just below
+    b32[up] = np.nextafter(b32[up], np.float32(-np.inf))
+    return np.ascontiguousarray(b32)
 
 
 def topk_cosine(
@@ -184,8 +225,9 @@ def topk_cosine(
             id lists, or a ``[Q, m]`` integer array padded with -1.
         skip_top: drop the best ``skip_top`` candidates that pass the filters, like
             sentence-transformers' ``range_min``.
-        max_ratio: drop candidates scoring above ``max_ratio * positive_score`` (likely false
-            negatives; NV-Retriever's TopK-PercPos uses 0.95).
+        max_ratio: drop candidates scoring above the query's positive score ``p`` less a
+            ``(1 - max_ratio)`` share of ``|p|`` (``max_ratio * p`` for ``p >= 0``; never above ``p``,
+            see :func:`ratio_bound`): likely false negatives; NV-Retriever's TopK-PercPos uses 0.95.
         positive_scores: ``[Q]`` score of each query's positive, for ``max_ratio``. If omitted,
             the lowest score among the query's ``exclude`` ids is used.
         normalized: check rows have unit L2 norm (set False for a raw inner-product search).
@@ -213,6 +255,7 @@ def topk_cosine(
     q = _as_f32_matrix(queries, "queries")
     x = _as_f32_matrix(corpus, "corpus")
     _check_search_args(q, x, k, skip_top, threads)
+    _check_paths(simd)
     _check_rows(q, "queries", normalized, threads)
     _check_rows(x, "corpus", normalized, threads)
     ptr, ids, upper = _filters(q, x, exclude, max_ratio, positive_scores)
@@ -232,6 +275,10 @@ def _check_contrastive(q, docs, pos, scale, doc_keys):
     for name, t in (("q", q), ("docs", docs)):
         if not isinstance(t, torch.Tensor):
             raise ValueError(f"{name} must be a torch tensor, got {type(t).__name__}")
+        if t.device.type == "meta":
+            raise ValueError(f"{name} is on the meta device (shapes only, no values); the loss needs real "
+                             f"tensors: move the model to CPU or CUDA first (e.g. .to_empty(device='cpu') and "
+                             f"load the weights)")
         if t.dtype != torch.float32:
             raise ValueError(f"{name} must be float32, got {t.dtype}; convert it with .float()")
         if t.ndim != 2 or t.shape[0] == 0 or t.shape[1] == 0:
@@ -243,6 +290,9 @@ def _check_contrastive(q, docs, pos, scale, doc_keys):
     B, M = q.shape[0], docs.shape[0]
     if not isinstance(pos, torch.Tensor):
         pos = torch.as_tensor(pos)
+    for name, t in (("pos", pos), ("doc_keys", doc_keys)):
+        if isinstance(t, torch.Tensor) and t.device.type == "meta":
+            raise ValueError(f"{name} is on the meta device (shapes only, no values); pass real integer ids")
     if pos.dtype not in (torch.int64, torch.int32) or pos.shape != (B,):
         raise ValueError(f"pos must be an integer tensor of shape ({B},) (one positive per query), "
                          f"got {pos.dtype} {tuple(pos.shape)}")
@@ -323,6 +373,7 @@ def contrastive(q, docs, pos, scale: float = 20.0, *, doc_keys=None, symmetric: 
     pos, doc_keys = _check_contrastive(q, docs, pos, scale, doc_keys)
     if q.device.type != "cpu" or not hasattr(_native, "contrastive_forward"):
         return contrastive_torch(q, docs, pos, float(scale), doc_keys=doc_keys, symmetric=symmetric)
+    _check_paths(simd)
     if _NATIVE_FN is None:
         _NATIVE_FN = _native_contrastive_function()
     loss = _NATIVE_FN.apply(q, docs, pos, float(scale), doc_keys, simd)
@@ -526,13 +577,7 @@ def _check_search_args(q: np.ndarray, x: np.ndarray, k, skip_top, threads) -> No
 def _check_lowp_args(q: np.ndarray, x: np.ndarray, k, skip_top, threads, simd, scan) -> None:
     """:func:`topk_cosine_lowp`'s shape, count and path-name arguments, each refused with a ValueError."""
     _check_search_args(q, x, k, skip_top, threads)
-    if not isinstance(scan, str) or not isinstance(simd, str):
-        raise ValueError("simd and scan must be path names such as 'auto'")
-    try:
-        _native.lowp_name(scan)
-        _native.simd_name(simd)
-    except ValueError as e:
-        raise ValueError(str(e)) from None
+    _check_paths(simd, scan)
 
 
 def _check_quantized(quantized: QuantizedCorpus, x: np.ndarray, normalized: bool) -> None:
@@ -632,6 +677,7 @@ def lowp_dots(queries: ArrayLike, quantized: QuantizedCorpus, scan: str = "auto"
     """The exact integer dot products ``[Q, N]`` of ``scan``'s int8 query codes with the corpus codes
     (a test hook: every scan path must equal ``scan="reference"``)."""
     q = _as_f32_matrix(queries, "queries")
+    _check_paths(None, scan)
     if q.shape[1] != quantized.d:
         raise ValueError(f"queries have dimension {q.shape[1]} but the quantised corpus has {quantized.d}")
     qc = quantized

@@ -7,7 +7,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from fastembed_tune.kernels import quantize_corpus, topk_cosine, topk_cosine_lowp, unit_rows
+from fastembed_tune.kernels import quantize_corpus, ratio_bound, topk_cosine, topk_cosine_lowp, unit_rows
 
 HIST_BINS = np.linspace(-0.2, 1.0, 13)
 
@@ -41,6 +41,17 @@ def make_search(scan: str, corpus: np.ndarray, threads: int, out: Optional[str] 
             return topk_cosine_lowp(*a, quantized=quantized, **k)
     search.name = "int8 candidates + fp32 rescoring" if scan == "int8" else "fp32"
     return search
+
+
+def dropped_by_ratio(unbounded: np.ndarray, max_ratio: float, pos_scores: np.ndarray) -> tuple[int, int]:
+    """(candidates, pairs with any) that the ``max_ratio`` filter removed, from the scores of the same
+    search without it: those above each pair's bound, the kernels' own (:func:`~fastembed_tune.kernels.ratio_bound`).
+
+    >>> dropped_by_ratio(np.array([[0.5, 0.1], [-0.25, -np.inf]], dtype=np.float32), 0.9, np.array([0.4, -0.3]))
+    (2, 2)
+    """
+    over = (unbounded > ratio_bound(max_ratio, pos_scores)[:, None]) & np.isfinite(unbounded)
+    return int(over.sum()), int(over.any(1).sum())
 
 
 def summarize(scores: np.ndarray, ids: np.ndarray, pos_scores: np.ndarray, corpus_size: int, added: int,

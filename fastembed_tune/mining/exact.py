@@ -4,8 +4,10 @@ Each training pair's query is searched against the corpus (a given file, or else
 positives of all pairs, as in sentence-transformers' ``mine_hard_negatives``). The query's own
 positives are excluded inside the scan, ``skip_top`` drops the closest candidates and
 ``max_ratio`` drops candidates scoring above ``max_ratio`` x the pair's positive score (likely
-false negatives, NV-Retriever's TopK-PercPos). Filters act inside the scan, so a pair gets fewer
-negatives only when fewer documents pass; no pair is ever dropped.
+false negatives, NV-Retriever's TopK-PercPos; below 0, the positive's score less a
+``1 - max_ratio`` share of its magnitude: never above the positive, ``kernels.ratio_bound``).
+Filters act inside the scan, so a pair gets fewer negatives only when fewer documents pass; no
+pair is ever dropped.
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ from tqdm.auto import tqdm
 from fastembed_tune.core.atomic import atomic_write, write_json
 from fastembed_tune.core.distributed import barrier, shard, world
 from fastembed_tune.data.readers import Pair
-from fastembed_tune.mining.common import encode_unit, make_search, merge_summaries, summarize
+from fastembed_tune.mining.common import dropped_by_ratio, encode_unit, make_search, merge_summaries, summarize
 
 
 @dataclass
@@ -53,7 +55,8 @@ def mine_hard_negatives(
             from a given corpus are added to it (so they can be excluded for their own query).
         num_negatives: negatives mined per pair.
         skip_top: skip the closest ``skip_top`` passing candidates (sentence-transformers' range_min).
-        max_ratio: drop candidates scoring above ``max_ratio`` x the pair's positive score.
+        max_ratio: drop candidates scoring above ``max_ratio`` x the pair's positive score ``p``
+            (``p - (1 - max_ratio) * |p|`` when ``p < 0``; never above ``p``).
         embeddings: precomputed ``(query_embeddings[len(pairs)], corpus_embeddings)`` (rows
             L2-normalised), skipping the model. The corpus rows align with ``corpus`` exactly as
             given, duplicate texts included, followed by the positives missing from it in order of
@@ -101,8 +104,7 @@ def mine_hard_negatives(
     if max_ratio is not None:
         # The same search without the ratio filter tells how many candidates it removed.
         s2, _ = search(qemb, demb, k, exclude=exclude, skip_top=skip_top, threads=threads)
-        over = (s2 > (max_ratio * pos_scores)[:, None]) & np.isfinite(s2)
-        dropped, pairs_hit = int(over.sum()), int(over.any(1).sum())
+        dropped, pairs_hit = dropped_by_ratio(s2, max_ratio, pos_scores)
     out = [Pair(p.query, p.positive, list(dict.fromkeys(list(p.negatives) + [ix.docs[j] for j in ids[r] if j >= 0])),
                 p.source) for r, p in enumerate(pairs)]
     summary = summarize(scores, ids, pos_scores, len(ix.docs), ix.added if corpus is not None else 0, num_negatives,

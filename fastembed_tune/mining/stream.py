@@ -39,7 +39,7 @@ from fastembed_tune.core.errors import UserError
 from fastembed_tune.data.readers import Pair
 from fastembed_tune.data.stream import DEFAULT_WINDOW, CorpusStream, PairStream
 from fastembed_tune.embed.store import KEY_BYTES, model_fingerprint
-from fastembed_tune.mining.common import encode_unit, make_search, merge_summaries, summarize
+from fastembed_tune.mining.common import dropped_by_ratio, encode_unit, make_search, merge_summaries, summarize
 
 _FORMAT = 1
 
@@ -309,8 +309,7 @@ def _mine_window(win: list[Pair], cands: _Candidates, lo: int, hi: int, demb: np
     dropped = hit = 0
     if max_ratio is not None:
         s2, _ = search(qemb, demb, k, exclude=exclude, skip_top=skip_top, threads=threads)
-        over = (s2 > (max_ratio * pos_scores)[:, None]) & np.isfinite(s2)
-        dropped, hit = int(over.sum()), int(over.any(1).sum())
+        dropped, hit = dropped_by_ratio(s2, max_ratio, pos_scores)
     texts = dict(zip(np.unique(ids[ids >= 0]).tolist(),
                      cands.table.get(cands.row_of[np.unique(ids[ids >= 0])])))
     found = [Pair(p.query, p.positive, list(dict.fromkeys(list(p.negatives) + [texts[j] for j in ids[r] if j >= 0])),

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from fastembed_tune.data.readers import Pair
+from fastembed_tune.kernels import ratio_bound
 from fastembed_tune.mining.exact import mine_hard_negatives, write_pairs_jsonl
 
 
@@ -42,7 +43,7 @@ def test_matches_brute_force(skip, ratio, scan):
         pos_ids.setdefault(p.query, set()).add(docs.index(p.positive))
     excl = [pos_ids[p.query] for p in pairs]
     pos_score = np.array([qemb[i] @ demb[docs.index(p.positive)] for i, p in enumerate(pairs)], dtype=np.float64)
-    upper = None if ratio is None else (ratio * pos_score).astype(np.float32)
+    upper = None if ratio is None else ratio_bound(ratio, pos_score)
     want = brute(qemb, demb, excl, 4, skip, upper)
     assert len(res.pairs) == len(pairs)  # never drops a pair
     for p, got, w in zip(pairs, res.pairs, want):
@@ -95,7 +96,7 @@ def test_max_ratio_summary_counts_dropped():
     s = qemb @ demb.T
     expect = 0
     for i, p in enumerate(plain.pairs):
-        expect += sum(s[i, docs.index(n)] > 0.5 * pos[i] for n in p.negatives)
+        expect += sum(s[i, docs.index(n)] > ratio_bound(0.5, pos)[i] for n in p.negatives)
     assert res.summary["candidates_dropped_as_false_negatives"] == expect
     assert sum(res.summary["negative_score_histogram"]) == res.summary["negatives_mined"]
 
