@@ -6,6 +6,26 @@ import argparse
 from fastembed_tune.cli.common import add_export_precision_arg, nonneg_int, positive_int, ratio
 
 
+def port_number(s: str) -> int:
+    """Argument type of ``--port``: a TCP port, 0 to 65535 (0: any free port); anything else is refused
+    while parsing, never wrapped around (70000 is not 4464).
+
+    >>> port_number("8080")
+    8080
+    >>> port_number("70000")
+    Traceback (most recent call last):
+    ...
+    argparse.ArgumentTypeError: a TCP port is an integer from 0 to 65535 (0: any free port), got 70000
+    """
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a TCP port is an integer from 0 to 65535, got {s!r}") from None
+    if not 0 <= v <= 65535:
+        raise argparse.ArgumentTypeError(f"a TCP port is an integer from 0 to 65535 (0: any free port), got {v}")
+    return v
+
+
 def add_parser(sub) -> None:
     """The ``serve`` subcommand's flags.
 
@@ -21,7 +41,7 @@ def add_parser(sub) -> None:
     s.add_argument("--int8", action="store_true", help="serve model_int8.onnx of the export (= --precision int8)")
     add_export_precision_arg(s)
     s.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
-    s.add_argument("--port", type=nonneg_int, default=8080, help="TCP port (0: any free port)")
+    s.add_argument("--port", type=port_number, default=8080, help="TCP port (0: any free port)")
     s.add_argument("--name", help="model id clients send as 'model' (default: the directory's name)")
     s.add_argument("--threads", type=nonneg_int, default=0, help="onnxruntime intra-op threads (0: all cores)")
     s.add_argument("--max-batch-tokens", type=positive_int, default=1024,

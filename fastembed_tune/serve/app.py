@@ -32,7 +32,7 @@ try:  # the serve extra; create_app refuses with the pip command to run when it 
     import orjson
     from starlette.applications import Starlette
     from starlette.exceptions import HTTPException
-    from starlette.requests import Request
+    from starlette.requests import ClientDisconnect, Request
     from starlette.responses import Response
     from starlette.routing import Route
 
@@ -41,6 +41,16 @@ except ImportError:  # pragma: no cover - exercised by a test that hides the ext
     pass
 
 MAX_BODY_BYTES = 16 * 1024 * 1024
+CLIENT_GONE = 499  # the status recorded (and sent to nobody) for a request whose client left
+
+
+async def _client_left(request: "Request") -> None:
+    """Return once the client of ``request`` (its body already read) has closed the connection."""
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
+        await asyncio.sleep(0.05)  # not a disconnect: look again shortly
 
 
 def _json(obj: Any, status: int = 200, headers: Optional[dict] = None) -> "Response":
@@ -80,32 +90,58 @@ class _Service:
         self.inflight += 1
         self.metrics.inflight.inc()
         try:
-            body = await self._read_body(request)
-            try:
-                payload = orjson.loads(body)
-            except orjson.JSONDecodeError:
-                raise ApiError(400, "We could not parse the JSON body of your request: it is not valid JSON "
-                                    "(UTF-8)") from None
-            req = parse_request(payload, self.name, self.engine.dim, self.engine.vocab_size, self.max_inputs)
-            try:
-                emb, tokens = await self.batcher.embed(texts=req.texts, ids=req.ids)
-            except Overloaded as e:
-                raise ApiError(429, str(e), type="requests", code="rate_limit_exceeded",
-                               headers={"Retry-After": "1"}) from None
-            except Draining:
-                raise ApiError(503, "the server is shutting down; retry on another instance", type="server_error",
-                               code="shutting_down") from None
-            except EngineError as e:
-                print(f"error: {e}", file=sys.stderr, flush=True)
-                raise ApiError(500, str(e), type="server_error", code="model_error") from None
-            self.metrics.embedded(req.n, tokens)
-            out = apply_dimensions(emb, req.dimensions)
-            return Response(encode_response(out, self.name, tokens, req.encoding_format),
-                            media_type="application/json")
+            return await self._embeddings(request)
+        except ClientDisconnect:  # the client left (mid-body, or before its answer): nobody to answer
+            print("note: a client closed its connection before its answer; its request was dropped",
+                  file=sys.stderr, flush=True)
+            request.scope["fastembed.error_code"] = "client_closed"
+            return Response(status_code=CLIENT_GONE)
         finally:
             self.inflight -= 1
             self.metrics.inflight.dec()
             self.metrics.queued.set(self.batcher.queued)
+
+    async def _embed_while_connected(self, request: "Request", req: Any) -> tuple:
+        """The batcher's answer to ``req``; raises ClientDisconnect as soon as the client leaves, and the
+        batcher then drops the request's texts not yet run (a gone client delays nobody)."""
+        if await request.is_disconnected():
+            raise ClientDisconnect()
+        work = asyncio.ensure_future(self.batcher.embed(texts=req.texts, ids=req.ids))
+        gone = asyncio.ensure_future(_client_left(request))
+        try:
+            await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (work, gone):
+                if not task.done():
+                    task.cancel()
+        if work.done() and not work.cancelled():
+            return work.result()
+        raise ClientDisconnect()
+
+    async def _embeddings(self, request: "Request") -> "Response":
+        """``POST /v1/embeddings`` once admitted: read, check, embed, answer."""
+        body = await self._read_body(request)
+        try:
+            payload = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            raise ApiError(400, "We could not parse the JSON body of your request: it is not valid JSON "
+                                "(UTF-8)") from None
+        req = parse_request(payload, self.name, self.engine.dim, self.engine.vocab_size, self.max_inputs)
+        try:
+            emb, tokens = await self._embed_while_connected(request, req)
+        except Overloaded as e:
+            raise ApiError(429, str(e), type="requests", code="rate_limit_exceeded",
+                           headers={"Retry-After": "1"}) from None
+        except Draining:
+            raise ApiError(503, "the server is shutting down; retry on another instance", type="server_error",
+                           code="shutting_down") from None
+        except EngineError as e:
+            print(f"error: {e}", file=sys.stderr, flush=True)
+            raise ApiError(500, str(e), type="server_error", code="model_error") from None
+        self.metrics.embedded(req.n, tokens)
+        out = apply_dimensions(emb, req.dimensions)
+        return Response(encode_response(out, self.name, tokens, req.encoding_format),
+                        media_type="application/json")
 
     async def models(self, request: "Request") -> "Response":
         return _json({"object": "list", "data": [self._model()]})

@@ -162,7 +162,7 @@ class OnnxEngine:
 
 class _Job:
     """One admitted request: its inputs, its result rows, and the future its handler awaits."""
-    __slots__ = ("texts", "ids", "n", "out", "remaining", "tokens", "future", "loop", "failed")
+    __slots__ = ("texts", "ids", "n", "out", "remaining", "tokens", "future", "loop", "failed", "cancelled")
 
     def __init__(self, texts, ids, n, loop, future):
         self.texts, self.ids, self.n, self.loop, self.future = texts, ids, n, loop, future
@@ -170,6 +170,7 @@ class _Job:
         self.remaining = n
         self.tokens = 0
         self.failed = False
+        self.cancelled = False  # its handler gave up (the client left): its texts are skipped
 
 
 def _resolve(future: asyncio.Future, result: Any, error: Optional[BaseException]) -> None:
@@ -246,7 +247,7 @@ class Batcher:
                     ids: Optional[List[Sequence[int]]] = None) -> Tuple[np.ndarray, int]:
         """Embed one request's ``texts`` (or token ``ids``): float32 ``[n, dim]`` in input order and
         the number of tokens the model read. Raises :class:`Overloaded`, :class:`Draining` or
-        :class:`EngineError`."""
+        :class:`EngineError`. Cancelled (the client left), the request's texts not yet run are dropped."""
         inputs = texts if texts is not None else ids
         n = len(inputs or ())
         if n == 0:
@@ -263,7 +264,11 @@ class Batcher:
         with self._inbox_ready:
             self._inbox.append(job)
             self._inbox_ready.notify()
-        return await job.future
+        try:
+            return await job.future
+        except asyncio.CancelledError:
+            job.cancelled = True  # read by the worker threads: nobody waits for these rows any more
+            raise
 
     # ---- lifecycle ---------------------------------------------------------------------------------
     def start(self) -> None:
@@ -318,6 +323,7 @@ class Batcher:
 
     def _tokenize(self, jobs: List[_Job]) -> None:
         """One ``encode_batch`` over every waiting text; the encodings go to the model thread."""
+        jobs = [j for j in jobs if not (j.cancelled and self._drop(j, j.n))]
         texts = [t for j in jobs if j.texts is not None for t in j.texts]
         try:
             encs = iter(self.engine.tokenize(texts)) if texts else iter(())
@@ -387,6 +393,9 @@ class Batcher:
     def _run(self, items: list, split: bool = True) -> None:
         """One engine call; rows go to their requests, a request is answered when its last row is in."""
         t0 = time.perf_counter()
+        items = self._live(items)
+        if not items:
+            return
         encodings = [it[3] for it in items]
         try:
             out = self.engine.run(encodings, split=split) if self.streams > 1 else self.engine.run(encodings)
@@ -420,6 +429,25 @@ class Batcher:
                 job.out = np.empty((job.n, emb.shape[1]), dtype=np.float32)
             job.out[row] = emb[k]
             self._count_down(job, 1)
+
+    def _live(self, items: list) -> list:
+        """``items`` less those of cancelled requests (counted as done, so their queue room is freed)."""
+        if not any(it[1].cancelled for it in items):
+            return items
+        live = []
+        for it in items:
+            if it[1].cancelled:
+                self._drop(it[1], 1)
+            else:
+                live.append(it)
+        return live
+
+    def _drop(self, job: _Job, count: int) -> bool:
+        """``count`` texts of the cancelled ``job`` done without running; True."""
+        with self._rows_lock:
+            job.failed = True  # nothing is delivered to a handler that is gone
+            self._count_down(job, count)
+        return True
 
     def _fail(self, job: _Job, error: BaseException, count: int = 1) -> None:
         """Answer ``job`` with ``error`` (once); ``count`` of its rows are done."""

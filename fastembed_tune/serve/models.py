@@ -7,6 +7,7 @@ restores onnxruntime's default. The model runs one batch at a time on every thre
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import sys
@@ -88,12 +89,38 @@ def resolve_model(model: Union[str, os.PathLike], int8: bool = False,
     if (out / METADATA_FILE).is_file() and (out / MODEL_FILE).is_file() and (not int8 or (out / INT8_FILE).is_file()):
         log(f"using the cached export {out}")
         return out
-    from fastembed_tune.export.onnx import export_onnx
-
     log(f"exporting {p} to ONNX{' (+int8)' if int8 else ''} into {out} (parity-checked; once per model)")
     out.parent.mkdir(parents=True, exist_ok=True)
-    export_onnx(p, out, quantize="int8" if int8 else None, warn=log)
+    export_apart(p, out, int8)
     return out
+
+
+def _export(src: str, out: str, int8: bool) -> None:
+    from fastembed_tune.export.onnx import export_onnx
+
+    export_onnx(src, out, quantize="int8" if int8 else None, warn=log)
+
+
+def export_apart(src: Union[str, os.PathLike], out: Union[str, os.PathLike], int8: bool = False) -> None:
+    """Export ``src`` into ``out`` (as ``export --quantize int8`` with ``int8``) in a fresh child process,
+    so the server never loads torch: the export's runtime and its thread pools (torch's OpenMP workers,
+    the parity and calibration sessions) end with the child, and the server process is the same whether
+    the export was cached or not (in-process, a server stalled for minutes after an export). The child's
+    :class:`UserError` (a parity refusal) and ``OSError`` (a full disk) are raised here as they are; a
+    child killed (out of memory) is an ``OSError`` naming ``out``.
+
+    >>> export_apart("models/mine", "/tmp/cache/mine-0123", int8=True)  # doctest: +SKIP
+    """
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
+
+    try:
+        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+            pool.submit(_export, str(src), str(out), bool(int8)).result()
+    except BrokenProcessPool:
+        raise OSError(errno.ENOMEM, "the export process was killed (out of memory?); nothing was written",
+                      str(out)) from None
 
 
 def default_name(export_dir: Union[str, os.PathLike]) -> str:

@@ -20,13 +20,18 @@ from fastembed_tune.serve.batching import MAX_WINDOW_TOKENS
 from fastembed_tune.serve.extra import require_extra
 from fastembed_tune.serve.models import default_name, load_engine, log, resolve_model
 
+MAX_PORT = 65535
 
-def bind(host: str, port: int) -> socket.socket:
-    """A listening TCP socket on ``host:port`` (port 0: a free one), or one clear UserError.
+
+def bind(host: str, port: int, listen: bool = True) -> socket.socket:
+    """A TCP socket bound to ``host:port`` (port 0: a free one) and listening (``listen=False``: bound
+    only, the port reserved; :func:`start_listening` opens it later), or one clear UserError.
 
     >>> s = bind("127.0.0.1", 0); s.getsockname()[1] > 0; s.close()
     True
     """
+    if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port <= MAX_PORT:
+        raise UserError(f"--port {port}: a TCP port is an integer from 0 to {MAX_PORT} (0: any free port)")
     try:
         family, kind, proto, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
                                                           flags=socket.AI_PASSIVE)[0]
@@ -36,14 +41,32 @@ def bind(host: str, port: int) -> socket.socket:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind(addr)
+    except OSError as e:
+        sock.close()
+        raise _bind_error(e, host, port) from None
+    sock.set_inheritable(True)
+    if listen:
+        start_listening(sock, host, port)
+    return sock
+
+
+def _bind_error(e: OSError, host: str, port: int) -> UserError:
+    if e.errno == errno.EADDRINUSE:
+        return UserError(f"{host}:{port} is already in use; choose another --port")
+    return UserError(f"cannot listen on {host}:{port} ({e.strerror or e})")
+
+
+def start_listening(sock: socket.socket, host: str, port: int) -> None:
+    """Open the bound ``sock`` to connections (called once the model answers: until then a client is
+    refused at once instead of waiting on a port that does not answer); closes it on failure.
+
+    >>> s = bind("127.0.0.1", 0, listen=False); start_listening(s, "127.0.0.1", 0); s.close()
+    """
+    try:
         sock.listen(2048)
     except OSError as e:
         sock.close()
-        if e.errno == errno.EADDRINUSE:
-            raise UserError(f"{host}:{port} is already in use; choose another --port") from None
-        raise UserError(f"cannot listen on {host}:{port} ({e.strerror or e})") from None
-    sock.set_inheritable(True)
-    return sock
+        raise _bind_error(e, host, port) from None
 
 
 def _server_class():
@@ -118,7 +141,8 @@ def serve(model: Union[str, os.PathLike], int8: bool = False, host: str = "127.0
     """
     require_extra(say_which=True)
     export_dir = resolve_model(model, int8=int8, cache_dir=cache_dir, export_int8=int8 or precision in ("auto", "int8"))
-    sock = bind(host, port)  # a busy port is said before the precision is measured, not after
+    # a busy port is said before the precision is measured, not after; it accepts connections once served
+    sock = bind(host, port, listen=False)
     try:
         engine = load_engine(export_dir, int8=int8, threads=threads, precision=precision, log=log)
         if adapter is not None:
@@ -132,6 +156,7 @@ def serve(model: Union[str, os.PathLike], int8: bool = False, host: str = "127.0
         name = name or default_name(model)
         app = create_app(engine, name, max_batch_tokens=max_batch_tokens, max_batch_size=max_batch_size,
                          max_queue=max_queue, drain_timeout=drain_timeout, max_window_tokens=max_window_tokens)
+        start_listening(sock, host, port)
     except BaseException:
         sock.close()
         raise
