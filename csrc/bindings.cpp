@@ -27,26 +27,10 @@ const T* need(const py::array& a, const char* name, int ndim) {
   return static_cast<const T*>(a.data());
 }
 
-py::tuple topk_cosine_py(py::array queries, py::array corpus, int k, py::object excl_ptr,
-                         py::object excl_ids, py::object upper, int skip_top, int threads,
-                         const std::string& simd) {
-  const float* q = need<float>(queries, "queries", 2);
-  const float* x = need<float>(corpus, "corpus", 2);
-  ft::TopkArgs a;
-  a.queries = q;
-  a.corpus = x;
-  a.Q = queries.shape(0);
-  a.N = corpus.shape(0);
-  if (queries.shape(1) != corpus.shape(1)) throw py::value_error("queries and corpus dimensions differ");
-  if (queries.shape(1) <= 0 || queries.shape(1) > (1 << 20)) throw py::value_error("bad dimension");
-  a.d = (int)queries.shape(1);
-  if (a.N <= 0 || a.Q <= 0) throw py::value_error("empty queries or corpus");
-  if (k <= 0 || k > a.N) throw py::value_error("k must be in [1, N]");
-  if (skip_top < 0 || (int64_t)k + skip_top > (int64_t)1 << 30) throw py::value_error("bad skip_top");
-  a.k = k;
-  a.skip_top = skip_top;
-  a.threads = threads;
-  py::array ep, ei, up;
+// The exclusion lists (CSR) and the per-query upper bounds of a top-k search, checked, into a.
+// The arrays are held by the caller's ep/ei/up for as long as the kernel reads them.
+void set_filters(ft::TopkArgs& a, const py::object& excl_ptr, const py::object& excl_ids, const py::object& upper,
+                 py::array& ep, py::array& ei, py::array& up) {
   if (!excl_ptr.is_none()) {
     ep = excl_ptr.cast<py::array>();
     ei = excl_ids.cast<py::array>();
@@ -69,6 +53,29 @@ py::tuple topk_cosine_py(py::array queries, py::array corpus, int k, py::object 
     for (int64_t i = 0; i < a.Q; ++i)
       if (std::isnan(a.upper[i])) throw py::value_error("upper bounds must not be NaN");
   }
+}
+
+py::tuple topk_cosine_py(py::array queries, py::array corpus, int k, py::object excl_ptr,
+                         py::object excl_ids, py::object upper, int skip_top, int threads,
+                         const std::string& simd) {
+  const float* q = need<float>(queries, "queries", 2);
+  const float* x = need<float>(corpus, "corpus", 2);
+  ft::TopkArgs a;
+  a.queries = q;
+  a.corpus = x;
+  a.Q = queries.shape(0);
+  a.N = corpus.shape(0);
+  if (queries.shape(1) != corpus.shape(1)) throw py::value_error("queries and corpus dimensions differ");
+  if (queries.shape(1) <= 0 || queries.shape(1) > (1 << 20)) throw py::value_error("bad dimension");
+  a.d = (int)queries.shape(1);
+  if (a.N <= 0 || a.Q <= 0) throw py::value_error("empty queries or corpus");
+  if (k <= 0 || k > a.N) throw py::value_error("k must be in [1, N]");
+  if (skip_top < 0 || (int64_t)k + skip_top > (int64_t)1 << 30) throw py::value_error("bad skip_top");
+  a.k = k;
+  a.skip_top = skip_top;
+  a.threads = threads;
+  py::array ep, ei, up;  // keep the filter arrays alive while the kernel reads them
+  set_filters(a, excl_ptr, excl_ids, upper, ep, ei, up);
   const ft::SimdKernels* kern;
   try {
     kern = &ft::get_simd(simd);
@@ -243,29 +250,8 @@ py::tuple topk_cosine_lowp_py(py::array queries, py::array corpus, int k, py::ar
   a.k = k;
   a.skip_top = skip_top;
   a.threads = threads;
-  py::array ep, ei, up;
-  if (!excl_ptr.is_none()) {
-    ep = excl_ptr.cast<py::array>();
-    ei = excl_ids.cast<py::array>();
-    a.excl_ptr = need<int64_t>(ep, "exclude offsets", 1);
-    a.excl_ids = need<int64_t>(ei, "exclude ids", 1);
-    if (ep.shape(0) != a.Q + 1) throw py::value_error("exclude offsets must have Q + 1 entries");
-    if (a.excl_ptr[0] != 0 || a.excl_ptr[a.Q] != ei.shape(0)) throw py::value_error("bad exclude offsets");
-    for (int64_t i = 0; i < a.Q; ++i) {
-      if (a.excl_ptr[i + 1] < a.excl_ptr[i]) throw py::value_error("exclude offsets must not decrease");
-      for (int64_t j = a.excl_ptr[i]; j < a.excl_ptr[i + 1]; ++j) {
-        if (a.excl_ids[j] < 0 || a.excl_ids[j] >= a.N) throw py::value_error("exclude id out of range");
-        if (j > a.excl_ptr[i] && a.excl_ids[j] < a.excl_ids[j - 1]) throw py::value_error("exclude ids must be sorted per query");
-      }
-    }
-  }
-  if (!upper.is_none()) {
-    up = upper.cast<py::array>();
-    a.upper = need<float>(up, "upper bounds", 1);
-    if (up.shape(0) != a.Q) throw py::value_error("upper bounds must have Q entries");
-    for (int64_t i = 0; i < a.Q; ++i)
-      if (std::isnan(a.upper[i])) throw py::value_error("upper bounds must not be NaN");
-  }
+  py::array ep, ei, up;  // keep the filter arrays alive while the kernel reads them
+  set_filters(a, excl_ptr, excl_ids, upper, ep, ei, up);
   const ft::SimdKernels& kern = simd_or_raise(simd);
   const ft::LowpScan& ls = lowp_or_raise(scan);
   py::array_t<float> scores({a.Q, (int64_t)k});
