@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 
 from fastembed_tune.cli.common import nonneg_int, positive_int, ratio, share
-from fastembed_tune.core.atomic import check_output
+from fastembed_tune.core.atomic import check_inputs_kept, check_output
 from fastembed_tune.core.errors import EXIT_NO_GAIN
 
 
@@ -83,6 +83,9 @@ def run(args: argparse.Namespace) -> int:
     from fastembed_tune.adapt.workflow import adapt
 
     check_output(args.output, "dir")
+    check_inputs_kept([("--pairs", args.pairs), ("--corpus", args.corpus), ("--test", args.test),
+                       ("--embeddings", args.embeddings), ("--store", args.store)],
+                      [("--output", args.output, [])])  # the folder is replaced as a whole
     source = open_source(args.embeddings, api_base=args.api_base, api_model=args.api_model,
                          api_dimensions=args.api_dimensions, api_batch_size=args.api_batch_size,
                          api_concurrency=args.api_concurrency, api_max_retries=args.api_max_retries,

@@ -7,14 +7,29 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Optional, Sequence
+from typing import NoReturn, Optional, Sequence
 
 from fastembed_tune.cli import adapt, distill, embed, export, mine, serve, train
 from fastembed_tune.cli import eval as eval_cmd
 from fastembed_tune.cli import run as run_cmd
-from fastembed_tune.core.errors import EXIT_NO_GAIN, NoSignificantGain, UserError
+from fastembed_tune.core.errors import DISK_ERRNOS, EXIT_NO_GAIN, NoSignificantGain, UserError
 
 SUBCOMMANDS = (mine, train, eval_cmd, distill, export, embed, serve, run_cmd, adapt)  # in --help's order
+
+
+class Parser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose refusals are one line, ``error: ...``, exit 2, like every other
+    refusal of the CLI (no usage block: ``--help`` prints it). Its subparsers are of this class too.
+
+    >>> Parser(prog="x").parse_args(["--bogus"])
+    Traceback (most recent call last):
+    ...
+    SystemExit: 2
+    """
+
+    def error(self, message: str) -> NoReturn:
+        """Print ``error: message`` on one line and exit with 2."""
+        self.exit(2, "error: " + " ".join(str(message).split()) + "\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -23,9 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     >>> build_parser().parse_args(["mine", "--pairs", "p.jsonl", "-o", "m.jsonl"]).num_negatives
     5
     """
-    p = argparse.ArgumentParser(prog="fastembed-tune",
-                                description="Fine-tune, distill and ship text-embedding models for one domain.")
-    sub = p.add_subparsers(dest="command", required=True)
+    p = Parser(prog="fastembed-tune", description="Fine-tune, distill and ship text-embedding models for one domain.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
     for command in SUBCOMMANDS:
         command.add_parser(sub)
     return p
@@ -52,8 +66,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     except OSError as e:  # the machine's fault: a full or read-only disk, a missing device
-        where = f"{e.filename}: " if e.filename else ""
-        return _fail(f"{where}{e.strerror or e}", 1)
+        return _fail(_os_error_line(e, args), 1)
     except MemoryError:
         return _fail("out of memory; lower --batch-size (or give the machine more memory)", 1)
     except Exception as e:  # anything else is our bug: one line, the traceback on request
@@ -61,6 +74,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             raise
         return _fail(f"{type(e).__name__}: {e} (internal error; run with FASTEMBED_TUNE_DEBUG=1 for the "
                      f"traceback and report it)", 1)
+
+
+def _os_error_line(e: OSError, args: argparse.Namespace) -> str:
+    """``PATH: reason``; a disk fault that names no file (a failed write on an open file) is the
+    output's: ``--output``'s path is named."""
+    where = e.filename
+    if where is None and e.errno in DISK_ERRNOS:
+        where = getattr(args, "output", None)
+    return f"{where}: {e.strerror or e}" if where else str(e.strerror or e)
 
 
 def _fail(message: str, code: int) -> int:

@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 
 from fastembed_tune.cli.common import PRECISIONS, add_precision_arg, positive_int
-from fastembed_tune.core.atomic import check_output
+from fastembed_tune.core.atomic import check_inputs_kept, check_output
 from fastembed_tune.core.errors import UserError
 
 
@@ -47,9 +48,13 @@ def run(args: argparse.Namespace) -> int:
     fastembed_tune.core.errors.UserError: --output is empty; give a path
     """
     from fastembed_tune.data.readers import read_corpus, read_pairs
-    from fastembed_tune.training.distill import DistillConfig, distill
+    from fastembed_tune.training.distill import CACHE_FILE, DistillConfig, distill
 
     check_output(args.output, "dir")
+    written = ("model", "distill_log.jsonl", "distill_summary.json", CACHE_FILE)  # what distill writes in --output
+    check_inputs_kept([("--teacher", args.teacher), ("--student", args.student),
+                       *(("--pairs", p) for p in args.pairs or []), *(("--corpus", p) for p in args.corpus or [])],
+                      [("--output", args.output, [os.path.join(args.output, n) for n in written])])
     texts: list[str] = []
     for path in args.pairs or []:
         for p in read_pairs(path):

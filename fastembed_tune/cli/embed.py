@@ -5,7 +5,7 @@ import argparse
 import os
 
 from fastembed_tune.cli.common import add_export_precision_arg, nonneg_int, positive_int
-from fastembed_tune.core.atomic import check_output, output_lock
+from fastembed_tune.core.atomic import check_inputs_kept, check_output, output_lock
 from fastembed_tune.core.errors import UserError
 
 
@@ -14,7 +14,7 @@ def add_parser(sub) -> None:
 
     >>> p = argparse.ArgumentParser(); add_parser(p.add_subparsers())
     >>> a = p.parse_args(["embed", "--model", "onnx", "-i", "c.txt", "-o", "e.npy"]); a.batch_size, a.adapter_side
-    (64, 'query')
+    (64, None)
     """
     b = sub.add_parser("embed", help="embed texts with an ONNX export (or a sentence-transformers directory)")
     b.add_argument("--model", required=True, help="ONNX export directory, .onnx file, or model directory")
@@ -31,9 +31,9 @@ def add_parser(sub) -> None:
                    help="read --input (.jsonl, .txt or .parquet) and write --output window by window, never the "
                         "whole corpus in memory (.npy is filled memory-mapped)")
     b.add_argument("--stream-window", type=positive_int, default=50_000, help="texts per window with --stream")
-    b.add_argument("--adapter-side", choices=["query", "document"], default="query",
-                   help="which side of the adapter: query (default) or document (unchanged vectors, normalised, "
-                        "unless the adapter was trained with --sides both)")
+    b.add_argument("--adapter-side", choices=["query", "document"], default=None,
+                   help="with --adapter: which side of the adapter: query (default) or document (unchanged "
+                        "vectors, normalised, unless the adapter was trained with --sides both)")
     b.set_defaults(func=run)
 
 
@@ -46,15 +46,24 @@ def run(args: argparse.Namespace) -> int:
     ...
     fastembed_tune.core.errors.UserError: --output vectors.csv: must end in .npy or .jsonl
     """
-    from fastembed_tune.data.readers import read_texts
+    from fastembed_tune.data.readers import read_texts, require_regular_file
     from fastembed_tune.data.stream import CorpusStream
     from fastembed_tune.embed.layout import OUTPUT_SUFFIXES
     from fastembed_tune.embed.loader import load_embedder
     from fastembed_tune.embed.writers import write_embeddings
 
+    if args.adapter_side is not None and not args.adapter:
+        raise UserError(f"--adapter-side {args.adapter_side}: applies only with --adapter DIR; give the adapter "
+                        f"or drop the flag")
+    args.adapter_side = args.adapter_side or "query"
     check_output(args.output, "file")
     if os.path.splitext(args.output)[1] not in OUTPUT_SUFFIXES:
         raise UserError(f"--output {args.output}: must end in {' or '.join(OUTPUT_SUFFIXES)}")
+    check_inputs_kept([("-i", args.input), ("--model", args.model), ("--adapter", args.adapter)],
+                      [("--output", args.output, [])])
+    if args.stream:
+        require_regular_file(args.input, "-i", "--stream reads it twice (an index pass, then the windows)",
+                             "write it to a file first, or embed without --stream")
     docs = CorpusStream(args.input, window=args.stream_window, show_progress_bar=not args.quiet) if args.stream \
         else read_texts(args.input)
     adapter = None

@@ -6,7 +6,9 @@ import os
 from contextlib import nullcontext
 
 from fastembed_tune.cli.common import add_export_precision_arg, positive_int
-from fastembed_tune.core.atomic import check_output, output_lock
+from fastembed_tune.core.atomic import check_inputs_kept, check_output, output_lock
+
+REPORT_FILES = ("report.md", "metrics.json", "metrics.png")  # what --output receives
 
 
 def add_parser(sub) -> None:
@@ -43,6 +45,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.output:
         check_output(args.output, "dir")
+        check_inputs_kept([("--data", args.data), ("--corpus", args.corpus), *(("--model", m) for m in args.model or [])],
+                          [("--output", args.output, [os.path.join(args.output, n) for n in REPORT_FILES])])
     evalset = load_eval(args.data, args.corpus)
     models = [load_embedder(path, precision=args.precision) for path in args.model or [None]]  # all checked first
     for m in models:

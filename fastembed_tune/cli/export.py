@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 
 from fastembed_tune.cli.common import positive_int
-from fastembed_tune.core.atomic import check_output
+from fastembed_tune.core.atomic import check_inputs_kept, check_output
 
 
 def add_parser(sub) -> None:
@@ -44,6 +44,8 @@ def run(args: argparse.Namespace) -> int:
     from fastembed_tune.export.onnx import export_onnx
 
     check_output(args.output, "dir")
+    check_inputs_kept([("--model", args.model), ("--calibration-texts", args.calibration_texts)],
+                      [("--output", args.output, [])])  # the folder is replaced as a whole
     calibration = list(read_texts(args.calibration_texts).values()) if args.calibration_texts else None
     info = export_onnx(args.model or default_model_path(), args.output, quantize=args.quantize, opset=args.opset,
                        optimize=not args.no_optimize, allow_fp32_int8=args.allow_fp32_int8,

@@ -6,7 +6,7 @@ import sys
 from contextlib import nullcontext
 
 from fastembed_tune.cli.common import nonneg_int, positive_int, ratio
-from fastembed_tune.core.atomic import check_output, output_lock
+from fastembed_tune.core.atomic import check_inputs_kept, check_output, output_lock
 
 
 def add_parser(sub) -> None:
@@ -24,7 +24,8 @@ def add_parser(sub) -> None:
     m.add_argument("--num-negatives", type=positive_int, default=5)
     m.add_argument("--skip-top", type=nonneg_int, default=0, help="skip the closest N candidates")
     m.add_argument("--max-ratio", type=ratio, default=None,
-                   help="drop candidates scoring above RATIO x the positive's score (e.g. 0.95)")
+                   help="drop candidates scoring above RATIO x the positive's score p (p - (1 - RATIO) x |p| when p < 0: "
+                        "never above the positive; e.g. 0.95)")
     m.add_argument("--batch-size", type=positive_int, default=64)
     m.add_argument("--threads", type=nonneg_int, default=0)
     m.add_argument("--scan", choices=["auto", "fp32", "int8"], default="auto",
@@ -60,7 +61,16 @@ def run(args: argparse.Namespace) -> int:
     check_output(args.output, "file")
     if args.summary:
         check_output(args.summary, "file", "--summary")
+    check_inputs_kept([("--pairs", args.pairs), ("--corpus", args.corpus), ("--model", args.model)],
+                      [("--output", args.output, [args.output, *([f"{args.output}.work"] if args.stream else [])]),
+                       ("--summary", args.summary, [])])
     if args.stream:
+        from fastembed_tune.data.readers import require_regular_file
+
+        for flag, path in (("--pairs", args.pairs), ("--corpus", args.corpus)):
+            if path:
+                require_regular_file(path, flag, "--stream reads it more than once",
+                                     "write it to a file first, or mine without --stream")
         summary = _mine_streamed(args)
     else:
         with output_lock(args.output) if launch_rank() == 0 else nullcontext():

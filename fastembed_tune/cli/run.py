@@ -2,9 +2,14 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 from fastembed_tune.cli.common import PRECISIONS, add_training_args, forgetting, positive_int, ratio
+from fastembed_tune.core.atomic import check_inputs_kept
 from fastembed_tune.core.errors import EXIT_NO_GAIN
+
+# what run writes in --output (files, and folders its stages own: training's checkpoints, the student's)
+WRITTEN = ("mined.jsonl", "train", "interpolated", "onnx", "student", "report.md", "metrics.json", "metrics.png")
 
 
 def add_parser(sub) -> None:
@@ -56,8 +61,14 @@ def run(args: argparse.Namespace) -> int:
     ...
     fastembed_tune.core.errors.UserError: give both --train and --test (or neither, for the built-in sample)
     """
+    from fastembed_tune.data.readers import require_regular_file
     from fastembed_tune.run.pipeline import run_pipeline
 
+    check_inputs_kept([("--model", args.model), ("--train", args.train), ("--test", args.test),
+                       ("--corpus", args.corpus)],
+                      [("--output", args.output, [os.path.join(args.output, n) for n in WRITTEN])])
+    if args.test:
+        require_regular_file(args.test, "--test", "run reads the test set twice (the evaluation set, the data report)")
     run_pipeline(args.output, model=args.model, train_path=args.train, test_path=args.test,
                  corpus_path=args.corpus, epochs=args.epochs, max_steps=args.max_steps, batch_size=args.batch_size,
                  lr=args.lr, num_negatives=args.num_negatives, max_ratio=args.max_ratio, seed=args.seed,

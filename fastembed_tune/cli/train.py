@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 
 from fastembed_tune.cli.common import PRECISIONS, add_training_args, positive_int, ratio
-from fastembed_tune.core.atomic import check_output
+from fastembed_tune.core.atomic import check_inputs_kept, check_output
 
 
 def add_parser(sub) -> None:
@@ -54,6 +55,9 @@ def run(args: argparse.Namespace) -> int:
     from fastembed_tune.training.train import TrainConfig, train
 
     check_output(args.output, "dir")
+    written = [os.path.join(args.output, n) for n in ("model", "best", "train_summary.json", "train_log.jsonl")]
+    check_inputs_kept([("--pairs", args.pairs), ("--model", args.model), ("--replay", args.replay)],
+                      [("--output", args.output, written)])
     if args.stream:
         from fastembed_tune.data.stream import PairStream
 

@@ -7,6 +7,7 @@
   expected, a folder where a file is expected, a parent that cannot be written).
 - :func:`output_lock`: an exclusive lock on an output path, so two commands never write one output.
 - :func:`clean_stale`: what an earlier killed run left beside an output (temp files and folders).
+- :func:`reserve`: a file's blocks allocated up front, so a memory map over it never dies of SIGBUS.
 
 Every temporary name is ``.{name}.tmp*`` (or ``.{name}.old*`` / ``.{name}.trash*`` for a folder being
 swapped out or deleted), so the next run of the same command knows what to clean. Files and folders
@@ -18,16 +19,21 @@ import errno
 import fcntl
 import json
 import os
+import re
 import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator, Union
+from typing import Any, Callable, Iterator, Optional, Union
 
-from fastembed_tune.core.errors import UserError
+from fastembed_tune.core.errors import DISK_ERRNOS, UserError, disk_error, naming
 
 PathLike = Union[str, "os.PathLike[str]"]
-_STALE_MARKERS = (".tmp", ".old", ".trash")
+# every leftover name this module creates beside an output NAME, and nothing else (never a ``.lock``):
+# mkdtemp ``.NAME.tmpXXXXXXXX`` / temp_path ``.NAME.tmp{pid}``, replace_dir ``.NAME.old{pid}``,
+# remove_dir ``.NAME.trash{pid}``, mkstemp ``.NAME.XXXXXXXX.tmp`` (atomic_write, check_output's probe)
+_STALE_SUFFIX = r"\.(?:tmp[a-z0-9_]+|old[0-9]+|trash[0-9]+|[a-z0-9_]{8}\.tmp)"
+_ANY_STALE = re.compile(rf"\.(?P<name>.+){_STALE_SUFFIX}")
 
 
 def umask() -> int:
@@ -127,7 +133,7 @@ def atomic_write(path: PathLike, write: Callable[[Any], None], binary: bool = Fa
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = _temp_file(path.parent, path.name)
     try:
-        with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as f:
+        with naming(path), os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
@@ -155,12 +161,33 @@ def temp_path(path: PathLike) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
-        yield tmp
+        with naming(path):
+            yield tmp
         os.chmod(tmp, 0o666 & ~umask())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def reserve(path: PathLike, name: Optional[PathLike] = None) -> None:
+    """Allocate every block of the existing file ``path`` now (``posix_fallocate``), so that a full
+    disk is an ``OSError(ENOSPC)`` naming ``name`` (the output; default ``path``) here and never a
+    SIGBUS when a page of a memory map over a sparse file is written. File systems that cannot
+    allocate ahead (EINVAL, EOPNOTSUPP) keep the sparse file.
+
+    >>> import tempfile; p = Path(tempfile.mkdtemp()) / "m.bin"; _ = p.write_bytes(b"x" * 10)
+    >>> reserve(p); p.stat().st_size
+    10
+    """
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.posix_fallocate(fd, 0, os.fstat(fd).st_size)
+    except OSError as e:
+        if e.errno in DISK_ERRNOS:
+            raise disk_error(e.errno, path if name is None else name) from None
+    finally:
+        os.close(fd)
 
 
 def write_json(path: PathLike, obj: Any) -> None:
@@ -177,7 +204,8 @@ def write_json(path: PathLike, obj: Any) -> None:
 def check_output(path: PathLike, kind: str = "file", flag: str = "--output") -> Path:
     """Check, before any work starts, that ``path`` can be written as a ``kind`` ("file" or "dir"):
     it is not the other kind, and its nearest existing parent is a writable folder. Raises
-    :class:`UserError` naming ``flag``; creates nothing.
+    :class:`UserError` naming ``flag``, or ``OSError`` naming ``path`` for the machine's fault (a
+    read-only file system, a full disk); creates nothing.
 
     >>> import tempfile; d = tempfile.mkdtemp()
     >>> check_output(d, "file")
@@ -200,34 +228,53 @@ def check_output(path: PathLike, kind: str = "file", flag: str = "--output") -> 
     if not parent.is_dir():
         raise UserError(f"{flag} {p}: {parent} is a file, not a directory")
     if not os.access(parent, os.W_OK | os.X_OK):
+        _check_read_only_fs(parent, p)
         raise UserError(f"{flag} {p}: cannot write in {parent} (permission denied)")
     if p.exists() and not os.access(p, os.W_OK):
+        _check_read_only_fs(p, p)
         raise UserError(f"{flag} {p}: is read-only (permission denied)")
     try:  # os.access says yes to root even on a read-only file system: try a real (empty) file
         fd, probe = tempfile.mkstemp(dir=parent, prefix=f".{p.name}.", suffix=".tmp")
         os.close(fd)
         os.unlink(probe)
     except OSError as e:
+        if e.errno in DISK_ERRNOS:  # a read-only file system, a full disk: the machine's fault (exit 1)
+            raise disk_error(e.errno, p) from None
         raise UserError(f"{flag} {p}: cannot write in {parent} ({e.strerror})") from None
     return p
 
 
+def _check_read_only_fs(where: Path, path: Path) -> None:
+    """A read-only mount under ``where`` is the machine's fault, not a permission the user got wrong:
+    ``OSError(EROFS)`` naming the output ``path``."""
+    try:
+        read_only = bool(os.statvfs(where).f_flag & os.ST_RDONLY)
+    except OSError:
+        return
+    if read_only:
+        raise disk_error(errno.EROFS, path)
+
+
 def clean_stale(path: PathLike) -> list[str]:
-    """Remove what a killed run left beside ``path``: ``.{name}.tmp*``, ``.{name}.old*`` and
-    ``.{name}.trash*`` entries of its folder. Call it while holding :func:`output_lock`
-    (another live command's temporary files would look the same). Returns the names removed.
+    """Remove what a killed run left beside ``path``: the entries of its folder named exactly as this
+    module names ``path``'s temporary files and folders (``.{name}.tmp{pid}``, ``.{name}.tmpXXXXXXXX``,
+    ``.{name}.XXXXXXXX.tmp``, ``.{name}.old{pid}``, ``.{name}.trash{pid}``); another output's entries
+    (``.{name}.old.npy.lock`` of output ``{name}.old.npy``, say) and every lock are left alone. Call it
+    while holding :func:`output_lock` (another live command's temporary files would look the same).
+    Returns the names removed.
 
     >>> import tempfile; base = Path(tempfile.mkdtemp()); (base / ".m.tmp123").mkdir()
+    >>> _ = (base / ".m.tmp.lock").write_text("")  # the lock of output "m.tmp"
     >>> clean_stale(base / "m"), os.listdir(base)
-    (['.m.tmp123'], [])
+    (['.m.tmp123'], ['.m.tmp.lock'])
     """
     p = Path(path)
     if not p.parent.is_dir():
         return []
     removed = []
-    prefixes = tuple(f".{p.name}{m}" for m in _STALE_MARKERS)
+    own = re.compile(rf"\.{re.escape(p.name)}{_STALE_SUFFIX}")
     for entry in p.parent.iterdir():
-        if entry.name.startswith(prefixes):
+        if own.fullmatch(entry.name):
             if entry.is_dir() and not entry.is_symlink():
                 shutil.rmtree(entry, ignore_errors=True)
             else:
@@ -245,8 +292,8 @@ def clean_stale_inside(folder: PathLike) -> list[str]:
     (['.checkpoint-4.trash9'], [])
     """
     folder = Path(folder)
-    names = {e.name[1:].split(m)[0] for e in folder.iterdir() if e.name.startswith(".")
-             for m in _STALE_MARKERS if m in e.name[1:]} if folder.is_dir() else set()
+    found = (_ANY_STALE.fullmatch(e.name) for e in folder.iterdir()) if folder.is_dir() else ()
+    names = {m.group("name") for m in found if m}
     return sorted(n for name in names for n in clean_stale(folder / name))
 
 
@@ -329,3 +376,94 @@ def cache_dir(kind: str) -> Path:
         return Path(os.environ["FASTEMBED_TUNE_CACHE"]) / kind
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "fastembed-tune" / kind
+
+
+def _same_file(a: str, b: str) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _within(child: str, folder: str) -> bool:
+    """``child`` is ``folder`` or lies under it, by its written path or by the path its links resolve to."""
+    for norm in (os.path.abspath, os.path.realpath):
+        c, f = norm(child), norm(folder)
+        if c == f or c.startswith(f.rstrip(os.sep) + os.sep):
+            return True
+    return False
+
+
+def _hard_linked_under(path: str, folder: str) -> bool:
+    """A regular file with several names (hard links), one of them under the existing ``folder``."""
+    import stat
+
+    try:
+        st = os.stat(path)
+    except OSError:
+        return False
+    if not stat.S_ISREG(st.st_mode) or st.st_nlink < 2 or not os.path.isdir(folder):
+        return False
+    for root, _dirs, files in os.walk(folder):
+        for name in files:
+            try:
+                s = os.lstat(os.path.join(root, name))
+            except OSError:
+                continue
+            if (s.st_dev, s.st_ino) == (st.st_dev, st.st_ino):
+                return True
+    return False
+
+
+def _read_paths(path: str) -> list[str]:
+    """What reading ``path`` reads: the file, or a folder and the BEIR files in it."""
+    if not os.path.isdir(path):
+        return [path]
+    qrels = os.path.join(path, "qrels")
+    inside = [os.path.join(path, n) for n in ("corpus.jsonl", "queries.jsonl")]
+    inside += [os.path.join(qrels, n) for n in sorted(os.listdir(qrels))] if os.path.isdir(qrels) else []
+    return [path] + [p for p in inside if os.path.exists(p)]
+
+
+def check_inputs_kept(inputs: list[tuple[str, Union[PathLike, None]]],
+                      outputs: list[tuple[str, Union[PathLike, None], list[PathLike]]]) -> None:
+    """Refuse, before any work starts, outputs that would replace one of the command's inputs.
+
+    ``inputs``: ``(flag, path)`` of every file or folder the command reads (``None`` and paths that do
+    not exist are skipped: the readers report those). ``outputs``: ``(flag, path, replaced)``, where
+    ``replaced`` lists what writing ``path`` replaces (``[]``: ``path`` itself, a file or a whole
+    folder; else the files and folders the command writes under or beside it). An input is replaced
+    when it is one of them (the same path, a hard link or a symlink: ``os.path.samefile``) or lies in
+    a replaced folder. Raises :class:`UserError` naming both flags and paths.
+
+    >>> import tempfile; d = tempfile.mkdtemp(); p = os.path.join(d, "docs.jsonl"); _ = open(p, "w").write("{}")
+    >>> check_inputs_kept([("-i", p)], [("--output", os.path.join(d, "vectors.npy"), [])])
+    >>> check_inputs_kept([("-i", p)], [("--output", p, [])])
+    Traceback (most recent call last):
+    ...
+    fastembed_tune.core.errors.UserError: --output .../docs.jsonl: is the input -i .../docs.jsonl (the same file); writing it would replace the input; choose another output
+    """
+    for out_flag, out, replaced in outputs:
+        if out is None:
+            continue
+        for target in [os.fspath(t) for t in replaced] or [os.fspath(out)]:
+            for in_flag, given in inputs:
+                if given is None or not os.path.exists(given):
+                    continue
+                for path in _read_paths(os.fspath(given)):
+                    if _same_file(path, target) or _within(path, target) or _hard_linked_under(path, target):
+                        raise UserError(_replaces_input(out_flag, os.fspath(out), target, in_flag,
+                                                        os.fspath(given), path))
+
+
+def _replaces_input(out_flag: str, out: str, target: str, in_flag: str, given: str, path: str) -> str:
+    """The one sentence of :func:`check_inputs_kept`."""
+    what = "is" if _same_file(path, target) or os.path.abspath(path) == os.path.abspath(target) else "holds"
+    read = "" if path == given else f" (it reads {path})"
+    if target == out and what == "is":
+        where = f"is the input {in_flag} {given}{read} (the same file); writing it would replace the input"
+    elif target == out:
+        where = f"the folder is replaced as a whole, and it holds the input {in_flag} {given}{read}"
+    else:
+        where = f"would replace {target}, which {what} the input {in_flag} {given}{read}"
+    return f"{out_flag} {out}: {where}; choose another output"

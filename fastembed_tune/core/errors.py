@@ -2,7 +2,10 @@
 NaN/Inf embeddings, shared by the PyTorch and the ONNX paths."""
 from __future__ import annotations
 
-from typing import Sequence
+import errno
+import os
+from contextlib import contextmanager
+from typing import Iterator, Sequence, Union
 
 
 class UserError(ValueError):
@@ -23,6 +26,39 @@ class NoSignificantGain(Exception):
 
 
 EXIT_NO_GAIN = 3
+# the machine's fault while writing: a full disk or quota, a file too big, a read-only file system
+DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS})
+
+
+@contextmanager
+def naming(path: Union[str, "os.PathLike[str]"]) -> Iterator[None]:
+    """Give a disk fault (:data:`DISK_ERRNOS`) raised inside the block without a file name (a failed
+    ``write``, ``flush`` or ``fsync`` on an open file) the name ``path``, the output being written,
+    so the CLI prints ``error: PATH: No space left on device``. Other errors pass unchanged.
+
+    >>> with naming("out/e.npy"):
+    ...     raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    Traceback (most recent call last):
+    ...
+    OSError: [Errno 28] No space left on device: 'out/e.npy'
+    """
+    try:
+        yield
+    except OSError as e:
+        if e.filename is not None or e.errno not in DISK_ERRNOS:
+            raise
+        raise OSError(e.errno, e.strerror or os.strerror(e.errno), os.fspath(path)) from e
+
+
+def disk_error(code: int, path: Union[str, "os.PathLike[str]"]) -> OSError:
+    """The ``OSError`` of errno ``code`` on ``path`` (``error: PATH: reason`` in the CLI, exit 1).
+
+    >>> disk_error(errno.EROFS, "out/e.npy")
+    OSError(30, 'Read-only file system')
+    >>> str(disk_error(errno.EROFS, "out/e.npy"))
+    "[Errno 30] Read-only file system: 'out/e.npy'"
+    """
+    return OSError(code, os.strerror(code), os.fspath(path))
 
 
 def check_finite_rows(emb, texts: Sequence[str]) -> None:

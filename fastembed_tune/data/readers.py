@@ -20,6 +20,7 @@ import io
 import json
 import os
 import re
+import stat
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Optional, Union
 
@@ -105,6 +106,32 @@ def _read_bytes(path: str) -> bytes:
     except OSError as e:
         raise UserError(f"{path}: cannot be read ({e.strerror})") from None
     return data[3:] if data.startswith(BOM) else data
+
+
+_NOT_REGULAR = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
+                (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+def require_regular_file(path: PathLike, flag: str = "", why: str = "it is read more than once",
+                         fix: str = "write it to a file first") -> None:
+    """Refuse an input that cannot be read twice (a FIFO, a device, a socket), naming it and ``flag``;
+    checked with ``stat``, before opening it (opening a FIFO waits for a writer). A missing path or
+    a folder passes: the reader reports those.
+
+    >>> import tempfile; d = tempfile.mkdtemp(); p = os.path.join(d, "pipe.jsonl"); os.mkfifo(p)
+    >>> require_regular_file(p, "--pairs", "--stream reads it twice")
+    Traceback (most recent call last):
+    ...
+    fastembed_tune.core.errors.UserError: --pairs .../pipe.jsonl: is a FIFO (named pipe), not a regular file; --stream reads it twice: write it to a file first
+    """
+    path = os.fspath(path)
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return
+    for test, kind in _NOT_REGULAR:
+        if test(mode):
+            raise UserError(f"{flag + ' ' if flag else ''}{path}: is {kind}, not a regular file; {why}: {fix}")
 
 
 def _utf8_error(path: str, data: bytes, e: UnicodeDecodeError, line: Optional[int] = None) -> UserError:
@@ -408,12 +435,17 @@ def read_corpus(path: PathLike) -> dict[str, str]:
     if os.path.isdir(path):
         path = os.path.join(path, "corpus.jsonl")
     if _ext(path) == ".txt":
-        out = {str(i - 1): line for i, line in _text_lines(path, _read_bytes(path))}
-        if not out:
-            raise UserError(f"{path}: empty file (no documents)")
-        return out
+        return _txt_docs(path, _read_bytes(path))
     tabular, rows = _rows(path, _CORPUS_EXTS, "a corpus")
     return _read_docs(path, rows, tabular, True, "documents")
+
+
+def _txt_docs(path: str, data: bytes) -> dict[str, str]:
+    """A ``.txt`` corpus' bytes as ``{0-based line number: line}``, blank lines skipped."""
+    out = {str(i - 1): line for i, line in _text_lines(path, data)}
+    if not out:
+        raise UserError(f"{path}: empty file (no documents)")
+    return out
 
 
 def read_texts(path: PathLike) -> dict[str, str]:
@@ -439,6 +471,7 @@ def read_texts(path: PathLike) -> dict[str, str]:
             if not raw.strip():
                 raise UserError(f"{path} line {i}: blank line; every line is one output row, so each needs a text "
                                 f"(remove the line, or use a .jsonl corpus with ids)")
+        return _txt_docs(path, data)  # the bytes already read: a FIFO or stdin is read once
     return read_corpus(path)
 
 

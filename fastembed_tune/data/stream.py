@@ -40,6 +40,7 @@ from fastembed_tune.data.readers import (
     json_line,
     pair_digest_line,
     parse_pair,
+    require_regular_file,
 )
 
 STREAM_EXTS = (".jsonl", ".parquet")
@@ -145,6 +146,7 @@ class PairStream:
         if ext not in STREAM_EXTS:
             raise UserError(f"{path}: streaming reads .jsonl or .parquet pairs files, not '{ext or '(none)'}' "
                             f"(convert it, or train without --stream)")
+        require_regular_file(path, why="streaming reads the file more than once")
         if not isinstance(window, int) or isinstance(window, bool) or window < 2:
             raise UserError(f"the stream window must be an integer >= 2 pairs; got {window!r}")
         self.path, self.window, self.seed, self.ext = path, window, seed, ext
@@ -315,6 +317,7 @@ class CorpusStream:
         if ext not in self.EXTS:
             raise UserError(f"{path}: streaming reads .jsonl, .txt or .parquet texts, not '{ext or '(none)'}' "
                             f"(convert it, or embed without --stream)")
+        require_regular_file(path, why="streaming reads the file more than once")
         if not isinstance(window, int) or isinstance(window, bool) or window < 1:
             raise UserError(f"the stream window must be a positive integer; got {window!r}")
         self.path, self.ext, self.window, self.skip_blank = path, ext, window, skip_blank

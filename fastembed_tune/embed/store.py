@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 import re
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional, Sequence, Union
 
@@ -200,15 +201,15 @@ class EmbeddingStore:
         self.dir = Path(root) / fingerprint
         self.dim, self.dtype = int(dim), np.dtype(dtype)
         self.dir.mkdir(parents=True, exist_ok=True)
-        meta = self.dir / "meta.json"
         want = {"dim": self.dim, "dtype": dtype, "format": 1}
-        have = read_meta(self.dir)
-        if have is not None:
-            if have != want:
-                raise UserError(f"{self.dir}: holds {have['dtype']} rows of dim {have['dim']}, not {dtype} of dim "
-                                f"{self.dim}; use another store folder")
-        else:
-            atomic_write(meta, lambda f: f.write(json.dumps(want)))
+        with self._locked():  # a writer holding the lock cleans temporary files: meta.json's among them
+            have = read_meta(self.dir)
+            if have is None:
+                atomic_write(self.dir / "meta.json", lambda f: f.write(json.dumps(want)))
+                have = want
+        if have != want:
+            raise UserError(f"{self.dir}: holds {have['dtype']} rows of dim {have['dim']}, not {dtype} of dim "
+                            f"{self.dim}; use another store folder")
         self._index: dict[bytes, tuple[int, int]] = {}
         self._shards: list[np.ndarray] = []
         self._paths: list[Path] = []  # each shard's rows file, for messages
@@ -275,9 +276,7 @@ class EmbeddingStore:
             raise ValueError(f"rows must have shape ({len(texts)}, {self.dim}), got {rows.shape}")
         if not np.isfinite(rows).all():
             raise ValueError("rows hold NaN or Inf; the store keeps finite embeddings only")
-        fd = os.open(self.dir / ".lock", os.O_RDWR | os.O_CREAT, 0o666 & ~umask())
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+        with self._locked():
             self._read_shards()  # another process may have added shards
             keep, seen = [], set()
             for i, t in enumerate(texts):
@@ -297,6 +296,14 @@ class EmbeddingStore:
             atomic_write(self.dir / f"{name}.keys", lambda f: f.write(keys), binary=True)
             self._read_shards()
             return len(keep)
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        """The store's exclusive ``flock`` (``.lock`` in its folder), held by one writer at a time."""
+        fd = os.open(self.dir / ".lock", os.O_RDWR | os.O_CREAT, 0o666 & ~umask())
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
         finally:
             os.close(fd)
 

@@ -10,7 +10,7 @@ from typing import Callable, Iterator, Optional, Sequence, Union
 
 import numpy as np
 
-from fastembed_tune.core.atomic import atomic_write, temp_path
+from fastembed_tune.core.atomic import atomic_write, reserve, temp_path
 from fastembed_tune.core.errors import UserError
 from fastembed_tune.embed.layout import OUTPUT_SUFFIXES
 
@@ -18,6 +18,13 @@ from fastembed_tune.embed.layout import OUTPUT_SUFFIXES
 def _jsonl_lines(ids: Sequence[str], emb: np.ndarray) -> Iterator[str]:
     """``{"id", "embedding"}`` lines, the ``.jsonl`` output format."""
     return (json.dumps({"id": i, "embedding": [float(x) for x in row]}) + "\n" for i, row in zip(ids, emb))
+
+
+def _write_npy(f, emb: np.ndarray) -> None:
+    """``np.save`` through ``f.write`` (numpy's own ``tofile`` reports a full disk as "N requested and M
+    written", without the reason): the header, then the rows."""
+    np.lib.format.write_array_header_1_0(f, np.lib.format.header_data_from_array_1_0(emb))
+    f.write(emb.reshape(-1).view(np.uint8))
 
 
 def write_embeddings(path: Union[str, os.PathLike], ids: Sequence[str], emb: np.ndarray) -> None:
@@ -35,7 +42,7 @@ def write_embeddings(path: Union[str, os.PathLike], ids: Sequence[str], emb: np.
     if len(ids) != len(emb):
         raise ValueError(f"{len(ids)} ids for {len(emb)} embeddings")
     if path.suffix == ".npy":
-        atomic_write(path, lambda f: np.save(f, np.ascontiguousarray(emb, dtype=np.float32)), binary=True)
+        atomic_write(path, lambda f: _write_npy(f, np.ascontiguousarray(emb, dtype=np.float32)), binary=True)
     else:
         atomic_write(path, lambda f: f.writelines(_jsonl_lines(ids, emb)))
 
@@ -77,17 +84,27 @@ def embed_stream_to_file(embedder, windows: Iterator[tuple[list[str], list[str]]
                 else:
                     if out is None:
                         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(count, dim))
+                        reserve(tmp, path)  # a full disk: ENOSPC here, never a SIGBUS in the map
                     out[done:done + len(emb)] = emb
                 done += len(emb)
                 bar.update(len(emb))
             if done != count:
                 raise ValueError(f"{done} texts embedded, {count} announced")
-        finally:
             if jf is not None:
                 jf.flush()
                 os.fsync(jf.fileno())
-                jf.close()
             if out is not None:
                 out.flush()
-                del out
+        finally:
+            del out
+            if jf is not None:
+                _close_quietly(jf)
     return done, int(dim or 0)
+
+
+def _close_quietly(f) -> None:
+    """Close ``f``; after a write already failed, a second failure of the flush in ``close`` is the same fault."""
+    try:
+        f.close()
+    except OSError:
+        pass

@@ -65,7 +65,7 @@ import numpy as np
 
 from fastembed_tune.core.atomic import atomic_write, honour_umask, output_lock, replace_dir, temp_dir
 from fastembed_tune.core.cpu import float_precision
-from fastembed_tune.core.errors import UserError
+from fastembed_tune.core.errors import UserError, naming
 from fastembed_tune.embed.layout import INT8_FILE, METADATA_FILE, MODEL_FILE, OV_INT8_FILE, PORTABLE_FILE
 from fastembed_tune.embed.model import EmbeddingModel
 from fastembed_tune.embed.onnx_embedder import OnnxEmbedder
@@ -171,9 +171,10 @@ def _export_locked(src: Path, out: Path, opts: _Options) -> Dict:
     ref = model.encode(texts, batch_size=64)
     tmp = temp_dir(out)
     try:
-        result = _build(model, src, out, tmp, opts, texts, _checker(texts, cases, ref))
-        honour_umask(tmp)
-        replace_dir(tmp, out)
+        with naming(out):  # a full disk while a file is written: "error: OUT: No space left on device"
+            result = _build(model, src, out, tmp, opts, texts, _checker(texts, cases, ref))
+            honour_umask(tmp)
+            replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -33,7 +33,7 @@ from typing import Iterator, Optional
 import numpy as np
 from tqdm.auto import tqdm
 
-from fastembed_tune.core.atomic import atomic_write, write_json
+from fastembed_tune.core.atomic import atomic_write, reserve, write_json
 from fastembed_tune.core.distributed import world
 from fastembed_tune.core.errors import UserError
 from fastembed_tune.data.readers import Pair
@@ -217,6 +217,7 @@ def _embed_candidates(work: str, job: dict, cands: _Candidates, model, batch_siz
         done = 0
     if done == 0:
         np.lib.format.open_memmap(emb_path, mode="w+", dtype=np.float32, shape=shape).flush()
+        reserve(emb_path)  # a full disk is an error naming the file here, never a SIGBUS in the map below
         write_json(prog_path, {"rows": 0})
         write_json(job_path, job)
     out = np.load(emb_path, mmap_mode="r+")

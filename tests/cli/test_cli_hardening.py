@@ -17,8 +17,8 @@ has it (``export`` may not).
 
 Readings chosen where the contract is open (what a sentence-transformers / faiss user would expect):
 
-- argparse's own usage errors (``--num-negatives 0``) keep argparse's ``usage:`` + ``prog: error:``
-  format; they are only held to exit 2, the flag named and no traceback.
+- argparse's own usage errors (``--num-negatives 0``) are one ``error:`` line like every other refusal,
+  exit 2, the flag named, no traceback.
 - ``texts.txt`` for ``embed``: a blank line anywhere (also the first line) breaks the 1:1 row mapping
   and is refused; only the final newline(s) of the file are fine.
 - a JSON-array file (``.json``) names the position as ``item N`` or ``line N``.
@@ -884,7 +884,7 @@ def test_bad_input(name, build, tmp_path, out, D, capsys):
     (["distill", "--pairs", "p.jsonl", "-o", "OUT/d", "--epochs", "x"], "--epochs"),
 ])
 def test_argparse_usage_errors(args, flag, tmp_path, out, capsys):
-    # argparse's own format (usage line + "prog cmd: error: ...") is kept; held to exit 2 + the flag
+    # one "error: argument --flag: ..." line; held to exit 2 + the flag
     args = [a.replace("OUT", str(out)) for a in args]
     rc, _o, err = cli(capsys, *args)
     assert rc == 2 and "Traceback" not in err
