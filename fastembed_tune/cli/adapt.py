@@ -5,7 +5,7 @@ import argparse
 
 from fastembed_tune.cli.common import nonneg_int, positive_int, ratio, share
 from fastembed_tune.core.atomic import check_inputs_kept, check_output
-from fastembed_tune.core.errors import EXIT_NO_GAIN
+from fastembed_tune.core.errors import EXIT_NO_GAIN, UserError
 
 
 def add_parser(sub) -> None:
@@ -25,7 +25,7 @@ def add_parser(sub) -> None:
     d.add_argument("--kind", choices=["linear", "lowrank", "mlp"], default="linear")
     d.add_argument("--sides", choices=["query", "both"], default="query",
                    help="query: documents keep their vectors (default); both: a document adapter too")
-    d.add_argument("--rank", type=positive_int, default=64, help="lowrank: the rank")
+    d.add_argument("--rank", type=positive_int, default=None, help="lowrank: the rank (default 64)")
     d.add_argument("--hidden", type=positive_int, default=1024, help="mlp: hidden units")
     d.add_argument("--epochs", type=positive_int, default=10)
     d.add_argument("--batch-size", type=positive_int, default=64)
@@ -82,6 +82,10 @@ def run(args: argparse.Namespace) -> int:
     from fastembed_tune.adapt.training import AdapterConfig
     from fastembed_tune.adapt.workflow import adapt
 
+    if args.rank is not None and args.kind != "lowrank":
+        raise UserError(f"--rank applies only with --kind lowrank (this adapter is --kind {args.kind})")
+    if args.api_dimensions is not None and not args.api_base:
+        raise UserError("--api-dimensions applies only with --api-base (an API model); drop it for local embeddings")
     check_output(args.output, "dir")
     check_inputs_kept([("--pairs", args.pairs), ("--corpus", args.corpus), ("--test", args.test),
                        ("--embeddings", args.embeddings), ("--store", args.store)],
@@ -90,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
                          api_dimensions=args.api_dimensions, api_batch_size=args.api_batch_size,
                          api_concurrency=args.api_concurrency, api_max_retries=args.api_max_retries,
                          api_tpm=args.api_tpm, store_dir=args.store, max_seq_length=args.max_seq_length)
-    cfg = AdapterConfig(kind=args.kind, sides=args.sides, rank=args.rank, hidden=args.hidden, epochs=args.epochs,
+    cfg = AdapterConfig(kind=args.kind, sides=args.sides, rank=args.rank or 64, hidden=args.hidden, epochs=args.epochs,
                         batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
                         num_negatives=args.num_negatives, max_ratio=args.max_ratio, remine_every=args.remine_every,
                         scale=args.scale, validation_share=args.validation_share, patience=args.patience,

@@ -139,6 +139,6 @@ def add_training_args(p: argparse.ArgumentParser, lr: float, num_negatives: Opti
     p.add_argument("--patience", type=positive_int, default=2,
                    help="stop after this many validations without gain")
     add_precision_arg(p)
-    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--seed", type=nonneg_int, default=42)
     p.add_argument("--quiet", action="store_true")
 

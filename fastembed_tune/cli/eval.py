@@ -7,6 +7,7 @@ from contextlib import nullcontext
 
 from fastembed_tune.cli.common import add_export_precision_arg, positive_int
 from fastembed_tune.core.atomic import check_inputs_kept, check_output, output_lock
+from fastembed_tune.core.errors import UserError
 
 REPORT_FILES = ("report.md", "metrics.json", "metrics.png")  # what --output receives
 
@@ -43,6 +44,9 @@ def run(args: argparse.Namespace) -> int:
     from fastembed_tune.data.readers import load_eval
     from fastembed_tune.embed.loader import load_embedder
 
+    repeated = next((m for i, m in enumerate(args.model or []) if m in args.model[:i]), None)
+    if repeated is not None:
+        raise UserError(f"--model {repeated} is given twice; each --model is one row of the table")
     if args.output:
         check_output(args.output, "dir")
         check_inputs_kept([("--data", args.data), ("--corpus", args.corpus), *(("--model", m) for m in args.model or [])],

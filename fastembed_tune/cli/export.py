@@ -5,6 +5,7 @@ import argparse
 
 from fastembed_tune.cli.common import positive_int
 from fastembed_tune.core.atomic import check_inputs_kept, check_output
+from fastembed_tune.core.errors import UserError
 
 
 def add_parser(sub) -> None:
@@ -43,6 +44,8 @@ def run(args: argparse.Namespace) -> int:
     from fastembed_tune.embed.model import default_model_path
     from fastembed_tune.export.onnx import export_onnx
 
+    if args.allow_fp32_int8 and args.quantize != "int8":
+        raise UserError("--allow-fp32-int8 applies only with --quantize int8; add it or drop the flag")
     check_output(args.output, "dir")
     check_inputs_kept([("--model", args.model), ("--calibration-texts", args.calibration_texts)],
                       [("--output", args.output, [])])  # the folder is replaced as a whole

@@ -69,8 +69,13 @@ def run(args: argparse.Namespace) -> int:
     >>> run(p.parse_args(["serve", "--model", "runs/sample/onnx"]))  # doctest: +SKIP
     0
     """
+    from fastembed_tune.core.errors import UserError
     from fastembed_tune.serve.server import serve
 
+    if args.int8 and args.precision not in (None, "auto", "int8"):
+        raise UserError(f"give either --int8 or --precision {args.precision}, not both")
+    if args.name is not None and not args.name.strip():
+        raise UserError("--name is empty; give the model name clients will send, or leave the flag out")
     return serve(args.model, int8=args.int8, host=args.host, port=args.port, name=args.name,
                  threads=args.threads or None, max_batch_tokens=args.max_batch_tokens,
                  max_batch_size=args.max_batch_size, max_queue=args.max_queue,

@@ -7,6 +7,7 @@ import os
 
 from fastembed_tune.cli.common import PRECISIONS, add_training_args, positive_int, ratio
 from fastembed_tune.core.atomic import check_inputs_kept, check_output
+from fastembed_tune.core.errors import UserError
 
 
 def add_parser(sub) -> None:
@@ -54,6 +55,8 @@ def run(args: argparse.Namespace) -> int:
     from fastembed_tune.data.readers import read_pairs
     from fastembed_tune.training.train import TrainConfig, train
 
+    if args.replay and not args.replay_ratio > 0:
+        raise UserError(f"--replay {args.replay}: mixed in only with --replay-ratio > 0 (e.g. 0.2); give one or drop it")
     check_output(args.output, "dir")
     written = [os.path.join(args.output, n) for n in ("model", "best", "train_summary.json", "train_log.jsonl")]
     check_inputs_kept([("--pairs", args.pairs), ("--model", args.model), ("--replay", args.replay)],
